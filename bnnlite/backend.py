@@ -1,0 +1,537 @@
+"""Kernel backend selector: one API, three implementations.
+
+``get_backend(name=None)`` returns a :class:`Backend` whose methods have the
+same signatures for every implementation:
+
+* ``"cython"``: the compiled extension.  ``bnnlite._bconv_avx512`` when the CPU
+  has AVX512F + AVX512BW + AVX512VPOPCNTDQ, else ``bnnlite._bconv_generic``.
+  ``"cython-avx512"`` / ``"cython-generic"`` force one build.
+* ``"numba"``: ``bnnlite._numba_kernels`` (numba is imported only then).
+* ``"numpy"``: ``bnnlite.reference`` (slow, the test oracle).
+
+Default order: cython, then numba (with a one-line warning when the
+extension is missing), then numpy.  ``BNNLITE_BACKEND=cython|numba|numpy``
+forces one; forcing an unavailable one raises ImportError.
+
+This layer checks every user-facing array (dtype, shape, last axis
+contiguous, no overlap between outputs and inputs) and raises ValueError
+naming the bad value and the expected one; the kernels below check nothing.
+Importing this module is cheap: no extension, no numba, no compilation.
+
+Public names: get_backend, available_backends, Backend, PreparedWeights,
+BACKEND_NAMES, ENV_VAR.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+
+import numpy as np
+
+from .bitpack import WORD_BITS, WORD_DTYPE, words_for
+
+__all__ = ["get_backend", "available_backends", "Backend", "PreparedWeights",
+           "BACKEND_NAMES", "ENV_VAR"]
+
+ENV_VAR = "BNNLITE_BACKEND"
+#: Names accepted by get_backend / $BNNLITE_BACKEND.
+BACKEND_NAMES = ("cython", "numba", "numpy", "cython-avx512", "cython-generic")
+_DEFAULT_ORDER = ("cython", "numba", "numpy")
+_F32 = np.dtype(np.float32)
+_I32 = np.dtype(np.int32)
+#: Prepared weights are 64-byte aligned so the 512-bit weight loads never
+#: split a cache line.
+_ALIGN = 64
+
+
+# --------------------------------------------------------------------------
+# Prepared weights
+# --------------------------------------------------------------------------
+class PreparedWeights:
+    """Weights rearranged once (at load time) for one backend's inner loop.
+
+    ``data`` is an opaque C-contiguous word array in the backend's own layout
+    (``layout`` names it); ``cout, kh, kw, cw`` describe the original
+    (Cout, KH, KW, Cw) bitpack array.  Only the backend that made it may
+    consume it (checked by ``layout``).
+    """
+
+    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout")
+
+    def __init__(self, cout, kh, kw, cw, data, layout):
+        self.cout, self.kh, self.kw, self.cw = int(cout), int(kh), int(kw), int(cw)
+        self.data = data
+        self.layout = layout
+
+    @property
+    def shape(self):
+        """The (Cout, KH, KW, Cw) shape of the packed weights it came from."""
+        return (self.cout, self.kh, self.kw, self.cw)
+
+    def __repr__(self):
+        return (f"PreparedWeights(cout={self.cout}, kh={self.kh}, kw={self.kw}, "
+                f"cw={self.cw}, layout={self.layout!r})")
+
+
+def _aligned_empty(n_words: int) -> np.ndarray:
+    """A zeroed 1-D word array whose data pointer is _ALIGN-byte aligned."""
+    raw = np.zeros(n_words + _ALIGN // WORD_DTYPE.itemsize, WORD_DTYPE)
+    off = (-raw.ctypes.data % _ALIGN) // WORD_DTYPE.itemsize
+    return raw[off:off + n_words]
+
+
+def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
+    """(Cout,KH,KW,Cw) -> output-channel blocks with the channels innermost.
+
+    Cout is padded with zero words to a multiple of ``lanes``; block b holds
+    channels [b*block, b*block + width) as (KH, KW, Cw, width) with
+    width = block except for the last block (a multiple of lanes), so one
+    vector load reads the same word of ``lanes`` consecutive channels.  The
+    pad channels compute garbage that is never stored.
+    """
+    cout, kh, kw, cw = w.shape
+    cpad = -(-cout // lanes) * lanes
+    wpad = np.zeros((cpad, kh, kw, cw), WORD_DTYPE)
+    wpad[:cout] = w
+    data = _aligned_empty(cpad * kh * kw * cw)
+    pos = 0
+    for c0 in range(0, cpad, block):
+        blk = wpad[c0:c0 + block].transpose(1, 2, 3, 0).reshape(-1)
+        data[pos:pos + blk.size] = blk
+        pos += blk.size
+    return data
+
+
+# --------------------------------------------------------------------------
+# Implementations (each a thin adapter over an unchecked kernel module)
+# --------------------------------------------------------------------------
+class _CythonImpl:
+    def __init__(self, module_name: str, variant: str):
+        self.mod = importlib.import_module(module_name)
+        if self.mod.WORD_BITS_C != WORD_BITS:  # kernels/_bitpack.pxd drifted
+            raise ImportError(f"{module_name} was built with {self.mod.WORD_BITS_C}-bit "
+                              f"words, bitpack.WORD_BITS is {WORD_BITS}; rebuild it")
+        self.variant = variant
+        self.layout = f"cython-b{self.mod.CO_BLOCK}-l{self.mod.LANES}"
+
+    def prepare(self, w):
+        return _blocked_layout(w, self.mod.LANES, self.mod.CO_BLOCK)
+
+    def pack(self, x, thr, out, threads):
+        self.mod.pack_raw(x, thr, out, threads)
+
+    def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
+              out_bits, next_thr, thr, threads):
+        g, b, z = rprelu if rprelu is not None else (None, None, None)
+        self.mod.bconv_raw(x, pw.data, pw.kh, pw.kw, pw.cw, pw.cout, k_bits, stride,
+                           mult, bias, residual, g, b, z, out, out_bits, next_thr,
+                           thr, threads)
+
+    def bmaxpool2(self, x, out, threads):
+        self.mod.bmaxpool2_raw(x, out, threads)
+
+    def maxpool2(self, x, out, threads):
+        self.mod.maxpool2_raw(x, out, threads)
+
+
+class _NumbaImpl:
+    variant = "numba"
+
+    def __init__(self):
+        self.mod = importlib.import_module("bnnlite._numba_kernels")
+        self.layout = self.mod.LAYOUT
+
+    def prepare(self, w):
+        return _blocked_layout(w, self.mod.CO_BLOCK, self.mod.CO_BLOCK)
+
+    def pack(self, x, thr, out, threads):
+        self.mod.pack(x, thr, out, threads)
+
+    def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
+              out_bits, next_thr, thr, threads):
+        self.mod.bconv(x, pw.data, pw.cout, pw.kh, pw.kw, pw.cw, k_bits, stride,
+                       mult, bias, residual, rprelu, out, out_bits, next_thr, thr,
+                       threads)
+
+    def bmaxpool2(self, x, out, threads):
+        self.mod.bmaxpool2(x, out, threads)
+
+    def maxpool2(self, x, out, threads):
+        self.mod.maxpool2(x, out, threads)
+
+
+class _NumpyImpl:
+    variant = "numpy"
+
+    def __init__(self):
+        self.mod = importlib.import_module("bnnlite.reference")
+        self.layout = self.mod.LAYOUT
+
+    def prepare(self, w):
+        return self.mod.prepare_weights(w)
+
+    def pack(self, x, thr, out, threads):
+        self.mod.pack(x, thr, out)
+
+    def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
+              out_bits, next_thr, thr, threads):
+        w = pw.data.reshape(pw.shape)
+        if thr is not None:
+            self.mod.bconv_bits(x, w, k_bits, stride, thr, out_bits)
+            return
+        if out is None:  # the reference always produces the floats
+            out = np.empty(out_bits.shape[:3] + (pw.cout,), np.float32)
+        self.mod.bconv_float(x, w, k_bits, stride, mult, bias, residual, rprelu,
+                             out, out_bits, next_thr)
+
+    def bmaxpool2(self, x, out, threads):
+        self.mod.bmaxpool2(x, out)
+
+    def maxpool2(self, x, out, threads):
+        self.mod.maxpool2(x, out)
+
+
+# --------------------------------------------------------------------------
+# Validation helpers (ValueError naming the bad value and the expected one)
+# --------------------------------------------------------------------------
+def _arr(name, a, dtype, shape, *, writeable=False, contiguous=False):
+    """Check one array; ``shape`` entries that are None are not checked."""
+    if not isinstance(a, np.ndarray):
+        raise ValueError(f"{name}: expected a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype != dtype:
+        raise ValueError(f"{name}: expected dtype {dtype}, got {a.dtype}")
+    if a.ndim != len(shape) or any(e is not None and e != s for e, s in zip(shape, a.shape)):
+        want = "(" + ", ".join("?" if e is None else str(e) for e in shape) + ")"
+        raise ValueError(f"{name}: expected shape {want}, got {a.shape}")
+    if contiguous:
+        if not a.flags.c_contiguous:
+            raise ValueError(f"{name}: expected a C-contiguous array, got strides {a.strides}")
+    elif a.shape[-1] > 1 and a.strides[-1] != a.itemsize:
+        raise ValueError(f"{name}: the last axis must be contiguous (stride "
+                         f"{a.itemsize}), got strides {a.strides}")
+    if not a.flags.aligned:
+        raise ValueError(f"{name}: expected an aligned array")
+    if writeable and not a.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array")
+    return a
+
+
+def _int(name, v, lo):
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v!r}")
+    if v < lo:
+        raise ValueError(f"{name}: expected an int >= {lo}, got {v}")
+    return int(v)
+
+
+def _no_overlap(outputs, inputs):
+    for on, o in outputs:
+        if o is None:
+            continue
+        for iname, i in inputs:
+            if i is not None and np.may_share_memory(o, i):
+                raise ValueError(f"{on} overlaps {iname}: expected separate buffers")
+
+
+def _conv_geometry(x, pw, k_bits, stride):
+    if not isinstance(pw, PreparedWeights):
+        raise ValueError(f"wp: expected PreparedWeights from prepare_weights, got "
+                         f"{type(pw).__name__}")
+    _arr("x", x, WORD_DTYPE, (None, None, None, pw.cw))
+    stride = _int("stride", stride, 1)
+    k_bits = _int("k_bits", k_bits, 1)
+    taps = pw.kh * pw.kw
+    if k_bits % taps or words_for(k_bits // taps) != pw.cw:
+        raise ValueError(f"k_bits: expected KH*KW*Cin with words_for(Cin) == {pw.cw} "
+                         f"(KH*KW = {taps}), got {k_bits}")
+    n, hp, wp_, _ = x.shape
+    if hp < pw.kh or wp_ < pw.kw:
+        raise ValueError(f"x: expected a (padded) input of at least {pw.kh}x{pw.kw} "
+                         f"pixels, got {hp}x{wp_}")
+    return n, (hp - pw.kh) // stride + 1, (wp_ - pw.kw) // stride + 1, k_bits, stride
+
+
+# --------------------------------------------------------------------------
+# The public object
+# --------------------------------------------------------------------------
+class Backend:
+    """Binary-network kernels of one implementation, with checked arguments.
+
+    All arrays are preallocated by the caller.  The last axis of every array
+    must be contiguous; other axes may be strided views (e.g. the interior of
+    a padded buffer).  ``threads`` is an int >= 1.  Bit conventions are those
+    of :mod:`bnnlite.bitpack` (bit 1 = -1, LSB first, tail bits 0).
+    """
+
+    def __init__(self, name: str, impl):
+        self.name = name
+        self.variant = impl.variant
+        self._impl = impl
+
+    def __repr__(self):
+        return f"<bnnlite Backend {self.name!r} ({self.variant})>"
+
+    # ---- packing ---------------------------------------------------------
+    def pack(self, x, thr, out, threads=1):
+        """Pack channels: bit c of pixel = ``x[..., c] < thr[c]``, tail bits 0.
+
+        x: float32 (N,H,W,C), last axis contiguous.
+        thr: float32 (C,), contiguous.
+        out: word (N,H,W,words_for(C)), last axis contiguous, writeable.
+        """
+        _arr("x", x, _F32, (None, None, None, None))
+        n, h, w, c = x.shape
+        if c < 1:
+            raise ValueError(f"x: expected at least 1 channel, got shape {x.shape}")
+        _arr("thr", thr, _F32, (c,), contiguous=True)
+        _arr("out", out, WORD_DTYPE, (n, h, w, words_for(c)), writeable=True)
+        _no_overlap([("out", out)], [("x", x), ("thr", thr)])
+        threads = _int("threads", threads, 1)
+        if out.size:
+            self._impl.pack(x, thr, out, threads)
+
+    # ---- weights ---------------------------------------------------------
+    def prepare_weights(self, w_packed) -> PreparedWeights:
+        """Rearrange packed weights once for this backend's inner loop.
+
+        w_packed: word (Cout,KH,KW,Cw) in the bitpack convention (tail bits
+        0).  Returns a :class:`PreparedWeights`; its ``data`` is a new
+        C-contiguous array, so w_packed may be freed afterwards.
+        """
+        _arr("w_packed", w_packed, WORD_DTYPE, (None, None, None, None))
+        if min(w_packed.shape) < 1:
+            raise ValueError(f"w_packed: expected a non-empty (Cout,KH,KW,Cw) array, "
+                             f"got shape {w_packed.shape}")
+        data = self._impl.prepare(np.ascontiguousarray(w_packed))
+        return PreparedWeights(*w_packed.shape, data=data, layout=self._impl.layout)
+
+    def _check_wp(self, wp):
+        if isinstance(wp, PreparedWeights) and wp.layout != self._impl.layout:
+            raise ValueError(f"wp: prepared for layout {wp.layout!r}, this backend "
+                             f"({self.name}) expects {self._impl.layout!r}; call its "
+                             f"prepare_weights")
+
+    # ---- convolutions ----------------------------------------------------
+    def bconv_float(self, x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
+                    out_bits=None, next_thr=None, threads=1):
+        """Valid binary conv with a float32 epilogue (+ optional fused pack).
+
+        acc[n,ho,wo,co] = k_bits - 2 * popcount(x[n, ho*s+i, wo*s+j, :] XOR w[co,i,j,:])
+        summed over (i, j) < (KH, KW) and the Cw words; then, in float32, in
+        this order and without FMA:
+            y = float(acc) * mult[co];  y = y + bias[co]
+            y = y + residual[n,ho,wo, co % Cres]                  (if residual)
+            y = (y-gamma)+zeta if y >= gamma else beta*(y-gamma)+zeta  (if rprelu)
+        out[n,ho,wo,co] = y, and out_bits bit co = y < next_thr[co].
+
+        x: word (N,Hp,Wp,Cw) with its zero-word (+1) border already in place;
+           Ho = (Hp-KH)//stride + 1, Wo = (Wp-KW)//stride + 1.
+        wp: PreparedWeights from this backend's prepare_weights.
+        k_bits: int, KH*KW*Cin (real bits).   stride: int >= 1.
+        mult, bias: float32 (Cout,) contiguous.
+        residual: None or float32 (N,Ho,Wo,Cres) with Cout % Cres == 0.
+        rprelu: None or a tuple (gamma, beta, zeta) of float32 (Cout,).
+        out: float32 (N,Ho,Wo,Cout), writeable; may be None if out_bits is given.
+        out_bits: None or word (N,Ho,Wo,words_for(Cout)), writeable.
+        next_thr: float32 (Cout,), required with out_bits.
+        All arrays: last axis contiguous; outputs must not overlap inputs.
+        """
+        self._check_wp(wp)
+        n, ho, wo, k_bits, stride = _conv_geometry(x, wp, k_bits, stride)
+        cout = wp.cout
+        _arr("mult", mult, _F32, (cout,), contiguous=True)
+        _arr("bias", bias, _F32, (cout,), contiguous=True)
+        if residual is not None:
+            _arr("residual", residual, _F32, (n, ho, wo, None))
+            cres = residual.shape[3]
+            if cres < 1 or cout % cres:
+                raise ValueError(f"residual: expected Cres dividing Cout={cout}, got {cres}")
+        if rprelu is not None:
+            if not isinstance(rprelu, (tuple, list)) or len(rprelu) != 3:
+                raise ValueError("rprelu: expected None or a tuple (gamma, beta, zeta)")
+            rprelu = tuple(rprelu)
+            for nm, a in zip(("gamma", "beta", "zeta"), rprelu):
+                _arr(f"rprelu.{nm}", a, _F32, (cout,), contiguous=True)
+        if out is None and out_bits is None:
+            raise ValueError("out: expected a float32 (N,Ho,Wo,Cout) array (None is "
+                             "allowed only when out_bits is given)")
+        if out is not None:
+            _arr("out", out, _F32, (n, ho, wo, cout), writeable=True)
+        if out_bits is not None:
+            _arr("out_bits", out_bits, WORD_DTYPE, (n, ho, wo, words_for(cout)),
+                 writeable=True)
+            if next_thr is None:
+                raise ValueError("next_thr: expected float32 (Cout,) with out_bits, got None")
+            _arr("next_thr", next_thr, _F32, (cout,), contiguous=True)
+        threads = _int("threads", threads, 1)
+        ins = [("x", x), ("residual", residual), ("mult", mult), ("bias", bias)]
+        _no_overlap([("out", out), ("out_bits", out_bits)], ins)
+        if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
+            raise ValueError("out overlaps out_bits: expected separate buffers")
+        if n * ho * wo == 0:
+            return
+        self._impl.bconv(x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
+                         out_bits, next_thr if out_bits is not None else None, None,
+                         threads)
+
+    def bconv_bits(self, x, wp, k_bits, stride, thr, out, threads=1):
+        """Valid binary conv producing only packed bits.
+
+        acc = k_bits - 2 * popcount(x XOR w) as in bconv_float;
+        out bit co = acc < thr[co] (integer compare), tail bits 0.
+
+        x: word (N,Hp,Wp,Cw) with its border in place.  wp: PreparedWeights.
+        k_bits: int KH*KW*Cin.  stride: int >= 1.
+        thr: int32 (Cout,) contiguous.
+        out: word (N,Ho,Wo,words_for(Cout)), writeable, last axis contiguous
+             (may be the interior view of the next layer's padded buffer).
+        """
+        self._check_wp(wp)
+        n, ho, wo, k_bits, stride = _conv_geometry(x, wp, k_bits, stride)
+        _arr("thr", thr, _I32, (wp.cout,), contiguous=True)
+        _arr("out", out, WORD_DTYPE, (n, ho, wo, words_for(wp.cout)), writeable=True)
+        _no_overlap([("out", out)], [("x", x), ("thr", thr)])
+        threads = _int("threads", threads, 1)
+        if n * ho * wo == 0:
+            return
+        self._impl.bconv(x, wp, k_bits, stride, None, None, None, None, None, out,
+                         None, thr, threads)
+
+    # ---- pooling ---------------------------------------------------------
+    def bmaxpool2(self, x, out, threads=1):
+        """2x2 stride-2 max-pool on packed bits: out = AND of the four words.
+
+        (bit 1 = -1, so the max is -1 only when all four are -1.)
+        x: word (N,H,W,Cw); out: word (N,H//2,W//2,Cw), writeable; both with
+        the last axis contiguous (out may be a strided interior view).
+        """
+        _arr("x", x, WORD_DTYPE, (None, None, None, None))
+        n, h, w, cw = x.shape
+        _arr("out", out, WORD_DTYPE, (n, h // 2, w // 2, cw), writeable=True)
+        _no_overlap([("out", out)], [("x", x)])
+        threads = _int("threads", threads, 1)
+        if out.size:
+            self._impl.bmaxpool2(x, out, threads)
+
+    def maxpool2(self, x, out, threads=1):
+        """2x2 stride-2 max-pool, float32 NHWC, ``np.maximum`` semantics.
+
+        out = max(max(x[2i,2j], x[2i,2j+1]), max(x[2i+1,2j], x[2i+1,2j+1])).
+        x: float32 (N,H,W,C); out: float32 (N,H//2,W//2,C), writeable; last
+        axis contiguous.
+        """
+        _arr("x", x, _F32, (None, None, None, None))
+        n, h, w, c = x.shape
+        _arr("out", out, _F32, (n, h // 2, w // 2, c), writeable=True)
+        _no_overlap([("out", out)], [("x", x)])
+        threads = _int("threads", threads, 1)
+        if out.size:
+            self._impl.maxpool2(x, out, threads)
+
+
+# --------------------------------------------------------------------------
+# Selection
+# --------------------------------------------------------------------------
+_CACHE: dict[str, Backend] = {}
+_warned_fallback = False
+
+
+def _cpu_has_avx512() -> bool:
+    """AVX512F + AVX512BW + AVX512VPOPCNTDQ, as numpy's own dispatcher sees it."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except Exception:  # private numpy API: be conservative if it moves
+        return False
+    return all(feats.get(f, False) for f in ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ"))
+
+
+def _load(name: str) -> Backend:
+    if name in _CACHE:
+        return _CACHE[name]
+    if name == "cython":
+        impl = None
+        if _cpu_has_avx512():
+            try:
+                impl = _CythonImpl("bnnlite._bconv_avx512", "avx512")
+            except ImportError:
+                impl = None
+        if impl is None:
+            try:
+                impl = _CythonImpl("bnnlite._bconv_generic", "generic")
+            except ImportError as exc:
+                raise ImportError(
+                    "bnnlite: the Cython kernels (bnnlite._bconv_generic / "
+                    "_bconv_avx512) are not built; run `pip install -e .` or "
+                    "`python setup.py build_ext --inplace` with a C compiler, "
+                    f"or use BNNLITE_BACKEND=numba ({exc})") from exc
+    elif name == "cython-avx512":
+        if not _cpu_has_avx512():
+            raise RuntimeError("bnnlite: cython-avx512 needs a CPU with AVX512F, "
+                               "AVX512BW and AVX512VPOPCNTDQ; use 'cython'")
+        try:
+            impl = _CythonImpl("bnnlite._bconv_avx512", "avx512")
+        except ImportError as exc:
+            raise ImportError(f"bnnlite: bnnlite._bconv_avx512 is not built ({exc})") from exc
+    elif name == "cython-generic":
+        try:
+            impl = _CythonImpl("bnnlite._bconv_generic", "generic")
+        except ImportError as exc:
+            raise ImportError(f"bnnlite: bnnlite._bconv_generic is not built ({exc})") from exc
+    elif name == "numba":
+        try:
+            impl = _NumbaImpl()
+        except ImportError as exc:
+            raise ImportError(f"bnnlite: the numba backend needs numba ({exc})") from exc
+    else:
+        impl = _NumpyImpl()
+    be = Backend("cython" if name.startswith("cython") else name, impl)
+    _CACHE[name] = be
+    return be
+
+
+def _check_name(name) -> str:
+    if not isinstance(name, str) or name.strip().lower() not in BACKEND_NAMES:
+        raise ValueError(f"bnnlite backend: unknown name {name!r}; expected one of "
+                         f"{', '.join(BACKEND_NAMES)}")
+    return name.strip().lower()
+
+
+def get_backend(name: str | None = None) -> Backend:
+    """Return the kernel backend ``name`` (or the best available one).
+
+    name: None (default order cython -> numba -> numpy, unless
+    $BNNLITE_BACKEND names one), or one of BACKEND_NAMES.  Raises ValueError
+    for an unknown name and ImportError/RuntimeError when a forced backend is
+    not available.  Backends are cached, so repeated calls are cheap.
+    """
+    global _warned_fallback
+    if name is None:
+        env = os.environ.get(ENV_VAR, "").strip()
+        if env:
+            return _load(_check_name(env))
+        try:
+            return _load("cython")
+        except ImportError as exc:
+            if not _warned_fallback:
+                _warned_fallback = True
+                warnings.warn(f"bnnlite: Cython kernels unavailable, using numba "
+                              f"(slower): {str(exc).splitlines()[0]}",
+                              RuntimeWarning, stacklevel=2)
+        try:
+            return _load("numba")
+        except ImportError:
+            return _load("numpy")
+    return _load(_check_name(name))
+
+
+def available_backends() -> list[str]:
+    """Names in BACKEND_NAMES that load on this machine (imports them)."""
+    ok = []
+    for name in BACKEND_NAMES:
+        try:
+            _load(name)
+        except (ImportError, RuntimeError):
+            continue
+        ok.append(name)
+    return ok

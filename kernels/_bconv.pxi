@@ -1,0 +1,221 @@
+# Shared body of bnnlite._bconv_avx512 and bnnlite._bconv_generic.
+#
+# Both tiny .pyx files ``include`` this; setup.py compiles them with
+# different -m flags, and kernels/_bconv_kernels.h picks the AVX-512 or the
+# portable path from the predefined macros.  Only nogil loops and thin typed
+# wrappers live here: every argument is validated (dtype, shape, contiguity
+# of the last axis, aliasing) by bnnlite.backend before it reaches us, so
+# nothing below checks anything.
+#
+# Public names (raw, unchecked -- call them through bnnlite.backend):
+#   pack_raw, bconv_raw, bmaxpool2_raw, maxpool2_raw,
+#   HAVE_AVX512, WORD_BITS_C, LANES, CO_BLOCK.
+
+from cython.parallel cimport prange
+from libc.stdint cimport int32_t, int64_t
+
+from _bitpack cimport word_t, WORD_BITS
+
+
+cdef extern from "_bconv_kernels.h" nogil:
+    ctypedef word_t bnn_word_t
+    int BNN_LANES
+    int BNN_CO_BLOCK
+    int BNN_HAVE_AVX512
+
+    ctypedef struct bnn_conv_params:
+        int kh, kw, cw
+        int cout, stride, wo
+        Py_ssize_t sxh, sxw
+        const bnn_word_t *w
+        int64_t k_bits
+        const float *mult
+        const float *bias
+        int cres
+        const float *gamma
+        const float *beta
+        const float *zeta
+        const float *next_thr
+        const int32_t *thr
+
+    void bnn_conv_row(const bnn_conv_params *prm, const bnn_word_t *xrow,
+                      const float *res_row, Py_ssize_t s_res_w,
+                      float *out_row, Py_ssize_t s_out_w,
+                      bnn_word_t *bits_row, Py_ssize_t s_bits_w)
+    void bnn_pack_row(const float *x, Py_ssize_t sxw, const float *thr, int c,
+                      int w, bnn_word_t *out, Py_ssize_t sow)
+
+
+cdef inline float _fmax_np(float a, float b) noexcept nogil:
+    # np.maximum semantics: NaN propagates, ties (0.0 vs -0.0) give b.
+    return a if (a > b or a != a) else b
+
+
+HAVE_AVX512 = bool(BNN_HAVE_AVX512)
+WORD_BITS_C = WORD_BITS
+LANES = BNN_LANES
+CO_BLOCK = BNN_CO_BLOCK
+
+
+def pack_raw(const float[:, :, :, ::1] x, const float[::1] thr,
+             word_t[:, :, :, ::1] out, int threads):
+    """out[n,h,w] bit c = x[n,h,w,c] < thr[c]; see backend.pack."""
+    cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2]
+    cdef int C = <int>x.shape[3]
+    if N * H * W == 0:
+        return
+    cdef const float *xb = &x[0, 0, 0, 0]
+    cdef word_t *ob = &out[0, 0, 0, 0]
+    cdef const float *tb = &thr[0]
+    cdef Py_ssize_t sxn = x.strides[0] // sizeof(float), sxh = x.strides[1] // sizeof(float)
+    cdef Py_ssize_t sxw = x.strides[2] // sizeof(float)
+    cdef Py_ssize_t son = out.strides[0] // sizeof(word_t), soh = out.strides[1] // sizeof(word_t)
+    cdef Py_ssize_t sow = out.strides[2] // sizeof(word_t)
+    cdef Py_ssize_t r, n, h
+    for r in prange(N * H, nogil=True, schedule="static", num_threads=threads):
+        n = r // H
+        h = r % H
+        bnn_pack_row(xb + n * sxn + h * sxh, sxw, tb, C, <int>W,
+                     <bnn_word_t *>(ob + n * son + h * soh), sow)
+
+
+def bconv_raw(const word_t[:, :, :, ::1] x, const word_t[::1] wdata,
+              int kh, int kw, int cw, int cout, long long k_bits, int stride,
+              mult, bias, residual, gamma, beta, zeta,
+              out, out_bits, next_thr, thr, int threads):
+    """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
+    (mult/bias given) and backend.bconv_bits (thr given)."""
+    cdef Py_ssize_t N = x.shape[0]
+    cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
+    cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
+    if N * Ho * Wo == 0:
+        return
+    cdef bnn_conv_params prm
+    prm.kh = kh
+    prm.kw = kw
+    prm.cw = cw
+    prm.cout = cout
+    prm.stride = stride
+    prm.wo = <int>Wo
+    prm.sxh = x.strides[1] // sizeof(word_t)
+    prm.sxw = x.strides[2] // sizeof(word_t)
+    prm.w = <const bnn_word_t *>&wdata[0]
+    prm.k_bits = k_bits
+    prm.mult = NULL
+    prm.bias = NULL
+    prm.cres = 1
+    prm.gamma = NULL
+    prm.beta = NULL
+    prm.zeta = NULL
+    prm.next_thr = NULL
+    prm.thr = NULL
+
+    # Typed views of the optional arrays; unused ones stay empty / NULL.
+    cdef const float[::1] mult_v, bias_v, gamma_v, beta_v, zeta_v, nthr_v
+    cdef const int32_t[::1] thr_v
+    cdef const float[:, :, :, ::1] res_v
+    cdef float[:, :, :, ::1] out_v
+    cdef word_t[:, :, :, ::1] bits_v
+    cdef const float *res_b = NULL
+    cdef float *out_b = NULL
+    cdef word_t *bits_b = NULL
+    cdef Py_ssize_t srn = 0, srh = 0, srw = 0, son = 0, soh = 0, sow = 0
+    cdef Py_ssize_t sbn = 0, sbh = 0, sbw = 0
+
+    if thr is not None:
+        thr_v = thr
+        prm.thr = &thr_v[0]
+    else:
+        mult_v = mult
+        bias_v = bias
+        prm.mult = &mult_v[0]
+        prm.bias = &bias_v[0]
+        if gamma is not None:
+            gamma_v = gamma
+            beta_v = beta
+            zeta_v = zeta
+            prm.gamma = &gamma_v[0]
+            prm.beta = &beta_v[0]
+            prm.zeta = &zeta_v[0]
+        if residual is not None:
+            res_v = residual
+            prm.cres = <int>res_v.shape[3]
+            res_b = &res_v[0, 0, 0, 0]
+            srn = res_v.strides[0] // sizeof(float)
+            srh = res_v.strides[1] // sizeof(float)
+            srw = res_v.strides[2] // sizeof(float)
+        if out is not None:
+            out_v = out
+            out_b = &out_v[0, 0, 0, 0]
+            son = out_v.strides[0] // sizeof(float)
+            soh = out_v.strides[1] // sizeof(float)
+            sow = out_v.strides[2] // sizeof(float)
+        if next_thr is not None:
+            nthr_v = next_thr
+            prm.next_thr = &nthr_v[0]
+    if out_bits is not None:
+        bits_v = out_bits
+        bits_b = &bits_v[0, 0, 0, 0]
+        sbn = bits_v.strides[0] // sizeof(word_t)
+        sbh = bits_v.strides[1] // sizeof(word_t)
+        sbw = bits_v.strides[2] // sizeof(word_t)
+
+    cdef const word_t *xb = &x[0, 0, 0, 0]
+    cdef Py_ssize_t sxn = x.strides[0] // sizeof(word_t)
+    cdef Py_ssize_t sxh = prm.sxh
+    cdef Py_ssize_t r, n, ho
+    # One (n, ho) output row per iteration: rows are independent, so the
+    # threads never share an output word.
+    for r in prange(N * Ho, nogil=True, schedule="static", num_threads=threads):
+        n = r // Ho
+        ho = r % Ho
+        bnn_conv_row(&prm, <const bnn_word_t *>(xb + n * sxn + ho * stride * sxh),
+                     (res_b + n * srn + ho * srh) if res_b != NULL else NULL, srw,
+                     (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
+                     (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
+                     sbw)
+
+
+def bmaxpool2_raw(const word_t[:, :, :, ::1] x, word_t[:, :, :, ::1] out, int threads):
+    """out[n,i,j,k] = AND of x[n,2i+a,2j+b,k] for a,b in {0,1} (bit 1 = -1)."""
+    cdef Py_ssize_t N = out.shape[0], Ho = out.shape[1], Wo = out.shape[2]
+    cdef Py_ssize_t C = out.shape[3]
+    cdef Py_ssize_t sw = x.strides[2] // sizeof(word_t)
+    cdef Py_ssize_t r, n, i, j, k
+    cdef const word_t *a
+    cdef const word_t *b
+    cdef word_t *o
+    for r in prange(N * Ho, nogil=True, schedule="static", num_threads=threads):
+        n = r // Ho
+        i = r % Ho
+        for j in range(Wo):
+            a = &x[n, 2 * i, 2 * j, 0]
+            b = &x[n, 2 * i + 1, 2 * j, 0]
+            o = &out[n, i, j, 0]
+            for k in range(C):
+                # -1 (bit 1) survives the max only if all four are -1.
+                o[k] = a[k] & a[k + sw] & b[k] & b[k + sw]
+
+
+def maxpool2_raw(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int threads):
+    """out[n,i,j,c] = max of x[n,2i+a,2j+b,c] for a,b in {0,1}, float32."""
+    cdef Py_ssize_t N = out.shape[0], Ho = out.shape[1], Wo = out.shape[2]
+    cdef Py_ssize_t C = out.shape[3]
+    cdef Py_ssize_t sw = x.strides[2] // sizeof(float)
+    cdef Py_ssize_t r, n, i, j, k
+    cdef const float *a
+    cdef const float *b
+    cdef float *o
+    cdef float m0, m1
+    for r in prange(N * Ho, nogil=True, schedule="static", num_threads=threads):
+        n = r // Ho
+        i = r % Ho
+        for j in range(Wo):
+            a = &x[n, 2 * i, 2 * j, 0]
+            b = &x[n, 2 * i + 1, 2 * j, 0]
+            o = &out[n, i, j, 0]
+            for k in range(C):
+                # Same pairing as reference.maxpool2: max(max(a0,a1), max(b0,b1)).
+                m0 = _fmax_np(a[k], a[k + sw])
+                m1 = _fmax_np(b[k], b[k + sw])
+                o[k] = _fmax_np(m0, m1)

@@ -1,0 +1,339 @@
+/*
+ * _bconv_kernels.h -- the hot loops of bnnlite's binary kernels (C99).
+ *
+ * Included (through kernels/_bconv.pxi) by the two Cython extensions
+ * bnnlite._bconv_avx512 (built with -mavx512f/bw/vl/dq/vpopcntdq) and
+ * bnnlite._bconv_generic (portable).  The same source compiles to two paths:
+ *   BNN_AVX512 == 1: 512-bit vpopcntq, register tile of BNN_P pixels x
+ *                    BNN_CO_BLOCK output channels of int64 accumulators;
+ *   BNN_AVX512 == 0: plain C with __builtin_popcountll, same layout and
+ *                    the same float32 operation order.
+ *
+ * Conventions (bnnlite/bitpack.py is the source of truth, mirrored in
+ * kernels/_bitpack.pxd): word = uint64, bit 1 means -1, LSB first along the
+ * channel axis, tail bits 0, zero word = +1 padding, and for K real bits
+ * dot = K - 2 * popcount(a XOR w).
+ *
+ * Float order (must match reference.py and the numba backend bit for bit;
+ * the build uses -ffp-contract=off so nothing is fused into an FMA):
+ *   t = (float)acc * mult[co]; t = t + bias[co]; t = t + residual;
+ *   rprelu: t >= gamma ? (t - gamma) + zeta : beta * (t - gamma) + zeta
+ *
+ * Public (to the .pxi): bnn_word_t, BNN_WORD_BITS, BNN_LANES, BNN_CO_BLOCK,
+ * BNN_HAVE_AVX512, bnn_conv_params, bnn_conv_row, bnn_pack_row.
+ */
+#ifndef BNNLITE_BCONV_KERNELS_H
+#define BNNLITE_BCONV_KERNELS_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* Mirrors bitpack.WORD_DTYPE; the width is derived, never spelled out. */
+typedef uint64_t bnn_word_t;
+#define BNN_WORD_BITS ((int)(8 * sizeof(bnn_word_t)))
+
+/* Weight layout: output channels are grouped in blocks of BNN_CO_BLOCK =
+ * BNN_NV_MAX vectors of BNN_LANES words.  One 512-bit load = BNN_LANES words
+ * = the same (kh, kw, cw) word of BNN_LANES consecutive output channels. */
+#define BNN_LANES 8
+#define BNN_NV_MAX 4
+#define BNN_CO_BLOCK (BNN_LANES * BNN_NV_MAX)
+/* Pixels per register tile: BNN_P x BNN_NV_MAX accumulators + BNN_NV_MAX
+ * weight vectors + 1 broadcast must fit in the 32 zmm registers. */
+#define BNN_P 6
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    defined(__AVX512DQ__) && defined(__AVX512VPOPCNTDQ__)
+#define BNN_AVX512 1
+#include <immintrin.h>
+#else
+#define BNN_AVX512 0
+#endif
+#define BNN_HAVE_AVX512 BNN_AVX512
+
+#if defined(__GNUC__)
+#define BNN_INLINE static inline __attribute__((always_inline))
+#else
+#define BNN_INLINE static inline
+#endif
+
+/* A block never straddles a word of the packed output bits. */
+typedef char bnn_block_divides_word[(BNN_WORD_BITS % BNN_CO_BLOCK) == 0 ? 1 : -1];
+#if BNN_AVX512
+/* The vector path assumes one word per 64-bit lane. */
+typedef char bnn_word_is_epi64[(sizeof(bnn_word_t) * BNN_LANES == 64) ? 1 : -1];
+#endif
+
+/* Everything about one convolution call that does not change per row.
+ * Pointers that are NULL switch the matching epilogue step off. */
+typedef struct {
+    int kh, kw, cw;          /* kernel size, words per pixel */
+    int cout, stride, wo;    /* output channels, stride, output width */
+    ptrdiff_t sxh, sxw;      /* input strides in words (H and W axes) */
+    const bnn_word_t *w;     /* prepared weights (see prepare_weights) */
+    int64_t k_bits;          /* K real bits: acc = K - 2 * popcount */
+    const float *mult, *bias;            /* float mode (NULL in bits mode) */
+    int cres;                            /* residual channels (co % cres) */
+    const float *gamma, *beta, *zeta;    /* rprelu or NULL */
+    const float *next_thr;               /* fused pack threshold or NULL */
+    const int32_t *thr;                  /* bits mode threshold or NULL */
+} bnn_conv_params;
+
+static inline int bnn_min(int a, int b) { return a < b ? a : b; }
+
+/* ------------------------------------------------------------------ */
+/* Core: popcount(x XOR w) summed over (kh, kw, cw) for P pixels x NV*LANES
+ * output channels of one block, written to tile[p * BNN_CO_BLOCK + l].   */
+/* ------------------------------------------------------------------ */
+#if BNN_AVX512
+BNN_INLINE void bnn_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw,
+                         ptrdiff_t pstep, const bnn_word_t *wb, int kh, int kw,
+                         int cw, const int P, const int NV, int64_t *tile)
+{
+    __m512i acc[BNN_P][BNN_NV_MAX];
+    for (int p = 0; p < P; p++)
+        for (int v = 0; v < NV; v++)
+            acc[p][v] = _mm512_setzero_si512();
+    for (int i = 0; i < kh; i++) {
+        for (int j = 0; j < kw; j++) {
+            const bnn_word_t *xp = x0 + i * sxh + j * sxw;
+            for (int c = 0; c < cw; c++) {
+                /* NV weight vectors feed all P pixels (register reuse). */
+                __m512i wv[BNN_NV_MAX];
+                for (int v = 0; v < NV; v++)
+                    wv[v] = _mm512_loadu_si512((const void *)(wb + v * BNN_LANES));
+                wb += NV * BNN_LANES;
+                for (int p = 0; p < P; p++) {
+                    const __m512i xb = _mm512_set1_epi64((long long)xp[p * pstep + c]);
+                    for (int v = 0; v < NV; v++)
+                        acc[p][v] = _mm512_add_epi64(
+                            acc[p][v], _mm512_popcnt_epi64(_mm512_xor_si512(xb, wv[v])));
+                }
+            }
+        }
+    }
+    for (int p = 0; p < P; p++)
+        for (int v = 0; v < NV; v++)
+            _mm512_store_si512((void *)(tile + p * BNN_CO_BLOCK + v * BNN_LANES), acc[p][v]);
+}
+#else
+BNN_INLINE void bnn_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw,
+                         ptrdiff_t pstep, const bnn_word_t *wb, int kh, int kw,
+                         int cw, const int P, const int NV, int64_t *tile)
+{
+    const int nl = NV * BNN_LANES;
+    for (int p = 0; p < P; p++)
+        for (int l = 0; l < nl; l++)
+            tile[p * BNN_CO_BLOCK + l] = 0;
+    for (int i = 0; i < kh; i++) {
+        for (int j = 0; j < kw; j++) {
+            const bnn_word_t *xp = x0 + i * sxh + j * sxw;
+            for (int c = 0; c < cw; c++) {
+                for (int p = 0; p < P; p++) {
+                    const bnn_word_t xv = xp[p * pstep + c];
+                    int64_t *t = tile + p * BNN_CO_BLOCK;
+                    for (int l = 0; l < nl; l++)
+                        t[l] += __builtin_popcountll((unsigned long long)(xv ^ wb[l]));
+                }
+                wb += nl;
+            }
+        }
+    }
+}
+#endif
+
+/* ------------------------------------------------------------------ */
+/* Epilogue for one pixel and one block: acc = K - 2*pop, then either the
+ * integer threshold (bits mode) or the float chain + optional fused pack.
+ * Bits of channel co go to *wbits at bit (co % BNN_WORD_BITS).           */
+/* ------------------------------------------------------------------ */
+#if BNN_AVX512
+BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
+                             int co0, int nco, const float *res_px,
+                             float *out_px, bnn_word_t *wbits)
+{
+    const __m512i kv = _mm512_set1_epi64((long long)prm->k_bits);
+    for (int g = 0; g < nco; g += BNN_LANES) {
+        const int co = co0 + g;
+        const int n = bnn_min(BNN_LANES, nco - g);
+        const __mmask8 lm = (__mmask8)((1u << n) - 1u);
+        const __m512i pop = _mm512_load_si512((const void *)(t + g));
+        const __m512i a = _mm512_sub_epi64(kv, _mm512_add_epi64(pop, pop));
+        const int sh = co % BNN_WORD_BITS;
+        if (prm->thr) {
+            const __m512i th = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lm, prm->thr + co));
+            const __mmask8 m = _mm512_mask_cmplt_epi64_mask(lm, a, th);
+            *wbits |= (bnn_word_t)m << sh;
+            continue;
+        }
+        /* |acc| < 2^24, so the int64 -> float conversion is exact. */
+        __m256 y = _mm512_cvtepi64_ps(a);
+        y = _mm256_mul_ps(y, _mm256_maskz_loadu_ps(lm, prm->mult + co));
+        y = _mm256_add_ps(y, _mm256_maskz_loadu_ps(lm, prm->bias + co));
+        if (res_px) {
+            __m256 r;
+            const int cres = prm->cres;
+            if (cres % BNN_LANES == 0) {
+                /* co is a multiple of LANES, so co % cres .. +n is contiguous. */
+                r = _mm256_maskz_loadu_ps(lm, res_px + (co % cres));
+            } else {
+                float tmp[BNN_LANES] = {0};
+                for (int l = 0; l < n; l++)
+                    tmp[l] = res_px[(co + l) % cres];
+                r = _mm256_loadu_ps(tmp);
+            }
+            y = _mm256_add_ps(y, r);
+        }
+        if (prm->gamma) {
+            const __m256 gm = _mm256_maskz_loadu_ps(lm, prm->gamma + co);
+            const __mmask8 ge = _mm256_cmp_ps_mask(y, gm, _CMP_GE_OQ);
+            __m256 d = _mm256_sub_ps(y, gm);
+            const __m256 e = _mm256_mul_ps(_mm256_maskz_loadu_ps(lm, prm->beta + co), d);
+            d = _mm256_mask_blend_ps(ge, e, d);   /* ge ? d : beta*d */
+            y = _mm256_add_ps(d, _mm256_maskz_loadu_ps(lm, prm->zeta + co));
+        }
+        if (out_px)
+            _mm256_mask_storeu_ps(out_px + co, lm, y);
+        if (prm->next_thr) {
+            const __m256 nt = _mm256_maskz_loadu_ps(lm, prm->next_thr + co);
+            const __mmask8 m = _mm256_mask_cmp_ps_mask(lm, y, nt, _CMP_LT_OQ);
+            *wbits |= (bnn_word_t)m << sh;
+        }
+    }
+}
+#else
+BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
+                             int co0, int nco, const float *res_px,
+                             float *out_px, bnn_word_t *wbits)
+{
+    for (int l = 0; l < nco; l++) {
+        const int co = co0 + l;
+        const int64_t a = prm->k_bits - 2 * t[l];
+        const int sh = co % BNN_WORD_BITS;
+        if (prm->thr) {
+            *wbits |= (bnn_word_t)(a < (int64_t)prm->thr[co]) << sh;
+            continue;
+        }
+        float y = (float)a * prm->mult[co];
+        y = y + prm->bias[co];
+        if (res_px)
+            y = y + res_px[co % prm->cres];
+        if (prm->gamma) {
+            const float gm = prm->gamma[co];
+            const float d = y - gm;
+            y = (y >= gm) ? d + prm->zeta[co] : prm->beta[co] * d + prm->zeta[co];
+        }
+        if (out_px)
+            out_px[co] = y;
+        if (prm->next_thr)
+            *wbits |= (bnn_word_t)(y < prm->next_thr[co]) << sh;
+    }
+}
+#endif
+
+/* Run the core for np pixels (np <= BNN_P) and nv vectors with constant
+ * template arguments so the accumulators live in registers. */
+static inline void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
+                                     ptrdiff_t sxw, ptrdiff_t pstep,
+                                     const bnn_word_t *wb, int kh, int kw,
+                                     int cw, int np, int nv, int64_t *tile)
+{
+    if (np == BNN_P) {
+        switch (nv) {
+        case 4: bnn_core(x0, sxh, sxw, pstep, wb, kh, kw, cw, BNN_P, 4, tile); return;
+        case 3: bnn_core(x0, sxh, sxw, pstep, wb, kh, kw, cw, BNN_P, 3, tile); return;
+        case 2: bnn_core(x0, sxh, sxw, pstep, wb, kh, kw, cw, BNN_P, 2, tile); return;
+        default: bnn_core(x0, sxh, sxw, pstep, wb, kh, kw, cw, BNN_P, 1, tile); return;
+        }
+    }
+    for (int p = 0; p < np; p++) {
+        const bnn_word_t *xp = x0 + p * pstep;
+        int64_t *tp = tile + p * BNN_CO_BLOCK;
+        switch (nv) {
+        case 4: bnn_core(xp, sxh, sxw, pstep, wb, kh, kw, cw, 1, 4, tp); break;
+        case 3: bnn_core(xp, sxh, sxw, pstep, wb, kh, kw, cw, 1, 3, tp); break;
+        case 2: bnn_core(xp, sxh, sxw, pstep, wb, kh, kw, cw, 1, 2, tp); break;
+        default: bnn_core(xp, sxh, sxw, pstep, wb, kh, kw, cw, 1, 1, tp); break;
+        }
+    }
+}
+
+/* One output row (fixed n, ho): xrow = &x[n, ho*stride, 0, 0];
+ * res_row/out_row/bits_row point at [n, ho, 0, 0] of their arrays (or NULL),
+ * with W strides s_res_w/s_out_w (floats) and s_bits_w (words).
+ * Loop order: pixel tile outer, output-channel block inner, so the input
+ * pixels stay in L1 and the packed bits of a word are assembled in a
+ * register and stored once. */
+static void bnn_conv_row(const bnn_conv_params *prm, const bnn_word_t *xrow,
+                         const float *res_row, ptrdiff_t s_res_w,
+                         float *out_row, ptrdiff_t s_out_w,
+                         bnn_word_t *bits_row, ptrdiff_t s_bits_w)
+{
+#if defined(__GNUC__)
+    int64_t tile[BNN_P * BNN_CO_BLOCK] __attribute__((aligned(64)));
+#else
+    int64_t tile[BNN_P * BNN_CO_BLOCK];
+#endif
+    const int cout = prm->cout;
+    const int nblk = (cout + BNN_CO_BLOCK - 1) / BNN_CO_BLOCK;
+    const ptrdiff_t pstep = (ptrdiff_t)prm->stride * prm->sxw;
+    const ptrdiff_t wblk = (ptrdiff_t)prm->kh * prm->kw * prm->cw * BNN_CO_BLOCK;
+    for (int wo0 = 0; wo0 < prm->wo; wo0 += BNN_P) {
+        const int np = bnn_min(BNN_P, prm->wo - wo0);
+        const bnn_word_t *x0 = xrow + wo0 * pstep;
+        bnn_word_t wbits[BNN_P];
+        for (int b = 0; b < nblk; b++) {
+            const int co0 = b * BNN_CO_BLOCK;
+            const int nco = bnn_min(BNN_CO_BLOCK, cout - co0);
+            const int nv = (nco + BNN_LANES - 1) / BNN_LANES;
+            bnn_core_dispatch(x0, prm->sxh, prm->sxw, pstep, prm->w + b * wblk,
+                              prm->kh, prm->kw, prm->cw, np, nv, tile);
+            if (co0 % BNN_WORD_BITS == 0)
+                for (int p = 0; p < np; p++)
+                    wbits[p] = 0;
+            for (int p = 0; p < np; p++) {
+                const int px = wo0 + p;
+                bnn_epilogue(prm, tile + p * BNN_CO_BLOCK, co0, nco,
+                             res_row ? res_row + px * s_res_w : NULL,
+                             out_row ? out_row + px * s_out_w : NULL, &wbits[p]);
+            }
+            if (bits_row && ((co0 + BNN_CO_BLOCK) % BNN_WORD_BITS == 0 || b == nblk - 1))
+                for (int p = 0; p < np; p++)
+                    bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = wbits[p];
+        }
+    }
+}
+
+/* Pack one row of w pixels: bit c of word c / WORD_BITS = x[c] < thr[c]
+ * (LSB first, tail bits 0).  x: w pixels of c floats, W stride sxw floats;
+ * out: W stride sow words. */
+static void bnn_pack_row(const float *x, ptrdiff_t sxw, const float *thr, int c,
+                         int w, bnn_word_t *out, ptrdiff_t sow)
+{
+    const int nwords = (c + BNN_WORD_BITS - 1) / BNN_WORD_BITS;
+    for (int px = 0; px < w; px++) {
+        const float *xp = x + px * sxw;
+        bnn_word_t *op = out + px * sow;
+        for (int k = 0; k < nwords; k++) {
+            const int c0 = k * BNN_WORD_BITS;
+            const int n = bnn_min(BNN_WORD_BITS, c - c0);
+            bnn_word_t bits = 0;
+#if BNN_AVX512
+            for (int q = 0; q < n; q += 16) {
+                const int nq = bnn_min(16, n - q);
+                const __mmask16 lm = (__mmask16)((1u << nq) - 1u);
+                const __m512 xv = _mm512_maskz_loadu_ps(lm, xp + c0 + q);
+                const __m512 tv = _mm512_maskz_loadu_ps(lm, thr + c0 + q);
+                const __mmask16 m = _mm512_mask_cmp_ps_mask(lm, xv, tv, _CMP_LT_OQ);
+                bits |= (bnn_word_t)m << q;
+            }
+#else
+            for (int l = 0; l < n; l++)
+                bits |= (bnn_word_t)(xp[c0 + l] < thr[c0 + l]) << l;
+#endif
+            op[k] = bits;
+        }
+    }
+}
+
+#endif /* BNNLITE_BCONV_KERNELS_H */
