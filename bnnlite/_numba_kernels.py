@@ -1,0 +1,272 @@
+"""numba fallback of bnnlite's binary kernels (used when the Cython build is
+missing).  Importing this module compiles the kernels (eagerly, with explicit
+signatures, so one machine code version serves contiguous and strided
+arrays alike; ``cache=True`` keeps it on disk), so only ``bnnlite.backend``
+imports it, and only when the numba backend is asked for.
+
+Unchecked: ``bnnlite.backend`` validates every argument first.
+
+Formula (same as the Cython kernels and ``bnnlite.reference``):
+    acc = k_bits - 2 * popcount(x XOR w) summed over (KH, KW, Cw)
+    float mode: y = float32(acc) * mult[co]; y = y + bias[co];
+                y = y + residual[..., co % Cres];
+                y = (y-gamma)+zeta if y >= gamma else beta*(y-gamma)+zeta
+                (numba does not contract these into FMAs without fastmath)
+    bits mode:  bit co = acc < thr[co]
+
+Weight layout (LAYOUT): Cout padded with zero words to a multiple of
+CO_BLOCK, then blocks of CO_BLOCK output channels, each (KH, KW, Cw,
+CO_BLOCK) with the channels innermost, flattened, so the innermost loop
+reads CO_BLOCK consecutive words that LLVM turns into 512-bit vpopcntq.
+
+Public names: pack, bconv, bmaxpool2, maxpool2, popcount, CO_BLOCK, P, LAYOUT.
+"""
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit, prange, types
+from numba.extending import intrinsic
+
+from .bitpack import WORD_BITS
+
+__all__ = ["pack", "bconv", "bmaxpool2", "maxpool2", "popcount", "CO_BLOCK", "P",
+           "LAYOUT"]
+
+#: Output channels per weight block (innermost, contiguous).
+CO_BLOCK = 32
+#: Output pixels per register tile (each weight word is reused P times).
+P = 4
+LAYOUT = f"numba-b{CO_BLOCK}"
+
+_WB = np.uint64(WORD_BITS)
+_ONE = np.uint64(1)
+_ZERO = np.uint64(0)
+
+
+@intrinsic
+def popcount(typingctx, x):
+    """popcount of a uint64 as int64, lowered to LLVM's ctpop (-> popcnt /
+    vpopcntq when vectorised)."""
+    if isinstance(x, types.Integer) and x.bitwidth == 64:
+        def codegen(context, builder, sig, args):
+            return builder.ctpop(args[0])
+        return types.int64(x), codegen
+    return None
+
+
+def _arr(dtype, ndim, layout="A", readonly=False):
+    return types.Array(dtype, ndim, layout, readonly=readonly)
+
+
+_W4R = _arr(types.uint64, 4, readonly=True)
+_W4 = _arr(types.uint64, 4)
+_F4R = _arr(types.float32, 4, readonly=True)
+_F4 = _arr(types.float32, 4)
+_F1R = _arr(types.float32, 1, "C", readonly=True)
+_I1R = _arr(types.int32, 1, "C", readonly=True)
+_W1R = _arr(types.uint64, 1, "C", readonly=True)
+_OPTS = dict(parallel=True, cache=True, nogil=True, fastmath=False)
+
+
+@njit(types.void(_F4R, _F1R, _W4), **_OPTS)
+def _pack(x, thr, out):
+    n, h, w, c = x.shape
+    nw = out.shape[3]
+    for r in prange(n * h):
+        i = r // h
+        j = r - i * h
+        for k in range(w):
+            for q in range(nw):
+                c0 = q * WORD_BITS
+                bits = _ZERO
+                for l in range(min(WORD_BITS, c - c0)):
+                    if x[i, j, k, c0 + l] < thr[c0 + l]:
+                        bits |= _ONE << np.uint64(l)
+                out[i, j, k, q] = bits
+
+
+@njit(inline="always")
+def _tile4(x, wdata, acc, n, h0, w0, stride, idx, kh, kw, cw):
+    """acc[p, l] += popcount(x XOR w) for P=4 pixels (w0 + p*stride) and the
+    CO_BLOCK channels of the block at wdata[idx:]: each weight word is loaded
+    once for the four pixels."""
+    for i in range(kh):
+        for j in range(kw):
+            for c in range(cw):
+                x0 = x[n, h0 + i, w0 + j, c]
+                x1 = x[n, h0 + i, w0 + stride + j, c]
+                x2 = x[n, h0 + i, w0 + 2 * stride + j, c]
+                x3 = x[n, h0 + i, w0 + 3 * stride + j, c]
+                for l in range(CO_BLOCK):  # vectorised by LLVM (vpopcntq)
+                    wv = wdata[idx + l]
+                    acc[0, l] += popcount(x0 ^ wv)
+                    acc[1, l] += popcount(x1 ^ wv)
+                    acc[2, l] += popcount(x2 ^ wv)
+                    acc[3, l] += popcount(x3 ^ wv)
+                idx += CO_BLOCK
+
+
+@njit(inline="always")
+def _tile1(x, wdata, acc, p, n, h0, w0, idx, kh, kw, cw):
+    """Single-pixel version of _tile4 for the right edge of a row."""
+    for i in range(kh):
+        for j in range(kw):
+            for c in range(cw):
+                xv = x[n, h0 + i, w0 + j, c]
+                for l in range(CO_BLOCK):
+                    acc[p, l] += popcount(xv ^ wdata[idx + l])
+                idx += CO_BLOCK
+
+
+@njit(types.void(_W4R, _W1R, types.int64, types.int64, types.int64, types.int64,
+                 types.int64, types.int64, types.int64,
+                 _F1R, _F1R, types.int64, _F4R, types.int64, _F1R, _F1R, _F1R,
+                 types.int64, _F4, types.int64, _W4, _F1R, _I1R), **_OPTS)
+def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
+           mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+           has_out, out, has_bits, bits, nthr, ithr):
+    n_img = x.shape[0]
+    ho_n = (x.shape[1] - kh) // stride + 1
+    wo_n = (x.shape[2] - kw) // stride + 1
+    nblk = (cout + CO_BLOCK - 1) // CO_BLOCK
+    wblk = kh * kw * cw * CO_BLOCK
+    # Residual channel of each output channel (channel duplication).
+    ridx = np.arange(cout) % res.shape[3]
+    for r in prange(n_img * ho_n):
+        n = r // ho_n
+        ho = r - n * ho_n
+        acc = np.empty((P, CO_BLOCK), np.int64)
+        wbits = np.empty(P, np.uint64)
+        y32 = np.empty(CO_BLOCK, np.float32)
+        for wo0 in range(0, wo_n, P):
+            npx = min(P, wo_n - wo0)
+            for b in range(nblk):
+                co0 = b * CO_BLOCK
+                acc[:, :] = 0
+                if npx == P:
+                    _tile4(x, wdata, acc, n, ho * stride, wo0 * stride, stride,
+                           b * wblk, kh, kw, cw)
+                else:
+                    for p in range(npx):
+                        _tile1(x, wdata, acc, p, n, ho * stride, (wo0 + p) * stride,
+                               b * wblk, kh, kw, cw)
+                if co0 % WORD_BITS == 0:
+                    wbits[:] = _ZERO
+                nco = min(CO_BLOCK, cout - co0)
+                for p in range(npx):
+                    wo = wo0 + p
+                    word = _ZERO
+                    if mode_bits:
+                        for l in range(nco):
+                            if k_bits - 2 * acc[p, l] < ithr[co0 + l]:
+                                word |= _ONE << np.uint64(l)
+                    else:
+                        # One short loop per step so LLVM vectorises each;
+                        # the float32 order is the documented one.
+                        for l in range(nco):
+                            y32[l] = np.float32(k_bits - 2 * acc[p, l]) * mult[co0 + l]
+                        for l in range(nco):
+                            y32[l] = y32[l] + bias[co0 + l]
+                        if has_res:
+                            for l in range(nco):
+                                y32[l] = y32[l] + res[n, ho, wo, ridx[co0 + l]]
+                        if has_rp:
+                            for l in range(nco):
+                                y = y32[l]
+                                g = gamma[co0 + l]
+                                d = y - g
+                                z = zeta[co0 + l]
+                                y32[l] = d + z if y >= g else beta[co0 + l] * d + z
+                        if has_out:
+                            for l in range(nco):
+                                out[n, ho, wo, co0 + l] = y32[l]
+                        if has_bits:
+                            for l in range(nco):
+                                if y32[l] < nthr[co0 + l]:
+                                    word |= _ONE << np.uint64(l)
+                    wbits[p] |= word << np.uint64(co0 % WORD_BITS)
+                if has_bits and ((co0 + CO_BLOCK) % WORD_BITS == 0 or b == nblk - 1):
+                    for p in range(npx):
+                        bits[n, ho, wo0 + p, co0 // WORD_BITS] = wbits[p]
+
+
+@njit(types.void(_W4R, _W4), **_OPTS)
+def _bmaxpool2(x, out):
+    n, ho, wo, cw = out.shape
+    for r in prange(n * ho):
+        i = r // ho
+        j = r - i * ho
+        for k in range(wo):
+            for c in range(cw):
+                # bit 1 (-1) survives the max only if all four are -1.
+                out[i, j, k, c] = (x[i, 2 * j, 2 * k, c] & x[i, 2 * j, 2 * k + 1, c]
+                                   & x[i, 2 * j + 1, 2 * k, c] & x[i, 2 * j + 1, 2 * k + 1, c])
+
+
+@njit(inline="always")
+def _fmax(a, b):
+    # np.maximum semantics: NaN propagates, ties (0.0 vs -0.0) give b.
+    return a if (a > b or a != a) else b
+
+
+@njit(types.void(_F4R, _F4), **_OPTS)
+def _maxpool2(x, out):
+    n, ho, wo, c = out.shape
+    for r in prange(n * ho):
+        i = r // ho
+        j = r - i * ho
+        for k in range(wo):
+            for q in range(c):
+                out[i, j, k, q] = _fmax(_fmax(x[i, 2 * j, 2 * k, q], x[i, 2 * j, 2 * k + 1, q]),
+                                        _fmax(x[i, 2 * j + 1, 2 * k, q],
+                                              x[i, 2 * j + 1, 2 * k + 1, q]))
+
+
+# ---- thin Python wrappers (threads -> numba.set_num_threads) -----------------
+_F1_DUMMY = np.zeros(1, np.float32)
+_I1_DUMMY = np.zeros(1, np.int32)
+_F4_DUMMY = np.zeros((1, 1, 1, 1), np.float32)
+_W4_DUMMY = np.zeros((1, 1, 1, 1), np.uint64)
+
+
+def _threads(threads):
+    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
+
+
+def pack(x, thr, out, threads):
+    """bit c = x[..., c] < thr[c]; x float32 (N,H,W,C), out word (N,H,W,Cw)."""
+    _threads(threads)
+    _pack(x, thr, out)
+
+
+def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rprelu,
+          out, out_bits, next_thr, thr, threads):
+    """Valid binary conv; float mode if thr is None, else bits mode (see module doc).
+
+    x word (N,Hp,Wp,Cw); wdata the LAYOUT array; out float32 (N,Ho,Wo,Cout) or
+    None; out_bits word (N,Ho,Wo,words_for(Cout)) or None.
+    """
+    _threads(threads)
+    mode_bits = thr is not None
+    g, b, z = rprelu if rprelu is not None else (_F1_DUMMY,) * 3
+    _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, int(mode_bits),
+           _F1_DUMMY if mode_bits else mult, _F1_DUMMY if mode_bits else bias,
+           int(residual is not None), _F4_DUMMY if residual is None else residual,
+           int(rprelu is not None), g, b, z,
+           int(out is not None), _F4_DUMMY if out is None else out,
+           int(out_bits is not None), _W4_DUMMY if out_bits is None else out_bits,
+           _F1_DUMMY if next_thr is None else next_thr,
+           thr if mode_bits else _I1_DUMMY)
+
+
+def bmaxpool2(x, out, threads):
+    """out = AND of the four words of each 2x2 window (word arrays)."""
+    _threads(threads)
+    _bmaxpool2(x, out)
+
+
+def maxpool2(x, out, threads):
+    """out = max of each 2x2 window (float32, np.maximum semantics)."""
+    _threads(threads)
+    _maxpool2(x, out)
