@@ -5,7 +5,9 @@
 # portable path from the predefined macros.  Only nogil loops and thin typed
 # wrappers live here: every argument is validated (dtype, shape, contiguity
 # of the last axis, aliasing) by bnnlite.backend before it reaches us, so
-# nothing below checks anything.
+# nothing below checks anything.  4-D views are declared fully strided
+# ([:, :, :, :]) because Cython's [..., ::1] would demand a C-contiguous
+# buffer; the kernels use the outer strides and assume the last is 1.
 #
 # Public names (raw, unchecked -- call them through bnnlite.backend):
 #   pack_raw, bconv_raw, bmaxpool2_raw, maxpool2_raw,
@@ -57,8 +59,8 @@ LANES = BNN_LANES
 CO_BLOCK = BNN_CO_BLOCK
 
 
-def pack_raw(const float[:, :, :, ::1] x, const float[::1] thr,
-             word_t[:, :, :, ::1] out, int threads):
+def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
+             word_t[:, :, :, :] out, int threads):
     """out[n,h,w] bit c = x[n,h,w,c] < thr[c]; see backend.pack."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef int C = <int>x.shape[3]
@@ -79,7 +81,7 @@ def pack_raw(const float[:, :, :, ::1] x, const float[::1] thr,
                      <bnn_word_t *>(ob + n * son + h * soh), sow)
 
 
-def bconv_raw(const word_t[:, :, :, ::1] x, const word_t[::1] wdata,
+def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
               int kh, int kw, int cw, int cout, long long k_bits, int stride,
               mult, bias, residual, gamma, beta, zeta,
               out, out_bits, next_thr, thr, int threads):
@@ -113,9 +115,9 @@ def bconv_raw(const word_t[:, :, :, ::1] x, const word_t[::1] wdata,
     # Typed views of the optional arrays; unused ones stay empty / NULL.
     cdef const float[::1] mult_v, bias_v, gamma_v, beta_v, zeta_v, nthr_v
     cdef const int32_t[::1] thr_v
-    cdef const float[:, :, :, ::1] res_v
-    cdef float[:, :, :, ::1] out_v
-    cdef word_t[:, :, :, ::1] bits_v
+    cdef const float[:, :, :, :] res_v
+    cdef float[:, :, :, :] out_v
+    cdef word_t[:, :, :, :] bits_v
     cdef const float *res_b = NULL
     cdef float *out_b = NULL
     cdef word_t *bits_b = NULL
@@ -176,7 +178,7 @@ def bconv_raw(const word_t[:, :, :, ::1] x, const word_t[::1] wdata,
                      sbw)
 
 
-def bmaxpool2_raw(const word_t[:, :, :, ::1] x, word_t[:, :, :, ::1] out, int threads):
+def bmaxpool2_raw(const word_t[:, :, :, :] x, word_t[:, :, :, :] out, int threads):
     """out[n,i,j,k] = AND of x[n,2i+a,2j+b,k] for a,b in {0,1} (bit 1 = -1)."""
     cdef Py_ssize_t N = out.shape[0], Ho = out.shape[1], Wo = out.shape[2]
     cdef Py_ssize_t C = out.shape[3]
@@ -197,7 +199,7 @@ def bmaxpool2_raw(const word_t[:, :, :, ::1] x, word_t[:, :, :, ::1] out, int th
                 o[k] = a[k] & a[k + sw] & b[k] & b[k + sw]
 
 
-def maxpool2_raw(const float[:, :, :, ::1] x, float[:, :, :, ::1] out, int threads):
+def maxpool2_raw(const float[:, :, :, :] x, float[:, :, :, :] out, int threads):
     """out[n,i,j,c] = max of x[n,2i+a,2j+b,c] for a,b in {0,1}, float32."""
     cdef Py_ssize_t N = out.shape[0], Ho = out.shape[1], Wo = out.shape[2]
     cdef Py_ssize_t C = out.shape[3]

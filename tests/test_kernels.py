@@ -1,0 +1,413 @@
+"""Tests of the binary kernels of every available backend.
+
+Each backend is checked against (a) a float +-1 convolution oracle built
+only from bitpack.unpack_bits and plain NumPy (independent of the kernels'
+popcount formula) and (b) bnnlite.reference, bit for bit.  Backends that are
+not built here are skipped with the reason.  Outputs are pre-filled with
+garbage so any element a kernel forgets to write is caught.
+"""
+import os
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from bnnlite import backend as B
+from bnnlite import reference
+from bnnlite.bitpack import WORD_BITS, WORD_DTYPE, pack_bits, unpack_bits, words_for
+
+SETTINGS = settings(derandomize=True, max_examples=60, deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow,
+                                           HealthCheck.function_scoped_fixture])
+CHANNELS = [1, 3, 63, 64, 65, 127, 128, 130, 200]
+ALL = ["cython-avx512", "cython-generic", "numba", "numpy"]
+GARBAGE_WORD = np.iinfo(WORD_DTYPE).max
+
+
+def _get(name):
+    try:
+        return B.get_backend(name)
+    except (ImportError, RuntimeError) as exc:
+        pytest.skip(f"backend {name} not available here: {exc}")
+
+
+@pytest.fixture(scope="module", params=ALL)
+def be(request):
+    return _get(request.param)
+
+
+@pytest.fixture(scope="module")
+def ref():
+    return B.get_backend("numpy")
+
+
+# --------------------------------------------------------------------------
+# Cases and oracles
+# --------------------------------------------------------------------------
+@st.composite
+def conv_cases(draw):
+    k = draw(st.sampled_from([1, 3]))
+    pad = draw(st.sampled_from([0, 1]))
+    h = draw(st.integers(1, 9))
+    w = draw(st.integers(1, 9))
+    assume(h + 2 * pad >= k and w + 2 * pad >= k)
+    return dict(n=draw(st.integers(1, 3)), h=h, w=w, k=k, pad=pad,
+                cin=draw(st.sampled_from(CHANNELS)), cout=draw(st.sampled_from(CHANNELS)),
+                stride=draw(st.sampled_from([1, 2])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+class Case:
+    """Random packed input (with its +1 border) and weights for one conv."""
+
+    def __init__(self, n, h, w, k, pad, cin, cout, stride, seed):
+        self.rng = np.random.default_rng(seed)
+        self.cin, self.cout, self.k, self.stride = cin, cout, k, stride
+        self.x = np.zeros((n, h + 2 * pad, w + 2 * pad, words_for(cin)), WORD_DTYPE)
+        self.x[:, pad:pad + h, pad:pad + w] = pack_bits(self.rng.standard_normal((n, h, w, cin)))
+        self.w = pack_bits(self.rng.standard_normal((cout, k, k, cin)))
+        self.k_bits = k * k * cin
+        self.n = n
+        self.ho = (h + 2 * pad - k) // stride + 1
+        self.wo = (w + 2 * pad - k) // stride + 1
+
+    @property
+    def out_shape(self):
+        return (self.n, self.ho, self.wo, self.cout)
+
+    @property
+    def bits_shape(self):
+        return (self.n, self.ho, self.wo, words_for(self.cout))
+
+    def f32(self, *shape):
+        return self.rng.standard_normal(shape).astype(np.float32)
+
+    def oracle_acc(self):
+        """sum of a*w over the window with a, w in {-1,+1}, as float64."""
+        xf = unpack_bits(self.x, self.cin).astype(np.float64)   # zero words -> +1
+        wf = unpack_bits(self.w, self.cin).astype(np.float64)
+        s, acc = self.stride, 0.0
+        for i in range(self.k):
+            for j in range(self.k):
+                patch = xf[:, i:i + s * (self.ho - 1) + 1:s, j:j + s * (self.wo - 1) + 1:s]
+                acc = acc + np.einsum("nhwc,oc->nhwo", patch, wf[:, i, j, :])
+        return acc
+
+
+def _float_out(be, c, wp, mult, bias, residual=None, rprelu=None, next_thr=None,
+               threads=1):
+    out = np.full(c.out_shape, np.nan, np.float32)
+    bits = None if next_thr is None else np.full(c.bits_shape, GARBAGE_WORD, WORD_DTYPE)
+    be.bconv_float(c.x, wp, c.k_bits, c.stride, mult, bias, residual, rprelu, out,
+                   bits, next_thr, threads)
+    return out, bits
+
+
+def _bits_out(be, c, wp, thr, threads=1):
+    out = np.full(c.bits_shape, GARBAGE_WORD, WORD_DTYPE)
+    be.bconv_bits(c.x, wp, c.k_bits, c.stride, thr, out, threads)
+    return out
+
+
+# --------------------------------------------------------------------------
+class TestConvIntegers:
+    """mult=1, bias=0 float mode and bits mode give exact integers."""
+
+    @given(case=conv_cases())
+    @SETTINGS
+    def test_float_mode_equals_pm1_oracle(self, be, case):
+        c = Case(**case)
+        out, _ = _float_out(be, c, be.prepare_weights(c.w),
+                            np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32))
+        np.testing.assert_array_equal(out, c.oracle_acc().astype(np.float32))
+
+    @given(case=conv_cases())
+    @SETTINGS
+    def test_bits_mode_equals_oracle_and_reference(self, be, ref, case):
+        c = Case(**case)
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
+        got = _bits_out(be, c, be.prepare_weights(c.w), thr)
+        np.testing.assert_array_equal(got, pack_bits(c.oracle_acc(), thr))
+        np.testing.assert_array_equal(got, _bits_out(ref, c, ref.prepare_weights(c.w), thr))
+
+    def test_all_backends_agree_on_integers(self):
+        names = [n for n in ALL if n in B.available_backends()]
+        assert "numpy" in names
+        c = Case(n=2, h=7, w=9, k=3, pad=1, cin=130, cout=65, stride=1, seed=7)
+        thr = np.zeros(c.cout, np.int32)
+        ones, zeros = np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32)
+        res = {n: (_float_out(B.get_backend(n), c, B.get_backend(n).prepare_weights(c.w),
+                              ones, zeros)[0],
+                   _bits_out(B.get_backend(n), c, B.get_backend(n).prepare_weights(c.w), thr))
+               for n in names}
+        for n in names:
+            np.testing.assert_array_equal(res[n][0], res["numpy"][0], err_msg=n)
+            np.testing.assert_array_equal(res[n][1], res["numpy"][1], err_msg=n)
+
+
+class TestConvFloat:
+    """Full float epilogue: bit-identical to the reference, fused pack."""
+
+    @given(case=conv_cases(), use_res=st.booleans(), use_rp=st.booleans(),
+           res_div=st.sampled_from([1, 2, 3, 5]))
+    @SETTINGS
+    def test_bit_identical_to_reference(self, be, ref, case, use_res, use_rp, res_div):
+        c = Case(**case)
+        mult, bias = c.f32(c.cout) * 0.1, c.f32(c.cout)
+        residual = None
+        if use_res:
+            cres = c.cout // res_div if c.cout % res_div == 0 else c.cout
+            residual = c.f32(c.n, c.ho, c.wo, cres)
+        rprelu = (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)) if use_rp else None
+        nthr = c.f32(c.cout)
+        got, got_bits = _float_out(be, c, be.prepare_weights(c.w), mult, bias, residual,
+                                   rprelu, nthr)
+        want, want_bits = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias,
+                                     residual, rprelu, nthr)
+        assert np.array_equal(got, want), np.abs(got - want).max()
+        np.testing.assert_array_equal(got_bits, want_bits)
+        # the fused "sign + pack" equals packing the float output
+        np.testing.assert_array_equal(got_bits, pack_bits(got, nthr))
+
+    def test_epilogue_formula_by_hand(self, be):
+        c = Case(n=1, h=3, w=3, k=3, pad=1, cin=64, cout=16, stride=1, seed=3)
+        acc = c.oracle_acc().astype(np.float32)
+        mult, bias = c.f32(c.cout), c.f32(c.cout)
+        res = c.f32(1, 3, 3, 8)
+        gamma, beta, zeta = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        out, _ = _float_out(be, c, be.prepare_weights(c.w), mult, bias, res,
+                            (gamma, beta, zeta))
+        y = acc * mult + bias + np.concatenate([res, res], axis=-1)
+        want = np.where(y >= gamma, (y - gamma) + zeta, beta * (y - gamma) + zeta)
+        np.testing.assert_array_equal(out, want.astype(np.float32))
+
+    def test_bits_only_float_mode(self, be):
+        """out=None with out_bits: only the fused pack is produced."""
+        c = Case(n=2, h=5, w=6, k=3, pad=1, cin=65, cout=130, stride=1, seed=4)
+        mult, bias, nthr = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        wp = be.prepare_weights(c.w)
+        full, full_bits = _float_out(be, c, wp, mult, bias, next_thr=nthr)
+        bits = np.full(c.bits_shape, GARBAGE_WORD, WORD_DTYPE)
+        be.bconv_float(c.x, wp, c.k_bits, 1, mult, bias, None, None, None, bits, nthr, 1)
+        np.testing.assert_array_equal(bits, full_bits)
+
+    def test_threads_give_identical_results(self, be):
+        c = Case(n=3, h=9, w=9, k=3, pad=1, cin=128, cout=200, stride=1, seed=5)
+        mult, bias, nthr = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        wp = be.prepare_weights(c.w)
+        one = _float_out(be, c, wp, mult, bias, next_thr=nthr, threads=1)
+        two = _float_out(be, c, wp, mult, bias, next_thr=nthr, threads=2)
+        np.testing.assert_array_equal(one[0], two[0])
+        np.testing.assert_array_equal(one[1], two[1])
+
+
+class TestStridedViews:
+    """Inputs and outputs may be views with strided outer axes."""
+
+    @pytest.mark.parametrize("stride", [1, 2])
+    def test_outputs_into_padded_interior(self, be, ref, stride):
+        c = Case(n=2, h=8, w=7, k=3, pad=1, cin=127, cout=65, stride=stride, seed=11)
+        wp, rwp = be.prepare_weights(c.w), ref.prepare_weights(c.w)
+        thr = c.rng.integers(-50, 50, c.cout).astype(np.int32)
+        buf = np.full((c.n, c.ho + 2, c.wo + 2, words_for(c.cout)), GARBAGE_WORD, WORD_DTYPE)
+        buf[:, 1:-1, 1:-1] = 0
+        inner = buf[:, 1:-1, 1:-1]
+        be.bconv_bits(c.x, wp, c.k_bits, stride, thr, inner, 1)
+        np.testing.assert_array_equal(inner, _bits_out(ref, c, rwp, thr))
+        assert np.all(buf[:, 0] == GARBAGE_WORD) and np.all(buf[:, :, -1] == GARBAGE_WORD)
+
+        mult, bias, nthr = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        fbuf = np.full((c.n, c.ho + 2, c.wo + 2, c.cout), -7.0, np.float32)
+        bbuf = np.full((c.n, c.ho + 2, c.wo + 2, words_for(c.cout)), GARBAGE_WORD, WORD_DTYPE)
+        res_buf = c.f32(c.n, c.ho + 2, c.wo + 1, 2 * c.cout)
+        res = res_buf[:, 2:, 1:, c.cout:]   # strided residual view
+        be.bconv_float(c.x, wp, c.k_bits, stride, mult, bias, res, None,
+                       fbuf[:, 1:-1, 1:-1], bbuf[:, 1:-1, 1:-1], nthr, 2)
+        want, want_bits = _float_out(ref, c, rwp, mult, bias, np.ascontiguousarray(res),
+                                     next_thr=nthr)
+        np.testing.assert_array_equal(fbuf[:, 1:-1, 1:-1], want)
+        np.testing.assert_array_equal(bbuf[:, 1:-1, 1:-1], want_bits)
+        assert np.all(fbuf[:, 0] == -7.0) and np.all(bbuf[:, -1] == GARBAGE_WORD)
+
+    def test_strided_input_view(self, be, ref):
+        c = Case(n=2, h=6, w=6, k=3, pad=1, cin=200, cout=40, stride=1, seed=12)
+        big = np.zeros((c.n * 2,) + c.x.shape[1:3] + (c.x.shape[3] + 3,), WORD_DTYPE)
+        big[::2, :, :, 1:1 + c.x.shape[3]] = c.x
+        view = big[::2, :, :, 1:1 + c.x.shape[3]]
+        thr = np.zeros(c.cout, np.int32)
+        out = np.empty(c.bits_shape, WORD_DTYPE)
+        be.bconv_bits(view, be.prepare_weights(c.w), c.k_bits, 1, thr, out, 1)
+        np.testing.assert_array_equal(out, _bits_out(ref, c, ref.prepare_weights(c.w), thr))
+
+
+class TestPackAndPool:
+    @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+           c=st.sampled_from(CHANNELS), seed=st.integers(0, 2**32 - 1))
+    @SETTINGS
+    def test_pack_matches_bitpack(self, be, n, h, w, c, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        thr = rng.standard_normal(c).astype(np.float32)
+        x[..., ::5] = thr[::5]          # x == thr must give bit 0 (+1)
+        out = np.full((n, h, w, words_for(c)), GARBAGE_WORD, WORD_DTYPE)
+        be.pack(x, thr, out, 1)
+        np.testing.assert_array_equal(out, pack_bits(x, thr))
+        # into a strided interior view
+        buf = np.full((n, h + 2, w + 2, words_for(c)), GARBAGE_WORD, WORD_DTYPE)
+        be.pack(x, thr, buf[:, 1:-1, 1:-1], 2)
+        np.testing.assert_array_equal(buf[:, 1:-1, 1:-1], pack_bits(x, thr))
+        assert np.all(buf[:, 0] == GARBAGE_WORD)
+
+    @given(n=st.integers(1, 3), h=st.integers(2, 9), w=st.integers(2, 9),
+           cw=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+    @SETTINGS
+    def test_bmaxpool2(self, be, n, h, w, cw, seed):
+        rng = np.random.default_rng(seed)
+        # dense ones so that the AND is not all zero
+        x = (rng.integers(0, 2**63, (n, h, w, cw), dtype=np.uint64)
+             | rng.integers(0, 2**63, (n, h, w, cw), dtype=np.uint64))
+        buf = np.full((n, h // 2 + 2, w // 2 + 2, cw), GARBAGE_WORD, WORD_DTYPE)
+        out = buf[:, 1:-1, 1:-1]
+        be.bmaxpool2(x, out, 1)
+        v = x[:, :h // 2 * 2, :w // 2 * 2]
+        want = v[:, ::2, ::2] & v[:, ::2, 1::2] & v[:, 1::2, ::2] & v[:, 1::2, 1::2]
+        np.testing.assert_array_equal(out, want)
+        assert np.all(buf[:, 0] == GARBAGE_WORD)
+        # the bit meaning: max over +-1 values of the unpacked tensor
+        xf = unpack_bits(x, cw * WORD_BITS)
+        mf = xf[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, -1).max(axis=(2, 4))
+        np.testing.assert_array_equal(unpack_bits(np.ascontiguousarray(out), cw * WORD_BITS), mf)
+
+    @given(n=st.integers(1, 3), h=st.integers(2, 9), w=st.integers(2, 9),
+           c=st.sampled_from(CHANNELS), seed=st.integers(0, 2**32 - 1))
+    @SETTINGS
+    def test_maxpool2(self, be, n, h, w, c, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.standard_normal((n, h, w, c)).astype(np.float32)
+        out = np.full((n, h // 2, w // 2, c), np.nan, np.float32)
+        be.maxpool2(x, out, 2)
+        want = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+        np.testing.assert_array_equal(out, want)
+
+
+class TestValidation:
+    """The Python layer rejects bad arguments with a ValueError naming them."""
+
+    def _setup(self, be):
+        c = Case(n=1, h=4, w=4, k=3, pad=1, cin=64, cout=8, stride=1, seed=1)
+        return c, be.prepare_weights(c.w)
+
+    def test_bad_dtype_shape_and_layout(self, be):
+        c, wp = self._setup(be)
+        ones, zeros = np.ones(8, np.float32), np.zeros(8, np.float32)
+        out = np.empty(c.out_shape, np.float32)
+        with pytest.raises(ValueError, match="x: expected dtype uint64"):
+            be.bconv_float(c.x.astype(np.int64), wp, c.k_bits, 1, ones, zeros, None, None, out)
+        with pytest.raises(ValueError, match="mult: expected dtype float32"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones.astype(np.float64), zeros, None, None, out)
+        with pytest.raises(ValueError, match=r"out: expected shape \(1, 4, 4, 8\)"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None, out[:, :3])
+        with pytest.raises(ValueError, match="last axis must be contiguous"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None,
+                           np.empty((1, 4, 4, 16), np.float32)[..., ::2])
+        with pytest.raises(ValueError, match="k_bits"):
+            be.bconv_float(c.x, wp, c.k_bits + 64 * 9, 1, ones, zeros, None, None, out)
+        with pytest.raises(ValueError, match="stride"):
+            be.bconv_float(c.x, wp, c.k_bits, 0, ones, zeros, None, None, out)
+        with pytest.raises(ValueError, match="threads"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None, out, threads=0)
+        with pytest.raises(ValueError, match="residual: expected Cres dividing"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros,
+                           np.zeros((1, 4, 4, 3), np.float32), None, out)
+        with pytest.raises(ValueError, match="next_thr"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None, out,
+                           np.empty(c.bits_shape, WORD_DTYPE), None)
+        with pytest.raises(ValueError, match="thr: expected dtype int32"):
+            be.bconv_bits(c.x, wp, c.k_bits, 1, zeros, np.empty(c.bits_shape, WORD_DTYPE))
+        with pytest.raises(ValueError, match="wp: expected PreparedWeights"):
+            be.bconv_bits(c.x, c.w, c.k_bits, 1, np.zeros(8, np.int32),
+                          np.empty(c.bits_shape, WORD_DTYPE))
+        with pytest.raises(ValueError, match="out overlaps x"):
+            be.bmaxpool2(c.x, c.x[:, :3, :3])
+        with pytest.raises(ValueError, match="thr: expected shape"):
+            be.pack(np.zeros((1, 2, 2, 5), np.float32), np.zeros(4, np.float32),
+                    np.empty((1, 2, 2, 1), WORD_DTYPE))
+
+    def test_weights_from_another_layout_are_refused(self, be):
+        others = [n for n in ("numba", "numpy", "cython") if n != be.name]
+        for name in others:
+            try:
+                other = B.get_backend(name)
+            except (ImportError, RuntimeError):
+                continue
+            c, _ = self._setup(be)
+            wp = other.prepare_weights(c.w)
+            if wp.layout == be.prepare_weights(c.w).layout:
+                continue
+            with pytest.raises(ValueError, match="prepared for layout"):
+                be.bconv_bits(c.x, wp, c.k_bits, 1, np.zeros(8, np.int32),
+                              np.empty(c.bits_shape, WORD_DTYPE))
+
+
+class TestSelector:
+    def test_unknown_name(self):
+        with pytest.raises(ValueError, match="cython, numba, numpy"):
+            B.get_backend("fortran")
+
+    def test_env_var_forces_backend(self, monkeypatch):
+        monkeypatch.setenv(B.ENV_VAR, "numpy")
+        assert B.get_backend().name == "numpy"
+        monkeypatch.setenv(B.ENV_VAR, "nope")
+        with pytest.raises(ValueError, match="unknown name 'nope'"):
+            B.get_backend()
+
+    def test_default_prefers_cython(self, monkeypatch):
+        monkeypatch.delenv(B.ENV_VAR, raising=False)
+        try:
+            B.get_backend("cython")
+        except ImportError:
+            pytest.skip("Cython extension not built")
+        be = B.get_backend()
+        assert be.name == "cython"
+        assert be.variant == ("avx512" if B._cpu_has_avx512() else "generic")
+
+    def test_fallback_to_numba_warns_once(self, monkeypatch):
+        pytest.importorskip("numba")
+        monkeypatch.delenv(B.ENV_VAR, raising=False)
+
+        def missing(*a, **k):
+            raise ImportError("No module named 'bnnlite._bconv_generic'")
+
+        monkeypatch.setattr(B, "_CythonImpl", missing)
+        monkeypatch.setattr(B, "_CACHE", {})
+        monkeypatch.setattr(B, "_warned_fallback", False)
+        with pytest.warns(RuntimeWarning, match="Cython kernels unavailable"):
+            assert B.get_backend().name == "numba"
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert B.get_backend().name == "numba"
+        with pytest.raises(ImportError, match="not built"):
+            B.get_backend("cython")
+
+    def test_import_is_cheap(self):
+        code = ("import sys, time; t = time.perf_counter(); import bnnlite.backend; "
+                "dt = time.perf_counter() - t; "
+                "bad = [m for m in ('numba', 'bnnlite._numba_kernels', "
+                "'bnnlite._bconv_avx512') if m in sys.modules]; print(dt, bad)")
+        env = dict(os.environ)
+        env.pop(B.ENV_VAR, None)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, check=True)
+        dt, bad = res.stdout.split(" ", 1)
+        assert bad.strip() == "[]"
+        assert float(dt) < 1.0  # generous: the machine may be busy
+
+
+class TestReferenceItself:
+    def test_reference_popcount_formula(self):
+        c = Case(n=1, h=5, w=5, k=3, pad=1, cin=65, cout=9, stride=2, seed=21)
+        pop = reference.bconv_popcount(c.x, c.w, 2)
+        np.testing.assert_array_equal(c.k_bits - 2 * pop, c.oracle_acc())
