@@ -57,6 +57,17 @@ typedef uint64_t bnn_word_t;
 #define BNN_INLINE static inline
 #endif
 
+/* Portable build on x86-64 Linux with GCC: baseline x86-64 has no popcnt
+ * instruction (__builtin_popcountll becomes a libgcc call, ~10x slower), so
+ * clone the row kernel for CPUs with popcnt / AVX2 and let the loader pick
+ * one (ifunc).  Other compilers/targets get the single portable version. */
+#if !BNN_AVX512 && defined(__GNUC__) && !defined(__clang__) && \
+    defined(__x86_64__) && defined(__linux__) && !defined(BNN_NO_CLONES)
+#define BNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "popcnt", "default")))
+#else
+#define BNN_CLONES
+#endif
+
 /* A block never straddles a word of the packed output bits. */
 typedef char bnn_block_divides_word[(BNN_WORD_BITS % BNN_CO_BLOCK) == 0 ? 1 : -1];
 #if BNN_AVX512
@@ -233,7 +244,7 @@ BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
 
 /* Run the core for np pixels (np <= BNN_P) and nv vectors with constant
  * template arguments so the accumulators live in registers. */
-static inline void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
+BNN_INLINE void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
                                      ptrdiff_t sxw, ptrdiff_t pstep,
                                      const bnn_word_t *wb, int kh, int kw,
                                      int cw, int np, int nv, int64_t *tile)
@@ -264,6 +275,7 @@ static inline void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
  * Loop order: pixel tile outer, output-channel block inner, so the input
  * pixels stay in L1 and the packed bits of a word are assembled in a
  * register and stored once. */
+BNN_CLONES
 static void bnn_conv_row(const bnn_conv_params *prm, const bnn_word_t *xrow,
                          const float *res_row, ptrdiff_t s_res_w,
                          float *out_row, ptrdiff_t s_out_w,
