@@ -108,6 +108,12 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 class _CythonImpl:
     def __init__(self, module_name: str, variant: str):
+        # libgomp reads this once, when the extension loads it.  Idle OpenMP
+        # workers sleep instead of spinning: on a shared machine a spinning
+        # worker steals the core from the thread doing the work (measured
+        # 2x slower with threads=2 next to a training job); the cost is a
+        # few microseconds of wake-up per call.  An explicit value wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.mod = importlib.import_module(module_name)
         if self.mod.WORD_BITS_C != WORD_BITS:  # kernels/_bitpack.pxd drifted
             raise ImportError(f"{module_name} was built with {self.mod.WORD_BITS_C}-bit "

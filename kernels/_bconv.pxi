@@ -53,6 +53,13 @@ cdef inline float _fmax_np(float a, float b) noexcept nogil:
     return a if (a > b or a != a) else b
 
 
+cdef inline Py_ssize_t _chunk(Py_ssize_t rows, int threads) noexcept nogil:
+    # Dynamic schedule with ~16 chunks per thread: rows cost the same, but a
+    # thread may be preempted (the machine is shared), so no static split.
+    cdef Py_ssize_t c = rows // (16 * threads)
+    return c if c > 1 else 1
+
+
 HAVE_AVX512 = bool(BNN_HAVE_AVX512)
 WORD_BITS_C = WORD_BITS
 LANES = BNN_LANES
@@ -74,7 +81,9 @@ def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
     cdef Py_ssize_t son = out.strides[0] // sizeof(word_t), soh = out.strides[1] // sizeof(word_t)
     cdef Py_ssize_t sow = out.strides[2] // sizeof(word_t)
     cdef Py_ssize_t r, n, h
-    for r in prange(N * H, nogil=True, schedule="static", num_threads=threads):
+    cdef Py_ssize_t chunk = _chunk(N * H, threads)
+    for r in prange(N * H, nogil=True, schedule="dynamic", chunksize=chunk,
+                    num_threads=threads):
         n = r // H
         h = r % H
         bnn_pack_row(xb + n * sxn + h * sxh, sxw, tb, C, <int>W,
@@ -168,7 +177,9 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     cdef Py_ssize_t r, n, ho
     # One (n, ho) output row per iteration: rows are independent, so the
     # threads never share an output word.
-    for r in prange(N * Ho, nogil=True, schedule="static", num_threads=threads):
+    cdef Py_ssize_t chunk = _chunk(N * Ho, threads)
+    for r in prange(N * Ho, nogil=True, schedule="dynamic", chunksize=chunk,
+                    num_threads=threads):
         n = r // Ho
         ho = r % Ho
         bnn_conv_row(&prm, <const bnn_word_t *>(xb + n * sxn + ho * stride * sxh),
@@ -187,7 +198,9 @@ def bmaxpool2_raw(const word_t[:, :, :, :] x, word_t[:, :, :, :] out, int thread
     cdef const word_t *a
     cdef const word_t *b
     cdef word_t *o
-    for r in prange(N * Ho, nogil=True, schedule="static", num_threads=threads):
+    cdef Py_ssize_t chunk = _chunk(N * Ho, threads)
+    for r in prange(N * Ho, nogil=True, schedule="dynamic", chunksize=chunk,
+                    num_threads=threads):
         n = r // Ho
         i = r % Ho
         for j in range(Wo):
@@ -209,7 +222,9 @@ def maxpool2_raw(const float[:, :, :, :] x, float[:, :, :, :] out, int threads):
     cdef const float *b
     cdef float *o
     cdef float m0, m1
-    for r in prange(N * Ho, nogil=True, schedule="static", num_threads=threads):
+    cdef Py_ssize_t chunk = _chunk(N * Ho, threads)
+    for r in prange(N * Ho, nogil=True, schedule="dynamic", chunksize=chunk,
+                    num_threads=threads):
         n = r // Ho
         i = r % Ho
         for j in range(Wo):
