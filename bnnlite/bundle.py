@@ -1,0 +1,418 @@
+"""The bnnlite bundle: one HDF5 file per model (schema in docs/format.md).
+
+Public names: FORMAT, FORMAT_VERSION, BundleError, OP_SPECS, Bundle, OpRecord,
+write_bundle, read_bundle, seal, MAX_BUNDLE_BYTES.
+
+Layout (all readable with plain h5py or h5dump):
+
+* a 512-byte HDF5 *user block* holding the seal: magic ``BNNLITE-SEAL``,
+  the byte length of the file and the SHA-256 of everything after the user
+  block.  A truncated or bit-flipped file fails the seal before HDF5 parses
+  a byte of it.
+* root attributes: ``format``, ``format_version``, ``producer``,
+  ``architecture``, ``config`` (JSON), ``input_shape`` (H, W, C),
+  ``input_layout`` ("NHWC"), ``normalization_mean`` / ``normalization_std``,
+  ``class_names`` (JSON), ``metrics`` (JSON), ``graph`` (JSON list of ops).
+* ``/ops/<name>/<dataset>``: the arrays of each op.
+
+``read_bundle`` checks everything before any allocation that the file
+declares: sizes, dtypes, shapes against the op specs and against the shapes
+flowing through the graph, op references, finiteness.  Every problem is a
+:class:`BundleError` naming the op and the dataset.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import struct
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .bitpack import WORD_BITS, WORD_DTYPE, words_for
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord",
+           "write_bundle", "read_bundle", "seal", "MAX_BUNDLE_BYTES"]
+
+FORMAT = "bnnlite"
+FORMAT_VERSION = 1
+USERBLOCK = 512
+SEAL_MAGIC = b"BNNLITE-SEAL\x00\x01"
+SEAL_STRUCT = struct.Struct("<14sQ32s")  # magic, total file bytes, sha256(file[USERBLOCK:])
+MAX_BUNDLE_BYTES = 1 << 30               # refuse to read more than 1 GiB
+MAX_DIM = 1 << 16                        # any declared channel count / side
+MAX_OPS = 4096
+MAX_JSON = 1 << 20
+INPUT = "input"                          # the normalised float32 NHWC image batch
+OUTPUT = "logits"
+
+
+class BundleError(ValueError):
+    """The file is not a usable bnnlite bundle; the message says why."""
+
+
+# Per op type: attribute names (ints unless noted), datasets with dtype and a
+# shape formula over the attributes, and how many inputs it takes.
+OP_SPECS: dict[str, dict] = {
+    "conv2d": {"inputs": (1, 1), "attrs": ("cin", "cout", "kh", "kw", "stride", "padding"),
+               "str_attrs": {"activation": ("none", "relu")},
+               "datasets": {"weight": ("float32", ("kh", "kw", "cin", "cout")),
+                            "bias": ("float32", ("cout",))}},
+    "sign_pack": {"inputs": (1, 1), "attrs": ("channels",),
+                  "datasets": {"threshold": ("float32", ("channels",))}},
+    "bconv2d": {"inputs": (1, 2), "attrs": ("cin", "cout", "kh", "kw", "stride", "padding"),
+                "str_attrs": {"output": ("float", "bits")},
+                "datasets": {"weight": (WORD_DTYPE.name, ("cout", "kh", "kw", "cw"))},
+                "float_datasets": {"multiplier": ("float32", ("cout",)), "bias": ("float32", ("cout",))},
+                "rprelu_datasets": {"rprelu_gamma": ("float32", ("cout",)),
+                                    "rprelu_beta": ("float32", ("cout",)),
+                                    "rprelu_zeta": ("float32", ("cout",))},
+                "bits_datasets": {"threshold": ("int32", ("cout",))}},
+    "maxpool2d": {"inputs": (1, 1), "attrs": ("size", "stride"), "datasets": {}},
+    "bmaxpool2d": {"inputs": (1, 1), "attrs": ("size", "stride"), "datasets": {}},
+    "flatten": {"inputs": (1, 1), "attrs": (), "datasets": {}},
+    "dense": {"inputs": (1, 1), "attrs": ("units_in", "units_out"),
+              "datasets": {"weight": ("float32", ("units_out", "units_in")),
+                           "bias": ("float32", ("units_out",))}},
+}
+
+
+@dataclass
+class OpRecord:
+    """One op as stored: type, name, tensor names in and out, attributes, arrays."""
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict = field(default_factory=dict)
+    arrays: dict = field(default_factory=dict)
+
+
+@dataclass
+class Bundle:
+    """A validated bundle in memory; ``shapes`` maps each tensor to its per-image shape."""
+    header: dict
+    ops: list[OpRecord]
+    shapes: dict
+    kinds: dict  # tensor name -> "float" | "bits"
+
+
+# ---------------------------------------------------------------- writing
+def seal(path) -> None:
+    """(Re)compute the user-block seal of an HDF5 file written with a 512-byte user block."""
+    path = Path(path)
+    with open(path, "r+b") as f:
+        data = f.read()
+        if len(data) < USERBLOCK:
+            raise BundleError(f"{path}: {len(data)} bytes is too short for a bundle")
+        digest = hashlib.sha256(data[USERBLOCK:]).digest()
+        f.seek(0)
+        f.write(SEAL_STRUCT.pack(SEAL_MAGIC, len(data), digest))
+
+
+def write_bundle(path, header: dict, ops: list[OpRecord]) -> None:
+    """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename)."""
+    import h5py
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            for key in ("producer", "architecture", "input_layout"):
+                f.attrs[key] = str(header[key])
+            f.attrs["input_shape"] = np.asarray(header["input_shape"], np.int64)
+            f.attrs["normalization_mean"] = np.asarray(header["normalization_mean"], np.float32)
+            f.attrs["normalization_std"] = np.asarray(header["normalization_std"], np.float32)
+            for key in ("config", "class_names", "metrics"):
+                f.attrs[key] = json.dumps(header[key])
+            graph = [{"op": o.op, "name": o.name, "inputs": o.inputs, "outputs": o.outputs,
+                      "attrs": o.attrs} for o in ops]
+            f.attrs["graph"] = json.dumps(graph)
+            g_ops = f.create_group("ops")
+            for o in ops:
+                g = g_ops.create_group(o.name)
+                for k, v in o.arrays.items():
+                    g.create_dataset(k, data=np.ascontiguousarray(v))
+        seal(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- reading
+def _read_sealed(path) -> bytes:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror or e})") from e
+    if size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{path}: {size} bytes is larger than the {MAX_BUNDLE_BYTES}-byte limit")
+    data = path.read_bytes()
+    if len(data) < USERBLOCK + 8 or data[USERBLOCK:USERBLOCK + 8] != b"\x89HDF\r\n\x1a\n":
+        if data[:8] == b"\x89HDF\r\n\x1a\n":
+            raise BundleError(f"{path}: an HDF5 file, but not a bnnlite bundle (no bnnlite user block)")
+        raise BundleError(f"{path}: not an HDF5 file, so not a bnnlite bundle")
+    magic, declared, digest = SEAL_STRUCT.unpack_from(data, 0)
+    if magic != SEAL_MAGIC:
+        raise BundleError(f"{path}: an HDF5 file, but not a bnnlite bundle (no bnnlite seal)")
+    if declared != len(data):
+        raise BundleError(f"{path}: truncated or extended: {len(data)} bytes, the seal says {declared}")
+    if hashlib.sha256(data[USERBLOCK:]).digest() != digest:
+        raise BundleError(f"{path}: corrupt: its SHA-256 does not match the seal")
+    return data
+
+
+def _json_attr(attrs, key, path, kind):
+    if key not in attrs:
+        raise BundleError(f"{path}: root attribute {key!r} is missing")
+    raw = attrs[key]
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if not isinstance(raw, str) or len(raw) > MAX_JSON:
+        raise BundleError(f"{path}: root attribute {key!r} is not a JSON string of at most {MAX_JSON} chars")
+    try:
+        val = json.loads(raw)
+    except ValueError as e:
+        raise BundleError(f"{path}: root attribute {key!r} is not valid JSON ({e})") from e
+    if not isinstance(val, kind):
+        raise BundleError(f"{path}: root attribute {key!r} should be a JSON {kind.__name__}")
+    return val
+
+
+def _str_attr(attrs, key, path):
+    if key not in attrs:
+        raise BundleError(f"{path}: root attribute {key!r} is missing")
+    v = attrs[key]
+    if isinstance(v, bytes):
+        v = v.decode("utf-8", "replace")
+    if not isinstance(v, str):
+        raise BundleError(f"{path}: root attribute {key!r} should be a string")
+    return v
+
+
+def _vec_attr(attrs, key, path, n, dtype):
+    if key not in attrs:
+        raise BundleError(f"{path}: root attribute {key!r} is missing")
+    v = np.asarray(attrs[key])
+    if v.shape != (n,) or not np.issubdtype(v.dtype, np.number):
+        raise BundleError(f"{path}: root attribute {key!r} should be {n} numbers, got shape {v.shape}")
+    v = v.astype(dtype)
+    if not np.all(np.isfinite(v)):
+        raise BundleError(f"{path}: root attribute {key!r} holds NaN or infinity")
+    return v
+
+
+def _read_header(f, path) -> dict:
+    fmt = _str_attr(f.attrs, "format", path) if "format" in f.attrs else None
+    if fmt != FORMAT:
+        raise BundleError(f"{path}: format attribute is {fmt!r}, not {FORMAT!r}: not a bnnlite bundle")
+    try:
+        version = int(np.asarray(f.attrs.get("format_version")).item())
+    except (TypeError, ValueError) as e:
+        raise BundleError(f"{path}: format_version is missing or not an integer") from e
+    if version > FORMAT_VERSION:
+        raise BundleError(f"{path}: format version {version} is newer than this bnnlite reads "
+                          f"({FORMAT_VERSION}); upgrade bnnlite")
+    if version < 1:
+        raise BundleError(f"{path}: format version {version} is not valid")
+    shape = np.asarray(f.attrs.get("input_shape", []))
+    if shape.shape != (3,) or not np.issubdtype(shape.dtype, np.integer) or shape.min() < 1 or shape.max() > MAX_DIM:
+        raise BundleError(f"{path}: input_shape should be three integers (H, W, C) in 1..{MAX_DIM}")
+    layout = _str_attr(f.attrs, "input_layout", path)
+    if layout != "NHWC":
+        raise BundleError(f"{path}: input_layout {layout!r} is not supported (only 'NHWC')")
+    c = int(shape[2])
+    std = _vec_attr(f.attrs, "normalization_std", path, c, np.float32)
+    if np.any(std <= 0):
+        raise BundleError(f"{path}: normalization_std must be positive")
+    header = {
+        "format": fmt, "format_version": version,
+        "producer": _str_attr(f.attrs, "producer", path),
+        "architecture": _str_attr(f.attrs, "architecture", path),
+        "input_shape": tuple(int(s) for s in shape), "input_layout": layout,
+        "normalization_mean": _vec_attr(f.attrs, "normalization_mean", path, c, np.float32),
+        "normalization_std": std,
+        "config": _json_attr(f.attrs, "config", path, dict),
+        "class_names": _json_attr(f.attrs, "class_names", path, list),
+        "metrics": _json_attr(f.attrs, "metrics", path, dict),
+    }
+    if not all(isinstance(s, str) for s in header["class_names"]):
+        raise BundleError(f"{path}: class_names should be a JSON list of strings")
+    return header
+
+
+def _int_attr(rec, key, where, lo=0, hi=MAX_DIM):
+    v = rec["attrs"].get(key)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise BundleError(f"{where}: attribute {key!r} = {v!r} should be an integer in {lo}..{hi}")
+    return v
+
+
+def _read_dataset(group, name, dtype, shape, where):
+    if group is None or name not in group:
+        raise BundleError(f"{where}: dataset {name!r} is missing")
+    ds = group[name]
+    import h5py
+    if not isinstance(ds, h5py.Dataset):
+        raise BundleError(f"{where}: {name!r} is not a dataset")
+    if ds.dtype != np.dtype(dtype):
+        raise BundleError(f"{where}: dataset {name!r} has dtype {ds.dtype}, expected {dtype}")
+    if tuple(ds.shape) != tuple(shape):
+        raise BundleError(f"{where}: dataset {name!r} has shape {tuple(ds.shape)}, expected {tuple(shape)}")
+    arr = np.empty(shape, dtype)  # size already bounded by the op's checked attributes
+    if arr.size:
+        ds.read_direct(arr)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise BundleError(f"{where}: dataset {name!r} holds NaN or infinity")
+    return arr
+
+
+def _infer(rec: dict, in_shapes, in_kinds, where):
+    """Check one op against the shapes flowing in; return (attrs, out_shape, out_kind, datasets)."""
+    op = rec["op"]
+    spec = OP_SPECS[op]
+    attrs = {k: _int_attr(rec, k, where, lo=0 if k == "padding" else 1) for k in spec["attrs"]}
+    for k, allowed in spec.get("str_attrs", {}).items():
+        v = rec["attrs"].get(k)
+        if v not in allowed:
+            raise BundleError(f"{where}: attribute {k!r} = {v!r} should be one of {', '.join(allowed)}")
+        attrs[k] = v
+    shape, kind = in_shapes[0], in_kinds[0]
+    datasets = dict(spec["datasets"])
+
+    def need(kind_wanted):
+        if kind != kind_wanted:
+            raise BundleError(f"{where}: input {rec['inputs'][0]!r} is {kind}, {op} needs {kind_wanted}")
+
+    if op in ("conv2d", "bconv2d"):
+        need("float" if op == "conv2d" else "bits")
+        if len(shape) != 3 or shape[2] != attrs["cin"]:
+            raise BundleError(f"{where}: input shape {shape} does not have cin={attrs['cin']} channels")
+        h, w = shape[0] + 2 * attrs["padding"], shape[1] + 2 * attrs["padding"]
+        if attrs["kh"] > h or attrs["kw"] > w or attrs["padding"] >= max(attrs["kh"], attrs["kw"]):
+            raise BundleError(f"{where}: kernel {attrs['kh']}x{attrs['kw']} with padding {attrs['padding']} "
+                              f"does not fit input {shape}")
+        out = ((h - attrs["kh"]) // attrs["stride"] + 1, (w - attrs["kw"]) // attrs["stride"] + 1, attrs["cout"])
+        out_kind = "float"
+        if op == "bconv2d":
+            attrs["cw"] = words_for(attrs["cin"])
+            if attrs["output"] == "float":
+                datasets.update(spec["float_datasets"])
+                if rec["attrs"].get("rprelu", False) is True:
+                    attrs["rprelu"] = True
+                    datasets.update(spec["rprelu_datasets"])
+                if len(in_shapes) == 2:
+                    rs, rk = in_shapes[1], in_kinds[1]
+                    if rk != "float" or len(rs) != 3 or rs[:2] != out[:2] or attrs["cout"] % rs[2]:
+                        raise BundleError(f"{where}: residual {rec['inputs'][1]!r} of shape {rs} does not fit "
+                                          f"output {out} (same H, W; cout a multiple of its channels)")
+            else:
+                if len(in_shapes) == 2:
+                    raise BundleError(f"{where}: a residual input needs output='float'")
+                datasets.update(spec["bits_datasets"])
+                out_kind = "bits"
+        elif len(in_shapes) != 1:
+            raise BundleError(f"{where}: conv2d takes one input")
+        return attrs, out, out_kind, datasets
+    if op == "sign_pack":
+        need("float")
+        if shape[-1] != attrs["channels"]:
+            raise BundleError(f"{where}: input has {shape[-1]} channels, channels={attrs['channels']}")
+        return attrs, shape, "bits", datasets
+    if op in ("maxpool2d", "bmaxpool2d"):
+        need("float" if op == "maxpool2d" else "bits")
+        if attrs["size"] != 2 or attrs["stride"] != 2:
+            raise BundleError(f"{where}: only size=2, stride=2 pooling is supported")
+        if len(shape) != 3 or shape[0] < 2 or shape[1] < 2:
+            raise BundleError(f"{where}: cannot pool input of shape {shape}")
+        return attrs, (shape[0] // 2, shape[1] // 2, shape[2]), kind, datasets
+    if op == "flatten":
+        need("float")
+        return attrs, (int(np.prod(shape)),), "float", datasets
+    if op == "dense":
+        need("float")
+        if shape != (attrs["units_in"],):
+            raise BundleError(f"{where}: input shape {shape} is not ({attrs['units_in']},)")
+        return attrs, (attrs["units_out"],), "float", datasets
+    raise AssertionError(op)
+
+
+def _read_ops(f, header, path) -> tuple[list[OpRecord], dict, dict]:
+    graph = _json_attr(f.attrs, "graph", path, list)
+    if not 1 <= len(graph) <= MAX_OPS:
+        raise BundleError(f"{path}: graph has {len(graph)} ops (1..{MAX_OPS} allowed)")
+    shapes = {INPUT: header["input_shape"]}
+    kinds = {INPUT: "float"}
+    ops, names = [], set()
+    g_ops = f.get("ops")
+    for i, rec in enumerate(graph):
+        if not isinstance(rec, dict) or not isinstance(rec.get("attrs", {}), dict):
+            raise BundleError(f"{path}: graph entry {i} is not an op object")
+        rec.setdefault("attrs", {})
+        op, name = rec.get("op"), rec.get("name")
+        where = f"{path}: op {i} ({name!r})"
+        if op not in OP_SPECS:
+            raise BundleError(f"{where}: unknown op type {op!r}; known: {', '.join(OP_SPECS)}")
+        if not isinstance(name, str) or not name or "/" in name or name in names:
+            raise BundleError(f"{where}: op names must be unique non-empty strings without '/'")
+        names.add(name)
+        ins, outs = rec.get("inputs"), rec.get("outputs")
+        lo, hi = OP_SPECS[op]["inputs"]
+        if (not isinstance(ins, list) or not lo <= len(ins) <= hi or not all(isinstance(s, str) for s in ins)
+                or not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], str)):
+            raise BundleError(f"{where}: needs {lo}..{hi} input names and one output name")
+        for s in ins:
+            if s not in shapes:
+                raise BundleError(f"{where}: input {s!r} is not produced by an earlier op")
+        if outs[0] in shapes:
+            raise BundleError(f"{where}: output {outs[0]!r} is produced twice")
+        attrs, out_shape, out_kind, datasets = _infer(rec, [shapes[s] for s in ins], [kinds[s] for s in ins], where)
+        if np.prod(out_shape, dtype=np.int64) > (1 << 26):
+            raise BundleError(f"{where}: output of shape {out_shape} is implausibly large")
+        group = g_ops.get(name) if g_ops is not None else None
+        arrays = {}
+        for ds_name, (dtype, shape_keys) in datasets.items():
+            shp = tuple(attrs[k] for k in shape_keys)
+            if np.prod(shp, dtype=np.int64) * np.dtype(dtype).itemsize > MAX_BUNDLE_BYTES:
+                raise BundleError(f"{where}: dataset {ds_name!r} declares {shp}: too large")
+            arrays[ds_name] = _read_dataset(group, ds_name, dtype, shp, where)
+        if op == "bconv2d":
+            tail = attrs["cw"] * WORD_BITS - attrs["cin"]
+            if tail and np.any(arrays["weight"][..., -1] >> np.uint64(WORD_BITS - tail)):
+                raise BundleError(f"{where}: packed weight has non-zero tail bits (must be 0)")
+        shapes[outs[0]] = tuple(int(s) for s in out_shape)
+        kinds[outs[0]] = out_kind
+        ops.append(OpRecord(op, name, list(ins), list(outs), attrs, arrays))
+    if OUTPUT not in shapes or kinds[OUTPUT] != "float" or len(shapes[OUTPUT]) != 1:
+        raise BundleError(f"{path}: no op produces the float vector {OUTPUT!r}")
+    n_classes = shapes[OUTPUT][0]
+    if header["class_names"] and len(header["class_names"]) != n_classes:
+        raise BundleError(f"{path}: {len(header['class_names'])} class names for {n_classes} logits")
+    return ops, shapes, kinds
+
+
+def read_bundle(path) -> Bundle:
+    """Read and fully validate a bundle; raises BundleError on any problem."""
+    import h5py
+    data = _read_sealed(path)
+    try:
+        with h5py.File(io.BytesIO(data), "r") as f:
+            header = _read_header(f, path)
+            ops, shapes, kinds = _read_ops(f, header, path)
+    except BundleError:
+        raise
+    except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError,
+            OverflowError, UnicodeError, MemoryError) as e:
+        raise BundleError(f"{path}: unreadable bundle ({type(e).__name__}: {e})") from e
+    return Bundle(header, ops, shapes, kinds)

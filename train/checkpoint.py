@@ -1,0 +1,66 @@
+"""Checkpoints: atomic writes, the self-describing header, slim copies.
+
+Public names: FORMAT, FORMAT_VERSION, save_atomic, load_checkpoint, slim_state.
+
+A checkpoint is a ``torch.save`` dict.  Every checkpoint holds what export
+needs: ``format``, ``format_version``, ``config`` (models.default_config),
+``normalization`` ({"mean", "std"} on the 0-1 scale), ``class_names``,
+``metrics`` and ``model`` (the state dict).  Resume checkpoints add
+``optimizer``, ``scheduler``, ``epoch``, ``step``, ``running`` and ``history``.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_atomic", "load_checkpoint", "slim_state"]
+
+FORMAT = "bnnlite-checkpoint"
+FORMAT_VERSION = 1
+HEADER_KEYS = ("format", "format_version", "config", "normalization", "class_names", "metrics")
+
+
+def save_atomic(obj, path) -> None:
+    """torch.save to a temporary file beside ``path``, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def load_checkpoint(path) -> dict:
+    """Load a bnnlite checkpoint and check its header; ValueError if it is not one."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many types for a bad file
+        raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a bnnlite checkpoint (no format={FORMAT!r})")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {ckpt['format_version']} is newer "
+                         f"than this bnnlite reads ({FORMAT_VERSION})")
+    missing = [k for k in HEADER_KEYS + ("model",) if k not in ckpt]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks {', '.join(missing)}")
+    return ckpt
+
+
+def slim_state(ckpt: dict, half: bool = True) -> dict:
+    """The header and model weights only (no optimiser), floats in fp16 if ``half``."""
+    def conv(t):
+        return t.half() if half and t.is_floating_point() else t
+    out = {k: ckpt[k] for k in HEADER_KEYS}
+    out["model"] = {k: conv(v) for k, v in ckpt["model"].items()}
+    out["stored_dtype"] = "float16" if half else "float32"
+    return out

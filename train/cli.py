@@ -1,0 +1,57 @@
+"""``bnnlite-train``: the training command (also ``python -m bnnlite.train``)."""
+from __future__ import annotations
+
+import click
+
+from .engine import TrainConfig, train
+from .models import ARCHS
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--model", "model", type=click.Choice(list(ARCHS) + ["baseline"]), required=True,
+              help="fp32 (alias baseline): teacher / FP32 reference; xnor: XNOR-Net; birealnet: Bi-Real.")
+@click.option("--data", type=click.Path(exists=True), required=True,
+              help="cifar-10-binary.tar.gz / cifar-10-python.tar.gz, or their extracted folder.")
+@click.option("--out", type=click.Path(), required=True, help="Run folder: checkpoints, log.jsonl, curves.png.")
+@click.option("--epochs", type=click.IntRange(1), default=10)
+@click.option("--lr", type=float, default=None, help="Peak learning rate [default: per model recipe].")
+@click.option("--batch-size", type=click.IntRange(1), default=64)
+@click.option("--optimizer", type=click.Choice(["sgd", "adam"]), default=None,
+              help="[default: sgd for fp32, adam for binary models]")
+@click.option("--weight-decay", type=float, default=None)
+@click.option("--kd", is_flag=True, help="Distil from --teacher-path.")
+@click.option("--teacher-path", type=click.Path(exists=True, dir_okay=False), default=None)
+@click.option("--kd-weight", "--lambda", "kd_weight", type=click.FloatRange(0, 1), default=0.5,
+              help="lambda in (1-lambda)*CE + lambda*T^2*KL.")
+@click.option("--temperature", "-T", type=click.FloatRange(min=0, min_open=True), default=3.0)
+@click.option("--val-size", type=click.IntRange(0), default=5000, help="Training images held out for validation.")
+@click.option("--seed", type=int, default=0)
+@click.option("--bf16/--no-bf16", default=True, help="bfloat16 autocast on CPU.")
+@click.option("--channels-last/--no-channels-last", default=True)
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="torch.compile the model [default: on for binary models].")
+@click.option("--threads", type=click.IntRange(1), default=None, help="torch intra-op threads.")
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pth exactly where it stopped.")
+@click.option("--subset", type=click.IntRange(1), default=None, hidden=True)
+@click.option("--interrupt-after-steps", type=click.IntRange(1), default=None, hidden=True)
+@click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
+def main(model, data, out, epochs, lr, batch_size, optimizer, weight_decay, kd, teacher_path, kd_weight,
+         temperature, val_size, seed, bf16, channels_last, compile_, threads, resume, subset,
+         interrupt_after_steps, no_progress):
+    """Train a VGG-small (fp32, XNOR-Net or Bi-Real) on CIFAR-10-layout data."""
+    if kd and not teacher_path:
+        raise click.UsageError("--kd needs --teacher-path CKPT")
+    cfg = TrainConfig(model="fp32" if model == "baseline" else model, data=data, out=out, epochs=epochs,
+                      lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, kd=kd,
+                      teacher_path=teacher_path, kd_weight=kd_weight, temperature=temperature,
+                      val_size=val_size, seed=seed, bf16=bf16, channels_last=channels_last,
+                      compile=compile_, threads=threads, resume=resume, subset=subset,
+                      interrupt_after_steps=interrupt_after_steps, progress=not no_progress)
+    try:
+        train(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,182 @@
+"""VGG-small for CIFAR-10 in three flavours, built from one config dict.
+
+Public names: ARCHS, default_config, build_model, BinaryConv2d, RPReLU,
+clip_latent_weights.
+
+Topology (all three): six 3x3 convs of widths 128-128-256-256-512-512, a 2x2
+max-pool after every second conv, then one linear classifier on the flattened
+512x4x4 map.  The first conv and the classifier are always real-valued.
+
+* ``fp32``      -- conv -> BN -> ReLU everywhere (the teacher and FP32 reference).
+* ``xnor``      -- XNOR-Net: convs 1-5 binary, alpha = mean|W| per output
+  channel, conv -> BN -> (pool); no shortcut, no ReLU between binary layers.
+* ``birealnet`` -- Bi-Real: every binary conv has a real-valued shortcut
+  (``y = BN(conv(sign(x - t))) + x``; channel doubling repeats the input
+  channels), learnable per-channel alpha and sign thresholds ``t``, and an
+  RPReLU on the real path.
+
+Binary convs pad their *binarised* input with +1 (bit 0): the runtime's
+padding convention, free in a bit-packed kernel (docs/conventions.md).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .quantizers import QUANTIZERS, ste_sign
+
+__all__ = ["ARCHS", "default_config", "build_model", "BinaryConv2d", "RPReLU",
+           "clip_latent_weights"]
+
+ARCHS = ("fp32", "xnor", "birealnet")
+ARCH_ALIASES = {"baseline": "fp32"}
+
+_BASE = {"widths": [128, 128, 256, 256, 512, 512], "pool_after": [1, 3, 5],
+         "in_channels": 3, "image_size": 32, "num_classes": 10}
+_BINARY = {
+    "xnor": {"input_quantizer": "ste_sign", "scale": "mean", "learn_threshold": False,
+             "shortcut": False, "rprelu": False},
+    "birealnet": {"input_quantizer": "approx_sign", "scale": "learned", "learn_threshold": True,
+                  "shortcut": True, "rprelu": True},
+}
+
+
+def default_config(arch: str, num_classes: int = 10) -> dict:
+    arch = ARCH_ALIASES.get(arch, arch)
+    if arch not in ARCHS:
+        raise ValueError(f"unknown model {arch!r}; expected one of {', '.join(ARCHS)} (or 'baseline')")
+    cfg = {"arch": arch, **copy.deepcopy(_BASE), "num_classes": num_classes}
+    cfg.update(copy.deepcopy(_BINARY.get(arch, {})))
+    return cfg
+
+
+class BinaryConv2d(nn.Module):
+    """3x3 stride-1 conv on sign(x - t) with sign(W), scaled per output channel.
+
+    out = alpha * conv(pad_{+1}(sign(x - t)), sign(W)), with alpha = mean|W|
+    (``scale="mean"``, XNOR-Net) or a learned vector (``scale="learned"``).
+    Latent weights W are kept in [-1, 1] by :func:`clip_latent_weights`.
+
+    # Input shape:  (N, Cin, H, W)    # Output shape: (N, Cout, H, W)
+    """
+    precision = 1
+
+    def __init__(self, cin, cout, quantizer="ste_sign", scale="mean", learn_threshold=False):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
+        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
+        self.input_quantizer = QUANTIZERS[quantizer]()
+        self.scale_mode = scale
+        if scale == "learned":
+            self.alpha = nn.Parameter(self.weight.detach().abs().mean(dim=(1, 2, 3)))
+        elif scale != "mean":
+            raise ValueError(f"scale must be 'mean' or 'learned', got {scale!r}")
+        self.threshold = nn.Parameter(torch.zeros(cin)) if learn_threshold else None
+
+    def scale(self) -> torch.Tensor:
+        return self.alpha if self.scale_mode == "learned" else self.weight.abs().mean(dim=(1, 2, 3))
+
+    def forward(self, x):
+        if self.threshold is not None:
+            x = x - self.threshold.view(1, -1, 1, 1)
+        xb = F.pad(self.input_quantizer(x), (1, 1, 1, 1), value=1.0)
+        wb = ste_sign(self.weight)
+        y = F.conv2d(xb, wb.to(xb.dtype))
+        return y * self.scale().to(y.dtype).view(1, -1, 1, 1)
+
+    def extra_repr(self):
+        cout, cin = self.weight.shape[:2]
+        return f"{cin}, {cout}, scale={self.scale_mode}, threshold={self.threshold is not None}"
+
+
+class RPReLU(nn.Module):
+    """ReActNet's RPReLU: y = PReLU(x - gamma; slope beta) + zeta, per channel."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.zeros(channels))
+        self.beta = nn.Parameter(torch.full((channels,), 0.25))
+        self.zeta = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        t = x - self.gamma.view(1, -1, 1, 1)
+        t = torch.where(t >= 0, t, self.beta.view(1, -1, 1, 1) * t)
+        return t + self.zeta.view(1, -1, 1, 1)
+
+
+class RealBlock(nn.Module):
+    """conv3x3 -> BN -> [ReLU] -> [max-pool 2]."""
+
+    def __init__(self, cin, cout, pool, relu):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout)
+        self.relu = relu
+        self.pool = pool
+
+    def forward(self, x):
+        x = self.bn(self.conv(x))
+        if self.relu:
+            x = F.relu(x)
+        return F.max_pool2d(x, 2) if self.pool else x
+
+
+class BinaryBlock(nn.Module):
+    """BinaryConv2d -> BN -> [+ shortcut] -> [RPReLU] -> [max-pool 2]."""
+
+    def __init__(self, cin, cout, pool, cfg):
+        super().__init__()
+        if cfg["shortcut"] and cout % cin:
+            raise ValueError(f"shortcut needs cout a multiple of cin, got {cin}->{cout}")
+        self.conv = BinaryConv2d(cin, cout, cfg["input_quantizer"], cfg["scale"], cfg["learn_threshold"])
+        self.bn = nn.BatchNorm2d(cout)
+        self.shortcut = cfg["shortcut"]
+        self.act = RPReLU(cout) if cfg["rprelu"] else None
+        self.pool = pool
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if self.shortcut:
+            # Channel doubling repeats the input: channel c of the shortcut is x[c % cin].
+            y = y + x.repeat(1, y.shape[1] // x.shape[1], 1, 1)
+        if self.act is not None:
+            y = self.act(y)
+        return F.max_pool2d(y, 2) if self.pool else y
+
+
+class VGGSmall(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.config = copy.deepcopy(cfg)
+        widths, pools = cfg["widths"], set(cfg["pool_after"])
+        binary = cfg["arch"] != "fp32"
+        blocks, cin = [], cfg["in_channels"]
+        for i, cout in enumerate(widths):
+            if i == 0 or not binary:
+                blocks.append(RealBlock(cin, cout, i in pools, relu=not binary))
+            else:
+                blocks.append(BinaryBlock(cin, cout, i in pools, cfg))
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        side = cfg["image_size"] // (2 ** len(pools))
+        self.classifier = nn.Linear(cin * side * side, cfg["num_classes"])
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build_model(cfg: dict) -> VGGSmall:
+    return VGGSmall(cfg)
+
+
+@torch.no_grad()
+def clip_latent_weights(model: nn.Module, bound: float = 1.0) -> None:
+    """Keep the latent weights of binary convs in [-bound, bound] (after each step)."""
+    for m in model.modules():
+        if isinstance(m, BinaryConv2d):
+            m.weight.clamp_(-bound, bound)
