@@ -106,14 +106,21 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
 # --------------------------------------------------------------------------
 # Implementations (each a thin adapter over an unchecked kernel module)
 # --------------------------------------------------------------------------
+def _passive_openmp():
+    """Let idle OpenMP workers sleep instead of spin (unless the user chose).
+
+    libgomp reads OMP_WAIT_POLICY once, when it is loaded, i.e. when the
+    first kernel module is imported.  On a shared machine a spinning worker
+    steals the core from the thread doing the work (measured: threads=2 ran
+    2x slower than threads=1 next to a training job; passive: no loss); the
+    cost is a few microseconds of wake-up per kernel call.
+    """
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
 class _CythonImpl:
     def __init__(self, module_name: str, variant: str):
-        # libgomp reads this once, when the extension loads it.  Idle OpenMP
-        # workers sleep instead of spinning: on a shared machine a spinning
-        # worker steals the core from the thread doing the work (measured
-        # 2x slower with threads=2 next to a training job); the cost is a
-        # few microseconds of wake-up per call.  An explicit value wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        _passive_openmp()
         self.mod = importlib.import_module(module_name)
         if self.mod.WORD_BITS_C != WORD_BITS:  # kernels/_bitpack.pxd drifted
             raise ImportError(f"{module_name} was built with {self.mod.WORD_BITS_C}-bit "
@@ -145,6 +152,7 @@ class _NumbaImpl:
     variant = "numba"
 
     def __init__(self):
+        _passive_openmp()  # numba's default threading layer here is OpenMP
         self.mod = importlib.import_module("bnnlite._numba_kernels")
         self.layout = self.mod.LAYOUT
 
