@@ -53,16 +53,18 @@ class PreparedWeights:
 
     ``data`` is an opaque C-contiguous word array in the backend's own layout
     (``layout`` names it); ``cout, kh, kw, cw`` describe the original
-    (Cout, KH, KW, Cw) bitpack array.  Only the backend that made it may
-    consume it (checked by ``layout``).
+    (Cout, KH, KW, Cw) bitpack array; ``cin`` the real input channels if
+    they were given to prepare_weights (else None).  Only the backend that
+    made it may consume it (checked by ``layout``).
     """
 
-    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout")
+    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout", "cin")
 
-    def __init__(self, cout, kh, kw, cw, data, layout):
+    def __init__(self, cout, kh, kw, cw, data, layout, cin=None):
         self.cout, self.kh, self.kw, self.cw = int(cout), int(kh), int(kw), int(cw)
         self.data = data
         self.layout = layout
+        self.cin = None if cin is None else int(cin)
 
     @property
     def shape(self):
@@ -256,6 +258,8 @@ def _conv_geometry(x, pw, k_bits, stride):
     stride = _int("stride", stride, 1)
     k_bits = _int("k_bits", k_bits, 1)
     taps = pw.kh * pw.kw
+    if pw.cin is not None and k_bits != taps * pw.cin:
+        raise ValueError(f"k_bits: expected KH*KW*cin = {taps * pw.cin}, got {k_bits}")
     if k_bits % taps or words_for(k_bits // taps) != pw.cw:
         raise ValueError(f"k_bits: expected KH*KW*Cin with words_for(Cin) == {pw.cw} "
                          f"(KH*KW = {taps}), got {k_bits}")
@@ -306,19 +310,32 @@ class Backend:
             self._impl.pack(x, thr, out, threads)
 
     # ---- weights ---------------------------------------------------------
-    def prepare_weights(self, w_packed) -> PreparedWeights:
-        """Rearrange packed weights once for this backend's inner loop.
+    def prepare_weights(self, w_packed, cin=None) -> PreparedWeights:
+        """Rearrange packed weights once (at load time) for this backend.
 
         w_packed: word (Cout,KH,KW,Cw) in the bitpack convention (tail bits
-        0).  Returns a :class:`PreparedWeights`; its ``data`` is a new
-        C-contiguous array, so w_packed may be freed afterwards.
+        0), last axis contiguous.  cin: optional real input-channel count;
+        when given, the tail bits are checked to be 0 and later calls check
+        ``k_bits == KH*KW*cin``.  Returns a :class:`PreparedWeights` whose
+        ``data`` is a new C-contiguous array in this backend's layout (so
+        w_packed may be freed); only this backend may consume it.
         """
         _arr("w_packed", w_packed, WORD_DTYPE, (None, None, None, None))
         if min(w_packed.shape) < 1:
             raise ValueError(f"w_packed: expected a non-empty (Cout,KH,KW,Cw) array, "
                              f"got shape {w_packed.shape}")
+        cw = w_packed.shape[3]
+        if cin is not None:
+            cin = _int("cin", cin, 1)
+            if words_for(cin) != cw:
+                raise ValueError(f"cin: expected a channel count with words_for(cin) == "
+                                 f"Cw = {cw}, got {cin}")
+            tail = cw * WORD_BITS - cin
+            if tail and np.any(w_packed[..., -1] >> WORD_DTYPE.type(WORD_BITS - tail)):
+                raise ValueError(f"w_packed: tail bits (channels >= {cin}) must be 0")
         data = self._impl.prepare(np.ascontiguousarray(w_packed))
-        return PreparedWeights(*w_packed.shape, data=data, layout=self._impl.layout)
+        return PreparedWeights(*w_packed.shape, data=data, layout=self._impl.layout,
+                               cin=cin)
 
     def _check_wp(self, wp):
         if isinstance(wp, PreparedWeights) and wp.layout != self._impl.layout:

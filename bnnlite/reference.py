@@ -50,8 +50,9 @@ def pack(x, thr, out, threads=1):
 
 
 def prepare_weights(w_packed):
-    """The reference consumes the bitpack layout as is: (Cout,KH,KW,Cw) word."""
-    return np.ascontiguousarray(w_packed, dtype=WORD_DTYPE)
+    """The reference consumes the bitpack layout as is: a C-contiguous copy of
+    the (Cout,KH,KW,Cw) word array (a copy, so the caller may reuse its own)."""
+    return np.array(w_packed, dtype=WORD_DTYPE, order="C", copy=True)
 
 
 def bconv_popcount(x, w, stride):
