@@ -1,0 +1,269 @@
+"""The runtime graph: ops built from a bundle, fused and planned once.
+
+Public names: Graph, RuntimeOp (and the op classes Conv2D, SignPack, BConv2D,
+MaxPool2D, BMaxPool2D, Flatten, Dense).
+
+Where tensors live
+* Every tensor gets one buffer per planned batch size (``Graph.plan(n)``),
+  allocated once and reused by every later call of that size.
+* A bit-packed tensor that feeds a binary conv with padding p is stored with
+  a p-pixel border of zero words -- zero words are +1, the padding convention
+  of bitpack.py -- so the producer writes the interior view and the conv
+  reads the whole padded buffer: padding costs no pass at all.
+* ``flatten`` is a reshape view of its input buffer.
+
+Fusion at load time: a float-output binary conv whose output feeds a
+``sign_pack`` directly writes the packed bits for that sign_pack in the same
+loop (``out_bits`` of the kernel), and the sign_pack disappears.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .bitpack import WORD_DTYPE, words_for
+from .bundle import INPUT, OUTPUT, Bundle
+
+__all__ = ["Graph", "RuntimeOp", "Conv2D", "SignPack", "BConv2D", "MaxPool2D", "BMaxPool2D",
+           "Flatten", "Dense"]
+
+
+class RuntimeOp:
+    """One op: names of its tensors, its arrays, and ``run(tensors, ctx)``."""
+    kind = "?"
+    bits = 32
+
+    def __init__(self, rec, shapes):
+        self.name, self.inputs, self.outputs = rec.name, rec.inputs, rec.outputs
+        self.attrs, self.arrays = rec.attrs, rec.arrays
+        self.in_shape = shapes[rec.inputs[0]]
+        self.out_shape = shapes[rec.outputs[0]]
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(a.nbytes for a in self.arrays.values()))
+
+    def describe(self) -> str:
+        return ""
+
+    def __repr__(self):
+        extra = self.describe()
+        return (f"{type(self).__name__}({self.name!r}, {self.in_shape} -> {self.out_shape}"
+                f"{', ' + extra if extra else ''}, {self.bits}-bit, {self.nbytes} B)")
+
+
+class Conv2D(RuntimeOp):
+    """Real-valued conv (im2col + BLAS), folded BN in weight/bias, optional ReLU."""
+    kind = "float"
+
+    def __init__(self, rec, shapes):
+        super().__init__(rec, shapes)
+        a = self.attrs
+        self.w2d = np.ascontiguousarray(self.arrays["weight"].reshape(a["kh"] * a["kw"] * a["cin"], a["cout"]))
+        self.bias = self.arrays["bias"]
+
+    def describe(self):
+        a = self.attrs
+        return f"{a['kh']}x{a['kw']}/{a['stride']} pad {a['padding']}, {a['activation']}"
+
+    def scratch(self, n):
+        a, (h, w, c) = self.attrs, self.in_shape
+        ho, wo, _ = self.out_shape
+        p = a["padding"]
+        return {"pad": np.zeros((n, h + 2 * p, w + 2 * p, c), np.float32),
+                "cols": np.empty((n, ho, wo, a["kh"], a["kw"], c), np.float32)}
+
+    def run(self, t, ctx):
+        a, (h, w, _) = self.attrs, self.in_shape
+        p, s = a["padding"], a["stride"]
+        ho, wo, cout = self.out_shape
+        pad, cols = ctx.scratch[self.name]["pad"], ctx.scratch[self.name]["cols"]
+        pad[:, p:p + h, p:p + w] = t[self.inputs[0]]
+        for i in range(a["kh"]):
+            for j in range(a["kw"]):
+                cols[:, :, :, i, j] = pad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
+        out = t[self.outputs[0]]
+        out2d = out.reshape(-1, cout)
+        np.matmul(cols.reshape(out2d.shape[0], -1), self.w2d, out=out2d)
+        out2d += self.bias
+        if a["activation"] == "relu":
+            np.maximum(out2d, 0, out=out2d)
+
+
+class SignPack(RuntimeOp):
+    """bits = x < threshold, packed along channels."""
+    kind = "bits"
+    bits = 1
+
+    def run(self, t, ctx):
+        ctx.backend.pack(t[self.inputs[0]], self.arrays["threshold"], t[self.outputs[0]], ctx.threads)
+
+
+class BConv2D(RuntimeOp):
+    """XNOR-popcount conv: acc = K - 2*popcount(x XOR w), then the folded output transform."""
+    kind = "?"
+    bits = 1
+
+    def __init__(self, rec, shapes, backend):
+        super().__init__(rec, shapes)
+        a = self.attrs
+        self.kind = "bits" if a["output"] == "bits" else "float"
+        self.k_bits = a["kh"] * a["kw"] * a["cin"]
+        self.prepared = backend.prepare_weights(self.arrays["weight"])
+        self.rprelu = None
+        if a.get("rprelu"):
+            self.rprelu = (self.arrays["rprelu_gamma"], self.arrays["rprelu_beta"], self.arrays["rprelu_zeta"])
+        self.fused_pack = None  # (tensor name, thresholds) once a sign_pack is fused in
+
+    def describe(self):
+        a = self.attrs
+        s = f"{a['kh']}x{a['kw']}/{a['stride']} pad {a['padding']}, out={a['output']}"
+        if len(self.inputs) > 1:
+            s += f", +residual {self.inputs[1]!r}"
+        if self.rprelu is not None:
+            s += ", rprelu"
+        if self.fused_pack is not None:
+            s += f", fused sign_pack -> {self.fused_pack[0]!r}"
+        return s
+
+    def run(self, t, ctx):
+        x = ctx.padded(self.inputs[0], self.attrs["padding"])
+        if self.kind == "bits":
+            ctx.backend.bconv_bits(x, self.prepared, self.k_bits, self.attrs["stride"],
+                                   self.arrays["threshold"], t[self.outputs[0]], ctx.threads)
+            return
+        res = t[self.inputs[1]] if len(self.inputs) > 1 else None
+        out_bits = next_thr = None
+        if self.fused_pack is not None:
+            out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
+        ctx.backend.bconv_float(x, self.prepared, self.k_bits, self.attrs["stride"],
+                                self.arrays["multiplier"], self.arrays["bias"], res, self.rprelu,
+                                t[self.outputs[0]], out_bits, next_thr, ctx.threads)
+
+
+class MaxPool2D(RuntimeOp):
+    kind = "float"
+
+    def run(self, t, ctx):
+        ctx.backend.maxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads)
+
+
+class BMaxPool2D(RuntimeOp):
+    """Max-pool on bits: bit 1 is -1, so the max is -1 only if all four are: AND."""
+    kind = "bits"
+    bits = 1
+
+    def run(self, t, ctx):
+        ctx.backend.bmaxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads)
+
+
+class Flatten(RuntimeOp):
+    """NHWC flatten: a view, no copy (its buffer is planned as a reshape)."""
+    kind = "float"
+
+    def run(self, t, ctx):
+        pass
+
+
+class Dense(RuntimeOp):
+    kind = "float"
+
+    def run(self, t, ctx):
+        out = t[self.outputs[0]]
+        np.matmul(t[self.inputs[0]], self.arrays["weight"].T, out=out)
+        out += self.arrays["bias"]
+
+
+_OP_CLASSES = {"conv2d": Conv2D, "sign_pack": SignPack, "bconv2d": BConv2D, "maxpool2d": MaxPool2D,
+               "bmaxpool2d": BMaxPool2D, "flatten": Flatten, "dense": Dense}
+
+
+class _Plan:
+    """Buffers for one batch size: tensor views, padded storage, per-op scratch."""
+
+    def __init__(self, graph: "Graph", n: int):
+        self.n = n
+        self.tensors: dict[str, np.ndarray] = {}
+        self.storage: dict[str, tuple[np.ndarray, int]] = {}
+        self.scratch = {}
+        for name, shape in graph.shapes.items():
+            if name in graph.flatten_of:
+                continue
+            if graph.kinds[name] == "bits":
+                h, w, c = shape
+                p = graph.pad_of.get(name, 0)
+                store = np.zeros((n, h + 2 * p, w + 2 * p, words_for(c)), WORD_DTYPE)
+                self.storage[name] = (store, p)
+                self.tensors[name] = store[:, p:p + h, p:p + w] if p else store
+            else:
+                self.tensors[name] = np.empty((n,) + tuple(shape), np.float32)
+        for out_name, in_name in graph.flatten_of.items():
+            self.tensors[out_name] = self.tensors[in_name].reshape(n, -1)
+        for op in graph.ops:
+            if isinstance(op, Conv2D):
+                self.scratch[op.name] = op.scratch(n)
+
+
+class _Context:
+    def __init__(self, plan, backend, threads):
+        self.scratch, self.backend, self.threads, self._plan = plan.scratch, backend, threads, plan
+
+    def padded(self, name, p):
+        store, have = self._plan.storage[name]
+        if have == p:
+            return store
+        d = have - p  # stored with a wider border than this consumer needs
+        return store[:, d:store.shape[1] - d, d:store.shape[2] - d]
+
+
+class Graph:
+    """Ops in execution order plus what the planner needs; ``run(x, threads)``."""
+
+    def __init__(self, bundle: Bundle, backend):
+        self.backend = backend
+        self.shapes, self.kinds = dict(bundle.shapes), dict(bundle.kinds)
+        self.ops = []
+        for rec in bundle.ops:
+            cls = _OP_CLASSES[rec.op]
+            self.ops.append(cls(rec, self.shapes, backend) if cls is BConv2D else cls(rec, self.shapes))
+        self._fuse_sign_pack()
+        self.pad_of = {}
+        for op in self.ops:
+            if isinstance(op, BConv2D):
+                src = op.inputs[0]
+                self.pad_of[src] = max(self.pad_of.get(src, 0), op.attrs["padding"])
+        self.flatten_of = {op.outputs[0]: op.inputs[0] for op in self.ops if isinstance(op, Flatten)}
+        self.ops = [op for op in self.ops if not isinstance(op, Flatten)]
+        self._plans: dict[int, _Plan] = {}
+
+    def _fuse_sign_pack(self):
+        producer = {op.outputs[0]: op for op in self.ops}
+        kept = []
+        for op in self.ops:
+            src = producer.get(op.inputs[0])
+            if (isinstance(op, SignPack) and isinstance(src, BConv2D) and src.kind == "float"
+                    and src.fused_pack is None):
+                src.fused_pack = (op.outputs[0], op.arrays["threshold"])
+                continue
+            kept.append(op)
+        self.ops = kept
+
+    def plan(self, n: int) -> _Plan:
+        """Buffers for batch size n, made on first use and kept (the two most recent sizes)."""
+        p = self._plans.get(n)
+        if p is None:
+            if len(self._plans) >= 2:
+                self._plans.pop(next(iter(self._plans)))
+            p = self._plans[n] = _Plan(self, n)
+        return p
+
+    def run(self, x: np.ndarray, threads: int) -> np.ndarray:
+        """x: normalised float32 (n, H, W, C) -> logits (n, K), a view into the plan's buffer."""
+        plan = self.plan(len(x))
+        plan.tensors[INPUT][...] = x
+        ctx = _Context(plan, self.backend, threads)
+        for op in self.ops:
+            op.run(plan.tensors, ctx)
+        return plan.tensors[OUTPUT]
+
+    def input_buffer(self, n: int) -> np.ndarray:
+        return self.plan(n).tensors[INPUT]

@@ -1,0 +1,188 @@
+"""``bnnlite.Model``: load a bundle, check inputs, run the graph.
+
+Public names: Model, PRETRAINED.
+
+    >>> import bnnlite
+    >>> m = bnnlite.Model.pretrained()          # the shipped Bi-Real VGG-small
+    >>> m.predict(images_uint8_nhwc)            # class indices
+"""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from .backend import get_backend
+from .bundle import read_bundle
+from .graph import Graph
+
+__all__ = ["Model", "PRETRAINED"]
+
+#: Bundles shipped inside the package (bnnlite/data/).
+PRETRAINED = {"birealnet": "birealnet.h5"}
+
+
+class Model:
+    """A bnnlite bundle ready to run.
+
+    # Arguments
+        bundle: a validated :class:`bnnlite.bundle.Bundle`.
+        threads: kernel and BLAS threads (int >= 1).
+        backend: "cython", "numba" or "numpy" (default: best available, or
+            $BNNLITE_BACKEND).
+        chunk: images run through the graph at a time; bounds peak memory
+            (buffers are planned once per chunk size and reused).
+    """
+
+    def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int = 32,
+                 source: str = "<memory>"):
+        self.bundle = bundle
+        self.header = bundle.header
+        self.source = source
+        self.backend = get_backend(backend)
+        self.graph = Graph(bundle, self.backend)
+        self.chunk = self._positive_int("chunk", chunk)
+        self.threads = threads
+        self._mean = np.asarray(self.header["normalization_mean"], np.float32)
+        self._std = np.asarray(self.header["normalization_std"], np.float32)
+        self._limiter = None
+
+    # ------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path, **kwargs) -> "Model":
+        """Read and validate ``path`` (raises BundleError), then build the graph."""
+        return cls(read_bundle(path), source=str(path), **kwargs)
+
+    @classmethod
+    def pretrained(cls, name: str = "birealnet", **kwargs) -> "Model":
+        """The bundle shipped inside the package (``PRETRAINED`` lists them)."""
+        if name not in PRETRAINED:
+            raise ValueError(f"no pretrained model {name!r}; shipped: {', '.join(PRETRAINED)}")
+        path = resources.files("bnnlite") / "data" / PRETRAINED[name]
+        with resources.as_file(path) as p:
+            return cls.load(Path(p), **kwargs)
+
+    # ------------------------------------------------------------ properties
+    @staticmethod
+    def _positive_int(name, v):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+        return int(v)
+
+    @property
+    def threads(self) -> int:
+        return self._threads
+
+    @threads.setter
+    def threads(self, v):
+        self._threads = self._positive_int("threads", v)
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.header["input_shape"])
+
+    @property
+    def class_names(self) -> list:
+        return list(self.header["class_names"])
+
+    @property
+    def architecture(self) -> str:
+        return self.header["architecture"]
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.header["metrics"])
+
+    @property
+    def ops(self):
+        return list(self.graph.ops)
+
+    # ------------------------------------------------------------ inference
+    def _prepare(self, images) -> tuple[np.ndarray, bool]:
+        """Check shape/dtype/values; return (batch, was_single_image)."""
+        x = np.asarray(images)
+        hwc = self.input_shape
+        single = x.ndim == 3
+        if single:
+            x = x[None]
+        if x.ndim != 4 or x.shape[1:] != hwc:
+            raise ValueError(f"images must have shape (N, {hwc[0]}, {hwc[1]}, {hwc[2]}) or "
+                             f"{hwc} (NHWC), got {np.shape(images)}")
+        if x.dtype == np.uint8:
+            return x, single
+        if not np.issubdtype(x.dtype, np.floating):
+            raise ValueError(f"images must be uint8 (0-255) or float (0-1), got dtype {x.dtype}")
+        if not np.all(np.isfinite(x)):
+            raise ValueError("images contain NaN or infinity")
+        if x.size and (x.min() < 0.0 or x.max() > 1.0):
+            raise ValueError(f"float images must lie in [0, 1], got values in [{x.min()}, {x.max()}]; "
+                             f"pass uint8 for 0-255 data")
+        return x, single
+
+    def _normalize_into(self, x, out):
+        # Same float32 operation order as training: x/255, then (x - mean)/std.
+        if x.dtype == np.uint8:
+            np.divide(x, np.float32(255.0), out=out, dtype=np.float32)
+        else:
+            out[...] = x
+        out -= self._mean
+        out /= self._std
+
+    def _blas_limit(self):
+        if self._limiter is None:
+            from threadpoolctl import ThreadpoolController
+            self._limiter = ThreadpoolController()
+        return self._limiter.limit(limits=self._threads, user_api="blas")
+
+    def logits(self, images) -> np.ndarray:
+        """Raw class scores, float32 (N, K) (or (K,) for one image)."""
+        x, single = self._prepare(images)
+        out = np.empty((len(x), len(self.graph.shapes["logits"]) and self.graph.shapes["logits"][0]),
+                       np.float32)
+        with self._blas_limit():
+            for i in range(0, len(x), self.chunk):
+                part = x[i:i + self.chunk]
+                self._normalize_into(part, self.graph.input_buffer(len(part)))
+                out[i:i + len(part)] = self.graph.run(self.graph.input_buffer(len(part)), self._threads)
+        return out[0] if single else out
+
+    def predict_proba(self, images) -> np.ndarray:
+        """Softmax of :meth:`logits`."""
+        z = self.logits(images)
+        z = z - z.max(axis=-1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def predict(self, images):
+        """Class indices, int64 (N,) (or one int for one image)."""
+        z = self.logits(images)
+        return int(np.argmax(z)) if z.ndim == 1 else np.argmax(z, axis=1)
+
+    # ------------------------------------------------------------ description
+    @property
+    def weight_bytes(self) -> int:
+        return sum(op.nbytes for op in self.graph.ops)
+
+    def summary(self) -> str:
+        lines = [f"bnnlite model {self.architecture!r} from {self.source}",
+                 f"  input {self.input_shape} NHWC uint8 or float in [0, 1]; {len(self.class_names)} classes",
+                 f"  backend {self.backend.name}, threads {self.threads}, chunk {self.chunk}"]
+        width = max(len(op.name) for op in self.graph.ops)
+        for op in self.graph.ops:
+            lines.append(f"  {op.name:<{width}}  {type(op).__name__:<10} {str(op.in_shape):>15} -> "
+                         f"{str(op.out_shape):<15} {op.bits:>2}-bit {op.nbytes:>9,} B  {op.describe()}")
+        lines.append(f"  weights: {self.weight_bytes:,} bytes")
+        acc = {k: v for k, v in self.metrics.items() if "acc" in k}
+        if acc:
+            lines.append("  recorded at export: " + ", ".join(
+                f"{k} {100 * v:.2f}%" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in acc.items()))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        acc = self.metrics.get("bnnlite_test_acc", self.metrics.get("pytorch_test_acc"))
+        acc_s = f", test_acc={100 * acc:.2f}%" if isinstance(acc, (int, float)) else ""
+        n_bin = sum(op.bits == 1 for op in self.graph.ops)
+        return (f"Model({self.architecture!r}, input={self.input_shape}, classes={len(self.class_names)}, "
+                f"ops={len(self.graph.ops)} ({n_bin} binary), weights={self.weight_bytes:,} B{acc_s}, "
+                f"backend={self.backend.name!r}, threads={self.threads})")

@@ -1,0 +1,242 @@
+"""``bnnlite-export CKPT OUT.h5``: fold a trained model into a bundle.
+
+Public names: checkpoint_to_ops, export_checkpoint, main.
+
+Folding (done once here so the runtime does no algebra per call), per output
+channel co, with BN scale s = gamma / sqrt(var + eps):
+
+* real conv + BN:   W' = W * s,  b' = beta - mean * s.
+* binary conv + BN: y = m * acc + c with m = s * alpha, c = beta - mean * s,
+  acc = K - 2 * popcount(x XOR w) the +-1 dot product.
+* binary output (XNOR-Net: the next layer only needs sign(y - t)): flip the
+  weights of channels with m < 0 (acc -> -acc, m -> -m) so every m >= 0 and
+  max-pool commutes with the transform; then sign(y) = -1 iff
+  acc < ceil((t - c) / m): an integer threshold, and max-pool on bits is AND.
+* classifier: weights permuted from NCHW-flatten to NHWC-flatten order.
+
+Before writing, the bundle is run through the bnnlite runtime on a probe
+batch and compared with the PyTorch model in eval mode (FP32); a bundle that
+disagrees is refused.
+"""
+from __future__ import annotations
+
+import math
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+
+from bnnlite import __version__
+from bnnlite.bitpack import pack_bits
+from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
+
+from .checkpoint import load_checkpoint
+from .data import load_cifar, normalize
+from .models import BinaryBlock, RealBlock, build_model
+
+__all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
+
+INT32_MAX = np.iinfo(np.int32).max
+INT32_MIN = np.iinfo(np.int32).min
+
+
+def _np(t):
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def _bn_fold(bn):
+    s = _np(bn.weight) / np.sqrt(_np(bn.running_var) + bn.eps)
+    return s, _np(bn.bias) - _np(bn.running_mean) * s
+
+
+def _pack_weight(w, flip=None):
+    """(Cout, Cin, KH, KW) latent weights -> packed (Cout, KH, KW, Cw); bit = (w < 0) XOR flip."""
+    neg = (w < 0).transpose(0, 2, 3, 1)
+    if flip is not None:
+        neg = neg != flip[:, None, None, None]
+    return pack_bits(np.where(neg, -1.0, 1.0), 0.0)
+
+
+def _int_threshold(m, c, t, k_bits):
+    """Integer thr with (m*acc + c < t)  <=>  (acc < thr), for m >= 0 and |acc| <= k_bits."""
+    thr = np.empty(m.shape, np.int64)
+    pos = m > 0
+    thr[pos] = np.ceil((t[pos] - c[pos]) / m[pos])
+    thr[~pos] = np.where(c[~pos] < t[~pos], INT32_MAX, INT32_MIN)
+    return np.clip(thr, -(k_bits + 1), k_bits + 1).astype(np.int32)
+
+
+def checkpoint_to_ops(model) -> list[OpRecord]:
+    """The op list for a VGGSmall in eval mode (see module docstring for the maths)."""
+    cfg = model.config
+    arch = cfg["arch"]
+    ops: list[OpRecord] = []
+    x = INPUT
+    blocks = list(model.blocks)
+    for i, blk in enumerate(blocks):
+        last = i == len(blocks) - 1
+        if isinstance(blk, RealBlock):
+            w = _np(blk.conv.weight)
+            s, c = _bn_fold(blk.bn)
+            cout, cin, kh, kw = w.shape
+            ops.append(OpRecord("conv2d", f"conv{i}", [x], [f"conv{i}"],
+                                {"cin": cin, "cout": cout, "kh": kh, "kw": kw, "stride": 1, "padding": 1,
+                                 "activation": "relu" if blk.relu else "none"},
+                                {"weight": (w * s[:, None, None, None]).transpose(2, 3, 1, 0).astype(np.float32),
+                                 "bias": c.astype(np.float32)}))
+            x = f"conv{i}"
+        else:
+            assert isinstance(blk, BinaryBlock)
+            conv = blk.conv
+            w = _np(conv.weight)
+            cout, cin, kh, kw = w.shape
+            k_bits = kh * kw * cin
+            s, c = _bn_fold(blk.bn)
+            m = s * _np(conv.scale())
+            thr_in = _np(conv.threshold) if conv.threshold is not None else np.zeros(cin)
+            if not ops or ops[-1].outputs[0] != f"bits{i}":
+                ops.append(OpRecord("sign_pack", f"sign{i}", [x], [f"bits{i}"], {"channels": cin},
+                                    {"threshold": thr_in.astype(np.float32)}))
+            attrs = {"cin": cin, "cout": cout, "kh": kh, "kw": kw, "stride": 1, "padding": 1}
+            nxt = blocks[i + 1] if not last else None
+            bits_out = (not blk.shortcut and blk.act is None and isinstance(nxt, BinaryBlock)
+                        and not nxt.shortcut)
+            if bits_out:
+                # XNOR-Net path: bits straight out of the conv, pooled as bits.
+                t_next = (_np(nxt.conv.threshold) if nxt.conv.threshold is not None else np.zeros(cout))
+                flip = m < 0
+                m = np.abs(m)
+                ops.append(OpRecord("bconv2d", f"bconv{i}", [f"bits{i}"], [f"bconv{i}"],
+                                    {**attrs, "output": "bits"},
+                                    {"weight": _pack_weight(w, flip),
+                                     "threshold": _int_threshold(m, c, t_next, k_bits)}))
+                x = f"bconv{i}"
+                if blk.pool:
+                    ops.append(OpRecord("bmaxpool2d", f"pool{i}", [x], [f"bits{i + 1}"], {"size": 2, "stride": 2}))
+                else:
+                    ops[-1].outputs = [f"bits{i + 1}"]
+                x = f"bits{i + 1}"
+                continue
+            arrays = {"weight": _pack_weight(w), "multiplier": m.astype(np.float32), "bias": c.astype(np.float32)}
+            inputs = [f"bits{i}"]
+            if blk.shortcut:
+                inputs.append(x)
+            if blk.act is not None:
+                attrs["rprelu"] = True
+                arrays.update(rprelu_gamma=_np(blk.act.gamma).astype(np.float32),
+                              rprelu_beta=_np(blk.act.beta).astype(np.float32),
+                              rprelu_zeta=_np(blk.act.zeta).astype(np.float32))
+            ops.append(OpRecord("bconv2d", f"bconv{i}", inputs, [f"bconv{i}"], {**attrs, "output": "float"}, arrays))
+            x = f"bconv{i}"
+        if blk.pool:
+            ops.append(OpRecord("maxpool2d", f"pool{i}", [x], [f"pool{i}"], {"size": 2, "stride": 2}))
+            x = f"pool{i}"
+    side = cfg["image_size"] // 2 ** len(cfg["pool_after"])
+    c_last = cfg["widths"][-1]
+    ops.append(OpRecord("flatten", "flatten", [x], ["flat"]))
+    w = _np(model.classifier.weight)
+    n_out = w.shape[0]
+    w_nhwc = w.reshape(n_out, c_last, side, side).transpose(0, 2, 3, 1).reshape(n_out, -1)
+    ops.append(OpRecord("dense", "classifier", ["flat"], [OUTPUT],
+                        {"units_in": w_nhwc.shape[1], "units_out": n_out},
+                        {"weight": w_nhwc.astype(np.float32), "bias": _np(model.classifier.bias).astype(np.float32)}))
+    return ops
+
+
+def _torch_logits(model, images, mean, std, batch=500):
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(images), batch):
+            out.append(model(normalize(torch.from_numpy(images[i:i + batch]), mean, std)).float().numpy())
+    return np.concatenate(out)
+
+
+def _compare(model_t, bundle_path, images, mean, std, threads):
+    import bnnlite
+    ref = _torch_logits(model_t, images, mean, std)
+    got = bnnlite.Model.load(bundle_path, threads=threads).logits(images)
+    diff = np.abs(ref - got).max(axis=1)
+    agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
+    return ref, got, agree, diff
+
+
+def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, threads=1,
+                      onnx_path=None, log=print) -> dict:
+    """Export ``ckpt_path`` to ``out_path``; returns the metrics written into the bundle."""
+    ckpt = load_checkpoint(ckpt_path)
+    model = build_model(ckpt["config"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+    model.eval()
+    norm = ckpt["normalization"]
+    cfg = ckpt["config"]
+    ops = checkpoint_to_ops(model)
+    metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float, str))}
+    if "test_acc" in metrics:
+        metrics["pytorch_test_acc_training"] = metrics.pop("test_acc")
+    header = {"producer": f"bnnlite-export {__version__}", "architecture": cfg["arch"],
+              "input_shape": [cfg["image_size"], cfg["image_size"], cfg["in_channels"]], "input_layout": "NHWC",
+              "normalization_mean": norm["mean"], "normalization_std": norm["std"],
+              "class_names": ckpt["class_names"], "config": cfg, "metrics": metrics}
+
+    out_path = Path(out_path)
+    with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as td:
+        draft = Path(td) / "draft.h5"
+        write_bundle(draft, header, ops)
+        # The probe: real test images when --data is given, else seeded random images.
+        if data is not None:
+            _, test, _ = load_cifar(data)
+            images, labels = test.images, test.labels
+        else:
+            rng = np.random.default_rng(0)
+            images = rng.integers(0, 256, (probe,) + tuple(header["input_shape"]), dtype=np.uint8)
+            labels = None
+        ref, got, agree, diff = _compare(model, draft, images, norm["mean"], norm["std"], threads)
+        frac_close = float(np.mean(diff <= tol))
+        log(f"probe of {len(images)} images: class agreement {100 * agree:.3f}%, "
+            f"max |logit diff| {diff.max():.2e}, within {tol:g}: {100 * frac_close:.3f}%")
+        # A flip of a sign exactly at a threshold (float rounding) may change one
+        # image; anything beyond that is a bug and the bundle is refused.
+        if agree < 0.9998 or frac_close < 0.9998:
+            raise click.ClickException(
+                f"refusing to write {out_path}: the bnnlite runtime disagrees with PyTorch "
+                f"(class agreement {100 * agree:.3f}%, {100 * frac_close:.3f}% of images within {tol:g})")
+        header["metrics"].update(export_agreement=agree, export_max_logit_diff=float(diff.max()),
+                                 export_probe_images=len(images))
+        if labels is not None:
+            header["metrics"].update(pytorch_test_acc=float(np.mean(ref.argmax(1) == labels)),
+                                     bnnlite_test_acc=float(np.mean(got.argmax(1) == labels)))
+            log(f"test top-1: PyTorch {100 * header['metrics']['pytorch_test_acc']:.2f}%, "
+                f"bnnlite {100 * header['metrics']['bnnlite_test_acc']:.2f}%")
+        write_bundle(out_path, header, ops)
+    if onnx_path is not None:
+        from bnnlite.onnx_export import bundle_to_onnx
+        bundle_to_onnx(out_path, onnx_path)
+        log(f"wrote {onnx_path}")
+    log(f"wrote {out_path} ({out_path.stat().st_size:,} bytes)")
+    return header["metrics"]
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.argument("ckpt", type=click.Path(exists=True, dir_okay=False))
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="CIFAR-10 data: check on the whole test split and record both accuracies.")
+@click.option("--probe", type=click.IntRange(1), default=256, help="Random probe images when --data is not given.")
+@click.option("--tol", type=float, default=1e-3, help="Largest accepted |logit difference| vs PyTorch.")
+@click.option("--onnx", "onnx_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the network as standard ONNX ops (Sign + float Conv for binary layers).")
+@click.option("--threads", type=click.IntRange(1), default=1)
+def main(ckpt, out, data, probe, tol, onnx_path, threads):
+    """Fold checkpoint CKPT into the bnnlite bundle OUT (HDF5), verified against PyTorch."""
+    torch.set_num_threads(threads)
+    try:
+        export_checkpoint(ckpt, out, data=data, probe=probe, tol=tol, threads=threads, onnx_path=onnx_path)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+
+
+if __name__ == "__main__":
+    sys.exit(main())
