@@ -48,7 +48,7 @@ _ZERO = np.uint64(0)
 def popcount(typingctx, x):
     """popcount of a uint64 as int64, lowered to LLVM's ctpop (-> popcnt /
     vpopcntq when vectorised)."""
-    if isinstance(x, types.Integer) and x.bitwidth == 64:
+    if isinstance(x, types.Integer) and x.bitwidth == WORD_BITS:
         def codegen(context, builder, sig, args):
             return builder.ctpop(args[0])
         return types.int64(x), codegen
@@ -126,6 +126,15 @@ def _tile1(x, wdata, acc, p, n, h0, w0, idx, kh, kw, cw):
 def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
            mult, bias, has_res, res, has_rp, gamma, beta, zeta,
            has_out, out, has_bits, bits, nthr, ithr):
+    """acc = k_bits - 2 * popcount(x XOR w) over (KH, KW, Cw), valid conv.
+
+    mode_bits: bits[..., co] bit = acc < ithr[co].  Else y = f32(acc)*mult
+    + bias (+ res[..., co % Cres]) (-> rprelu), stored to out if has_out and
+    packed as y < nthr into bits if has_bits.  x word (N,Hp,Wp,Cw), any
+    outer strides; wdata the LAYOUT array; res/out float32 (N,Ho,Wo,*);
+    bits word (N,Ho,Wo,words_for(Cout)).  Unused arrays are 1-element dummies
+    and the has_* ints say which are real (one compiled signature).
+    """
     n_img = x.shape[0]
     ho_n = (x.shape[1] - kh) // stride + 1
     wo_n = (x.shape[2] - kw) // stride + 1

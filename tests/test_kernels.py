@@ -314,7 +314,7 @@ class TestValidation:
             be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None,
                            np.empty((1, 4, 4, 16), np.float32)[..., ::2])
         with pytest.raises(ValueError, match="k_bits"):
-            be.bconv_float(c.x, wp, c.k_bits + 64 * 9, 1, ones, zeros, None, None, out)
+            be.bconv_float(c.x, wp, c.k_bits + WORD_BITS * 9, 1, ones, zeros, None, None, out)
         with pytest.raises(ValueError, match="stride"):
             be.bconv_float(c.x, wp, c.k_bits, 0, ones, zeros, None, None, out)
         with pytest.raises(ValueError, match="threads"):
