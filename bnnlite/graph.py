@@ -108,7 +108,7 @@ class BConv2D(RuntimeOp):
         a = self.attrs
         self.kind = "bits" if a["output"] == "bits" else "float"
         self.k_bits = a["kh"] * a["kw"] * a["cin"]
-        self.prepared = backend.prepare_weights(self.arrays["weight"])
+        self.prepared = backend.prepare_weights(self.arrays["weight"], cin=a["cin"])
         self.rprelu = None
         if a.get("rprelu"):
             self.rprelu = (self.arrays["rprelu_gamma"], self.arrays["rprelu_beta"], self.arrays["rprelu_zeta"])
