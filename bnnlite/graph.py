@@ -23,6 +23,8 @@ import numpy as np
 from .bitpack import WORD_DTYPE, words_for
 from .bundle import INPUT, OUTPUT, Bundle
 
+SCRATCH_BYTES = 16 << 20
+
 __all__ = ["Graph", "RuntimeOp", "Conv2D", "SignPack", "BConv2D", "MaxPool2D", "BMaxPool2D",
            "Flatten", "Dense"]
 
@@ -64,6 +66,10 @@ class Conv2D(RuntimeOp):
     def describe(self):
         a = self.attrs
         return f"{a['kh']}x{a['kw']}/{a['stride']} pad {a['padding']}, {a['activation']}"
+
+    def scratch_bytes_per_image(self):
+        a, (ho, wo, _) = self.attrs, self.out_shape
+        return 4 * ho * wo * a["kh"] * a["kw"] * a["cin"]
 
     def scratch(self, n):
         a, (h, w, c) = self.attrs, self.in_shape
@@ -232,6 +238,9 @@ class Graph:
                 src = op.inputs[0]
                 self.pad_of[src] = max(self.pad_of.get(src, 0), op.attrs["padding"])
         self.flatten_of = {op.outputs[0]: op.inputs[0] for op in self.ops if isinstance(op, Flatten)}
+        # im2col scratch of real convs grows with width; keep it under SCRATCH_BYTES.
+        per_image = max([op.scratch_bytes_per_image() for op in self.ops if isinstance(op, Conv2D)] or [0])
+        self.max_chunk = max(1, SCRATCH_BYTES // per_image) if per_image else None
         self.ops = [op for op in self.ops if not isinstance(op, Flatten)]
         self._plans: dict[int, _Plan] = {}
 

@@ -35,7 +35,7 @@ class Model:
             (buffers are planned once per chunk size and reused).
     """
 
-    def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int = 32,
+    def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int = 16,
                  source: str = "<memory>"):
         self.bundle = bundle
         self.header = bundle.header
@@ -138,11 +138,11 @@ class Model:
     def logits(self, images) -> np.ndarray:
         """Raw class scores, float32 (N, K) (or (K,) for one image)."""
         x, single = self._prepare(images)
-        out = np.empty((len(x), len(self.graph.shapes["logits"]) and self.graph.shapes["logits"][0]),
-                       np.float32)
+        out = np.empty((len(x), self.graph.shapes["logits"][0]), np.float32)
+        step = min(self.chunk, self.graph.max_chunk or self.chunk)
         with self._blas_limit():
-            for i in range(0, len(x), self.chunk):
-                part = x[i:i + self.chunk]
+            for i in range(0, len(x), step):
+                part = x[i:i + step]
                 self._normalize_into(part, self.graph.input_buffer(len(part)))
                 out[i:i + len(part)] = self.graph.run(self.graph.input_buffer(len(part)), self._threads)
         return out[0] if single else out

@@ -1,0 +1,372 @@
+"""``bnnlite-bench``: bnnlite against PyTorch FP32 and ONNX Runtime, side by side.
+
+Public names: ENGINES, main.
+
+Every engine takes the same input (uint8 NHWC images; normalisation and any
+layout change are part of its timed work), runs the same VGG-small topology
+and is measured in a fresh subprocess of its own, so peak resident memory is
+that engine's alone.  Engines:
+
+* ``bnnlite``        -- the bundle on the compiled (Cython) kernels.
+* ``bnnlite-numba``  -- the same bundle on the numba fallback.
+* ``torch-fp32``     -- PyTorch FP32 on the fp32 bundle's weights (BN folded),
+  the faster of NCHW and channels_last.
+* ``ort-fp32``       -- ONNX Runtime on the fp32 bundle translated to ONNX.
+* ``ort-bnn``        -- ONNX Runtime on the BNN bundle as Sign + float Conv.
+
+Columns: accuracy, batch-1 latency (median of ``--runs`` single-image calls),
+batch-N throughput (median of repeated batches), peak RSS (after loading and
+running batch N; accuracy is measured afterwards, so the data set is not
+counted), weight storage.  ``--layers`` times each binary conv alone.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import resources
+from importlib.util import find_spec
+from pathlib import Path
+
+import click
+import numpy as np
+
+__all__ = ["ENGINES", "main"]
+
+ENGINES = ("bnnlite", "bnnlite-numba", "torch-fp32", "ort-fp32", "ort-bnn")
+SAMPLE = "cifar10_test_sample.npz"
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
+def _data_file(name):
+    p = resources.files("bnnlite") / "data" / name
+    return Path(str(p)) if p.is_file() else None
+
+
+def _missing(engine) -> str | None:
+    """Why ``engine`` cannot run here, or None."""
+    need = {"bnnlite-numba": ["numba"], "torch-fp32": ["torch"], "ort-fp32": ["onnx", "onnxruntime"],
+            "ort-bnn": ["onnx", "onnxruntime"]}.get(engine, [])
+    for mod in need:
+        if find_spec(mod) is None:
+            return f"{mod} is not installed (pip install bnnlite[bench])"
+    if engine == "bnnlite":
+        from .backend import available_backends
+        if "cython" not in available_backends():
+            return "the compiled extension is not built (pip install . with a C compiler)"
+    return None
+
+
+def _load_eval_set(data, limit):
+    if data is None:
+        path = _data_file(SAMPLE)
+        if path is None:
+            raise click.ClickException(f"no --data given and the package has no {SAMPLE}")
+        with np.load(path) as z:
+            images, labels = z["images"], z["labels"]
+    else:
+        images, labels = _read_test_split(data)
+    if limit:
+        images, labels = images[:limit], labels[:limit]
+    return images, labels
+
+
+def _read_test_split(data):
+    """The test split of CIFAR-10 data in either official layout, without torch."""
+    from .cifar import load_test_split
+    return load_test_split(data)
+
+
+# ------------------------------------------------------------------ engines
+def _normalizer(bundle_header):
+    mean = np.asarray(bundle_header["normalization_mean"], np.float32)
+    std = np.asarray(bundle_header["normalization_std"], np.float32)
+
+    def nchw(images):
+        x = images.astype(np.float32) / np.float32(255.0)
+        x -= mean
+        x /= std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return nchw
+
+
+def _torch_from_bundle(bundle):
+    """A plain torch.nn.Sequential with the bundle's folded float weights (fp32 models)."""
+    import torch
+    from torch import nn
+    layers = []
+    for rec in bundle.ops:
+        a, ar = rec.attrs, rec.arrays
+        if rec.op == "conv2d":
+            conv = nn.Conv2d(a["cin"], a["cout"], (a["kh"], a["kw"]), a["stride"], a["padding"])
+            conv.weight.data = torch.from_numpy(ar["weight"].transpose(3, 2, 0, 1).copy())
+            conv.bias.data = torch.from_numpy(ar["bias"].copy())
+            layers.append(conv)
+            if a["activation"] == "relu":
+                layers.append(nn.ReLU())
+        elif rec.op == "maxpool2d":
+            layers.append(nn.MaxPool2d(2))
+        elif rec.op == "flatten":
+            layers.append(nn.Flatten())
+            h, w, c = bundle.shapes[rec.inputs[0]]
+        elif rec.op == "dense":
+            lin = nn.Linear(a["units_in"], a["units_out"])
+            # bundle weights are in NHWC-flatten order; torch flattens NCHW.
+            wt = ar["weight"].reshape(a["units_out"], h, w, c).transpose(0, 3, 1, 2).reshape(a["units_out"], -1)
+            lin.weight.data = torch.from_numpy(wt.copy())
+            lin.bias.data = torch.from_numpy(ar["bias"].copy())
+            layers.append(lin)
+        else:
+            raise click.ClickException(f"torch-fp32 needs a real-valued bundle; op {rec.op!r} found")
+    return nn.Sequential(*layers).eval()
+
+
+def _make_engine(engine, model_path, fp32_path, threads):
+    """Returns (run(images_uint8) -> logits, weight_bytes, note)."""
+    from .bundle import read_bundle
+    if engine in ("bnnlite", "bnnlite-numba"):
+        from .model import Model
+        m = Model.load(model_path, threads=threads, backend="cython" if engine == "bnnlite" else "numba")
+        return m.logits, m.weight_bytes, f"backend {m.backend.name}/{getattr(m.backend, 'variant', '')}"
+    if engine == "torch-fp32":
+        import torch
+        torch.set_num_threads(threads)
+        b = read_bundle(fp32_path)
+        net = _torch_from_bundle(b)
+        norm = _normalizer(b.header)
+        probe = torch.from_numpy(norm(np.zeros((32,) + tuple(b.header["input_shape"]), np.uint8)))
+        timings = {}
+        with torch.inference_mode():
+            for fmt in (torch.contiguous_format, torch.channels_last):
+                netf = net.to(memory_format=fmt)
+                for _ in range(2):
+                    netf(probe.contiguous(memory_format=fmt))
+                t = time.perf_counter()
+                netf(probe.contiguous(memory_format=fmt))
+                timings[fmt] = time.perf_counter() - t
+        fmt = min(timings, key=timings.get)
+        net = net.to(memory_format=fmt)
+
+        def run(images):
+            with torch.inference_mode():
+                return net(torch.from_numpy(norm(images)).contiguous(memory_format=fmt)).numpy()
+        nbytes = sum(p.numel() * p.element_size() for p in net.parameters())
+        return run, nbytes, "channels_last" if fmt == torch.channels_last else "NCHW"
+    if engine in ("ort-fp32", "ort-bnn"):
+        import onnxruntime as ort
+        from .onnx_export import bundle_to_onnx_model
+        b = read_bundle(fp32_path if engine == "ort-fp32" else model_path)
+        onnx_model = bundle_to_onnx_model(b)
+        nbytes = sum(np.prod(t.dims, dtype=np.int64) * 4 for t in onnx_model.graph.initializer)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        sess = ort.InferenceSession(onnx_model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        del onnx_model
+        norm = _normalizer(b.header)
+
+        def run(images):
+            return sess.run(None, {"input": norm(images)})[0]
+        return run, int(nbytes), f"onnxruntime {ort.__version__}"
+    raise click.ClickException(f"unknown engine {engine!r}; known: {', '.join(ENGINES)}")
+
+
+def _peak_rss_mb():
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _worker(engine, model_path, fp32_path, data, limit, threads, batch, runs):
+    images, labels = _load_eval_set(data, limit)
+    timing_batch = np.ascontiguousarray(np.resize(images, (batch,) + images.shape[1:]))
+    singles = [np.ascontiguousarray(images[i % len(images)][None]) for i in range(runs)]
+    del images, labels  # not resident while memory is measured; reloaded below
+    run, nbytes, note = _make_engine(engine, model_path, fp32_path, threads)
+    for x in singles[:5]:
+        run(x)
+    lat = []
+    for x in singles:
+        t = time.perf_counter()
+        run(x)
+        lat.append(time.perf_counter() - t)
+    run(timing_batch)
+    tput, t_end = [], time.perf_counter() + 3.0
+    while len(tput) < 3 or (time.perf_counter() < t_end and len(tput) < 20):
+        t = time.perf_counter()
+        run(timing_batch)
+        tput.append(time.perf_counter() - t)
+    rss = _peak_rss_mb()
+    images, labels = _load_eval_set(data, limit)
+    correct = 0
+    for i in range(0, len(images), batch):
+        correct += int((np.argmax(run(images[i:i + batch]), axis=1) == labels[i:i + batch]).sum())
+    return {"engine": engine, "accuracy": correct / len(labels), "eval_images": int(len(labels)),
+            "latency_ms_b1": 1e3 * float(np.median(lat)), "throughput_ips": batch / float(np.median(tput)),
+            "batch": batch, "peak_rss_mb": rss, "weight_bytes": int(nbytes), "threads": threads, "note": note}
+
+
+def _spawn(engine, args) -> dict:
+    env = dict(os.environ)
+    for k in THREAD_VARS:
+        env[k] = str(args["threads"])
+    cmd = [sys.executable, "-m", "bnnlite.bench", "--worker", engine, "--model", str(args["model"]),
+           "--threads", str(args["threads"]), "--batch", str(args["batch"]), "--runs", str(args["runs"])]
+    if args["fp32"]:
+        cmd += ["--fp32", str(args["fp32"])]
+    if args["data"]:
+        cmd += ["--data", str(args["data"])]
+    if args["limit"]:
+        cmd += ["--limit", str(args["limit"])]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        return {"engine": engine, "error": " | ".join(tail) or f"exit code {p.returncode}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _table(rows, ref_engine="torch-fp32"):
+    ref = next((r for r in rows if r["engine"] == ref_engine and "error" not in r), None)
+    ort = next((r for r in rows if r["engine"] == "ort-fp32" and "error" not in r), None)
+    head = (f"{'engine':<14} {'accuracy':>9} {'b1 ms':>8} {'img/s':>9} {'x torch':>8} {'x ort-fp32':>10} "
+            f"{'b1 x torch':>10} {'peak MB':>8} {'weights B':>12}  note")
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        if "error" in r or "skipped" in r:
+            lines.append(f"{r['engine']:<14} {'skipped: ' + r['skipped'] if 'skipped' in r else 'failed: ' + r['error']}")
+            continue
+        xt = f"{r['throughput_ips'] / ref['throughput_ips']:.1f}x" if ref else "-"
+        xo = f"{r['throughput_ips'] / ort['throughput_ips']:.1f}x" if ort else "-"
+        lt = f"{ref['latency_ms_b1'] / r['latency_ms_b1']:.1f}x" if ref else "-"
+        lines.append(f"{r['engine']:<14} {100 * r['accuracy']:>8.2f}% {r['latency_ms_b1']:>8.2f} "
+                     f"{r['throughput_ips']:>9.1f} {xt:>8} {xo:>10} {lt:>10} {r['peak_rss_mb']:>8.1f} "
+                     f"{r['weight_bytes']:>12,}  {r['note']}")
+    return "\n".join(lines)
+
+
+def _layers(model_path, threads, batch):
+    """Each binary conv alone (as in the model, output transform included) vs torch's FP32 conv."""
+    from .graph import BConv2D, _Context
+    from .model import Model
+    m = Model.load(model_path, threads=threads, backend="cython")
+    plan = m.graph.plan(batch)
+    rng = np.random.default_rng(0)
+    for name, t in plan.tensors.items():
+        if t.dtype == np.float32:
+            t[...] = rng.standard_normal(t.shape, dtype=np.float32)
+        else:
+            t[...] = rng.integers(0, 2 ** 63, t.shape, dtype=np.uint64) & np.uint64(0)
+    for name, (store, p) in plan.storage.items():
+        c = m.graph.shapes[name][2]
+        from .bitpack import pack_bits
+        interior = plan.tensors[name]
+        interior[...] = pack_bits(rng.standard_normal(interior.shape[:3] + (c,)), 0.0)
+    ctx = _Context(plan, m.backend, threads)
+    try:
+        import torch
+        torch.set_num_threads(threads)
+    except ImportError:
+        torch = None
+    rows = []
+    for op in m.graph.ops:
+        if not isinstance(op, BConv2D):
+            continue
+        h, w, cin = op.in_shape
+        ho, wo, cout = op.out_shape
+        macs = batch * ho * wo * cout * op.attrs["kh"] * op.attrs["kw"] * cin
+        op.run(plan.tensors, ctx)
+        ts = []
+        for _ in range(7):
+            t0 = time.perf_counter()
+            op.run(plan.tensors, ctx)
+            ts.append(time.perf_counter() - t0)
+        tb = float(np.median(ts))
+        row = {"layer": op.name, "shape": f"{h}x{w}x{cin}->{cout}", "bnnlite_ms": 1e3 * tb,
+               "binary_gmacs": macs / tb / 1e9}
+        if torch is not None:
+            x = torch.randn(batch, cin, h, w).contiguous(memory_format=torch.channels_last)
+            wt = torch.randn(cout, cin, op.attrs["kh"], op.attrs["kw"]).contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode():
+                torch.nn.functional.conv2d(x, wt, padding=op.attrs["padding"])
+                tt = []
+                for _ in range(3):
+                    t0 = time.perf_counter()
+                    torch.nn.functional.conv2d(x, wt, padding=op.attrs["padding"])
+                    tt.append(time.perf_counter() - t0)
+            tf = float(np.median(tt))
+            row.update(torch_ms=1e3 * tf, torch_gmacs=macs / tf / 1e9, speedup=tf / tb)
+        rows.append(row)
+    return rows
+
+
+def _layers_table(rows):
+    head = f"{'layer':<8} {'shape':<18} {'bnnlite ms':>10} {'binary GMAC/s':>14} {'torch ms':>9} {'torch GMAC/s':>13} {'speedup':>8}"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['layer']:<8} {r['shape']:<18} {r['bnnlite_ms']:>10.2f} {r['binary_gmacs']:>14.1f} "
+                     f"{r.get('torch_ms', float('nan')):>9.2f} {r.get('torch_gmacs', float('nan')):>13.1f} "
+                     f"{r.get('speedup', float('nan')):>7.1f}x")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="BNN bundle [default: the shipped pretrained birealnet].")
+@click.option("--fp32", "fp32", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="FP32 bundle for the torch/ONNX FP32 engines [default: the shipped fp32 reference].")
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="CIFAR-10 data for accuracy on the full test split [default: the shipped sample].")
+@click.option("--limit", type=click.IntRange(1), default=None, help="Use only the first N evaluation images.")
+@click.option("--threads", type=click.IntRange(1), default=1)
+@click.option("--batch", type=click.IntRange(1), default=128, help="Throughput batch size.")
+@click.option("--runs", type=click.IntRange(50), default=50, help="Batch-1 calls (the median is reported).")
+@click.option("--engines", default=",".join(ENGINES), help="Comma-separated subset of engines.")
+@click.option("--layers", is_flag=True, help="Time each binary conv layer alone instead.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option("--worker", default=None, hidden=True)
+def main(model, fp32, data, limit, threads, batch, runs, engines, layers, as_json, worker):
+    """Benchmark bnnlite against PyTorch FP32 and ONNX Runtime on the same topology."""
+    from .bundle import BundleError
+    model = model or _data_file("birealnet.h5")
+    fp32 = fp32 or _data_file("fp32.h5")
+    if model is None:
+        raise click.ClickException("no --model given and the package has no pretrained birealnet.h5")
+    try:
+        if worker:
+            print(json.dumps(_worker(worker, model, fp32, data, limit, threads, batch, runs)))
+            return
+        if layers:
+            rows = _layers(model, threads, batch)
+            click.echo(json.dumps(rows, indent=2) if as_json else _layers_table(rows))
+            return
+    except BundleError as e:
+        raise click.ClickException(str(e)) from e
+    wanted = [e.strip() for e in engines.split(",") if e.strip()]
+    bad = [e for e in wanted if e not in ENGINES]
+    if bad:
+        raise click.BadParameter(f"unknown engine(s) {', '.join(bad)}; known: {', '.join(ENGINES)}",
+                                 param_hint="--engines")
+    args = {"model": model, "fp32": fp32, "data": data, "limit": limit, "threads": threads, "batch": batch,
+            "runs": runs}
+    rows = []
+    for e in wanted:
+        why = _missing(e) or (None if fp32 or e not in ("torch-fp32", "ort-fp32") else "no FP32 bundle (--fp32)")
+        if why:
+            rows.append({"engine": e, "skipped": why})
+            continue
+        if not as_json:
+            click.echo(f"running {e} ...", err=True)
+        rows.append(_spawn(e, args))
+    if as_json:
+        click.echo(json.dumps({"threads": threads, "batch": batch, "model": str(model), "results": rows}, indent=2))
+    else:
+        click.echo(f"model {model}; {threads} thread(s); batch {batch}; "
+                   f"accuracy on {'--data ' + str(data) if data else 'the shipped test sample'}")
+        click.echo(_table(rows))
+
+
+if __name__ == "__main__":
+    main()
