@@ -1,0 +1,93 @@
+"""``bnnlite``: run a bundle from the shell (torch-free).
+
+    bnnlite info [--model model.h5]          # summary of a bundle (default: the shipped one)
+    bnnlite evaluate [--data cifar-10-...]   # top-1 on the CIFAR-10 test split or the shipped sample
+    bnnlite predict images.npy               # class per image of a uint8 (N, H, W, C) array
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+import click
+import numpy as np
+
+MODEL_HELP = "Bundle to run [default: the shipped pretrained birealnet]."
+
+
+@contextmanager
+def _library_errors():
+    from .bundle import BundleError
+    try:
+        yield
+    except (BundleError, ValueError, FileNotFoundError) as e:
+        raise click.ClickException(str(e)) from e
+
+
+def _model(path, threads, backend=None):
+    from .model import Model
+    return Model.load(path, threads=threads, backend=backend) if path else Model.pretrained(threads=threads)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(package_name="bnnlite")
+def main():
+    """bnnlite: binary neural networks on ordinary CPUs."""
+
+
+@main.command()
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
+def info(model):
+    """Print the ops, shapes, bits and bytes of a bundle."""
+    with _library_errors():
+        click.echo(_model(model, 1).summary())
+
+
+@main.command()
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
+@click.option("--data", type=click.Path(exists=True), default=None,
+              help="CIFAR-10 (either official layout, tarball or folder) [default: the shipped 1,000-image sample].")
+@click.option("--threads", type=click.IntRange(1), default=1)
+@click.option("--backend", type=click.Choice(["cython", "numba", "numpy"]), default=None)
+@click.option("--batch", type=click.IntRange(1), default=128)
+def evaluate(model, data, threads, backend, batch):
+    """Top-1 accuracy and throughput on the test split."""
+    from tqdm import tqdm
+    with _library_errors():
+        m = _model(model, threads, backend)
+        if data:
+            from .cifar import load_test_split
+            images, labels = load_test_split(data)
+        else:
+            from .bench import SAMPLE, _data_file
+            with np.load(_data_file(SAMPLE)) as z:
+                images, labels = z["images"], z["labels"]
+        correct, t0 = 0, time.perf_counter()
+        for i in tqdm(range(0, len(images), batch), unit="batch", disable=None, leave=False):
+            correct += int((m.predict(images[i:i + batch]) == labels[i:i + batch]).sum())
+        dt = time.perf_counter() - t0
+    click.echo(f"{m!r}")
+    click.echo(f"top-1 {100 * correct / len(labels):.2f}% on {len(labels):,} images "
+               f"({len(labels) / dt:,.0f} images/s, {threads} thread(s), backend {m.backend.name})")
+
+
+@main.command()
+@click.argument("images", type=click.Path(exists=True, dir_okay=False))
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
+@click.option("--threads", type=click.IntRange(1), default=1)
+def predict(images, model, threads):
+    """Print the predicted class of each image in IMAGES (.npy, uint8 NHWC)."""
+    with _library_errors():
+        try:
+            x = np.load(images, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise click.ClickException(f"{images}: not a .npy array ({e})") from e
+        m = _model(model, threads)
+        pred = np.atleast_1d(m.predict(x))
+    names = m.class_names
+    for i, p in enumerate(pred):
+        click.echo(f"{i}\t{p}\t{names[p] if p < len(names) else ''}")
+
+
+if __name__ == "__main__":
+    main()
