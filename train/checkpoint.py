@@ -10,11 +10,9 @@ needs: ``format``, ``format_version``, ``config`` (models.default_config),
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import torch
+
+from bnnlite._atomic import atomic_path
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "save_atomic", "load_checkpoint", "slim_state"]
 
@@ -25,18 +23,8 @@ HEADER_KEYS = ("format", "format_version", "config", "normalization", "class_nam
 
 def save_atomic(obj, path) -> None:
     """torch.save to a temporary file beside ``path``, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def load_checkpoint(path) -> dict:
