@@ -183,6 +183,11 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
     metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float, str))}
     if "test_acc" in metrics:
         metrics["pytorch_test_acc_training"] = metrics.pop("test_acc")
+    if "optimizer" in ckpt:  # a resume checkpoint: training has not finished
+        run = ckpt.get("run", {})
+        metrics["training_in_progress"] = f"epoch {ckpt['epoch'] + 1} step {ckpt['step']} of {run.get('epochs', '?')}"
+        if ckpt.get("history"):
+            metrics["val_acc"] = ckpt["history"][-1]["val_acc"]
     header = {"producer": f"bnnlite-export {__version__}", "architecture": cfg["arch"],
               "input_shape": [cfg["image_size"], cfg["image_size"], cfg["in_channels"]], "input_layout": "NHWC",
               "normalization_mean": norm["mean"], "normalization_std": norm["std"],
