@@ -87,6 +87,12 @@ def _pack(x, thr, out):
 
 
 @njit(inline="always")
+def _fmax(a, b):
+    # np.maximum semantics: NaN propagates, ties (0.0 vs -0.0) give b.
+    return a if (a > b or a != a) else b
+
+
+@njit(inline="always")
 def _tile4(x, wdata, acc, n, h0, w0, stride, idx, kh, kw, cw):
     """acc[p, l] += popcount(x XOR w) for P=4 pixels (w0 + p*stride) and the
     CO_BLOCK channels of the block at wdata[idx:]: each weight word is loaded
@@ -119,85 +125,128 @@ def _tile1(x, wdata, acc, p, n, h0, w0, idx, kh, kw, cw):
                 idx += CO_BLOCK
 
 
+@njit(nogil=True, cache=True)
+def _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
+              mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+              has_out, out, has_bits, bits, nthr, ithr, n, ho, wo_n, ridx,
+              out_n, out_h, acc, wbits, y32):
+    """One conv output row (n, ho), pixels 0 .. wo_n-1: floats to
+    out[out_n, out_h, wo, :] (if has_out), bits to bits[out_n, out_h, wo, :]
+    (if has_bits); the residual is read at res[n, ho, wo, :]."""
+    nblk = (cout + CO_BLOCK - 1) // CO_BLOCK
+    wblk = kh * kw * cw * CO_BLOCK
+    for wo0 in range(0, wo_n, P):
+        npx = min(P, wo_n - wo0)
+        for b in range(nblk):
+            co0 = b * CO_BLOCK
+            acc[:, :] = 0
+            if npx == P:
+                _tile4(x, wdata, acc, n, ho * stride, wo0 * stride, stride,
+                       b * wblk, kh, kw, cw)
+            else:
+                for p in range(npx):
+                    _tile1(x, wdata, acc, p, n, ho * stride, (wo0 + p) * stride,
+                           b * wblk, kh, kw, cw)
+            if co0 % WORD_BITS == 0:
+                wbits[:] = _ZERO
+            nco = min(CO_BLOCK, cout - co0)
+            for p in range(npx):
+                wo = wo0 + p
+                word = _ZERO
+                if mode_bits:
+                    for l in range(nco):
+                        if k_bits - 2 * acc[p, l] < ithr[co0 + l]:
+                            word |= _ONE << np.uint64(l)
+                else:
+                    # One short loop per step so LLVM vectorises each;
+                    # the float32 order is the documented one.
+                    for l in range(nco):
+                        y32[l] = np.float32(k_bits - 2 * acc[p, l]) * mult[co0 + l]
+                    for l in range(nco):
+                        y32[l] = y32[l] + bias[co0 + l]
+                    if has_res:
+                        for l in range(nco):
+                            y32[l] = y32[l] + res[n, ho, wo, ridx[co0 + l]]
+                    if has_rp:
+                        for l in range(nco):
+                            y = y32[l]
+                            g = gamma[co0 + l]
+                            d = y - g
+                            z = zeta[co0 + l]
+                            y32[l] = d + z if y >= g else beta[co0 + l] * d + z
+                    if has_out:
+                        for l in range(nco):
+                            out[out_n, out_h, wo, co0 + l] = y32[l]
+                    if has_bits:
+                        for l in range(nco):
+                            if y32[l] < nthr[co0 + l]:
+                                word |= _ONE << np.uint64(l)
+                wbits[p] |= word << np.uint64(co0 % WORD_BITS)
+            if has_bits and ((co0 + CO_BLOCK) % WORD_BITS == 0 or b == nblk - 1):
+                for p in range(npx):
+                    bits[out_n, out_h, wo0 + p, co0 // WORD_BITS] = wbits[p]
+
+
 @njit(types.void(_W4R, _W1R, types.int64, types.int64, types.int64, types.int64,
                  types.int64, types.int64, types.int64,
                  _F1R, _F1R, types.int64, _F4R, types.int64, _F1R, _F1R, _F1R,
-                 types.int64, _F4, types.int64, _W4, _F1R, _I1R), **_OPTS)
+                 types.int64, _F4, types.int64, _W4, _F1R, _I1R, types.int64), **_OPTS)
 def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
            mult, bias, has_res, res, has_rp, gamma, beta, zeta,
-           has_out, out, has_bits, bits, nthr, ithr):
+           has_out, out, has_bits, bits, nthr, ithr, pool):
     """acc = k_bits - 2 * popcount(x XOR w) over (KH, KW, Cw), valid conv.
 
     mode_bits: bits[..., co] bit = acc < ithr[co].  Else y = f32(acc)*mult
     + bias (+ res[..., co % Cres]) (-> rprelu), stored to out if has_out and
-    packed as y < nthr into bits if has_bits.  x word (N,Hp,Wp,Cw), any
-    outer strides; wdata the LAYOUT array; res/out float32 (N,Ho,Wo,*);
-    bits word (N,Ho,Wo,words_for(Cout)).  Unused arrays are 1-element dummies
-    and the has_* ints say which are real (one compiled signature).
+    packed as y < nthr into bits if has_bits.  pool (float mode only): y is
+    max-pooled 2x2/2 first (max(max(y00, y01), max(y10, y11))), out/bits
+    are (N,Ho//2,Wo//2,.) and res stays (N,Ho,Wo,Cres).  x word
+    (N,Hp,Wp,Cw), any outer strides; wdata the LAYOUT array; res/out float32
+    (N,Ho,Wo,*); bits word (N,Ho,Wo,words_for(Cout)).  Unused arrays are
+    1-element dummies and the has_* ints say which are real (one compiled
+    signature).
     """
     n_img = x.shape[0]
     ho_n = (x.shape[1] - kh) // stride + 1
     wo_n = (x.shape[2] - kw) // stride + 1
-    nblk = (cout + CO_BLOCK - 1) // CO_BLOCK
-    wblk = kh * kw * cw * CO_BLOCK
     # Residual channel of each output channel (channel duplication).
     ridx = np.arange(cout) % res.shape[3]
-    for r in prange(n_img * ho_n):
-        n = r // ho_n
-        ho = r - n * ho_n
+    if not pool:
+        for r in prange(n_img * ho_n):
+            n = r // ho_n
+            ho = r - n * ho_n
+            acc = np.empty((P, CO_BLOCK), np.int64)
+            wbits = np.empty(P, np.uint64)
+            y32 = np.empty(CO_BLOCK, np.float32)
+            _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
+                      mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+                      has_out, out, has_bits, bits, nthr, ithr, n, ho, wo_n, ridx,
+                      n, ho, acc, wbits, y32)
+        return
+    hp_n = ho_n // 2
+    wp_n = wo_n // 2
+    for r in prange(n_img * hp_n):
+        n = r // hp_n
+        i = r - n * hp_n
         acc = np.empty((P, CO_BLOCK), np.int64)
         wbits = np.empty(P, np.uint64)
         y32 = np.empty(CO_BLOCK, np.float32)
-        for wo0 in range(0, wo_n, P):
-            npx = min(P, wo_n - wo0)
-            for b in range(nblk):
-                co0 = b * CO_BLOCK
-                acc[:, :] = 0
-                if npx == P:
-                    _tile4(x, wdata, acc, n, ho * stride, wo0 * stride, stride,
-                           b * wblk, kh, kw, cw)
-                else:
-                    for p in range(npx):
-                        _tile1(x, wdata, acc, p, n, ho * stride, (wo0 + p) * stride,
-                               b * wblk, kh, kw, cw)
-                if co0 % WORD_BITS == 0:
-                    wbits[:] = _ZERO
-                nco = min(CO_BLOCK, cout - co0)
-                for p in range(npx):
-                    wo = wo0 + p
-                    word = _ZERO
-                    if mode_bits:
-                        for l in range(nco):
-                            if k_bits - 2 * acc[p, l] < ithr[co0 + l]:
-                                word |= _ONE << np.uint64(l)
-                    else:
-                        # One short loop per step so LLVM vectorises each;
-                        # the float32 order is the documented one.
-                        for l in range(nco):
-                            y32[l] = np.float32(k_bits - 2 * acc[p, l]) * mult[co0 + l]
-                        for l in range(nco):
-                            y32[l] = y32[l] + bias[co0 + l]
-                        if has_res:
-                            for l in range(nco):
-                                y32[l] = y32[l] + res[n, ho, wo, ridx[co0 + l]]
-                        if has_rp:
-                            for l in range(nco):
-                                y = y32[l]
-                                g = gamma[co0 + l]
-                                d = y - g
-                                z = zeta[co0 + l]
-                                y32[l] = d + z if y >= g else beta[co0 + l] * d + z
-                        if has_out:
-                            for l in range(nco):
-                                out[n, ho, wo, co0 + l] = y32[l]
-                        if has_bits:
-                            for l in range(nco):
-                                if y32[l] < nthr[co0 + l]:
-                                    word |= _ONE << np.uint64(l)
-                    wbits[p] |= word << np.uint64(co0 % WORD_BITS)
-                if has_bits and ((co0 + CO_BLOCK) % WORD_BITS == 0 or b == nblk - 1):
-                    for p in range(npx):
-                        bits[n, ho, wo0 + p, co0 // WORD_BITS] = wbits[p]
+        rows = np.empty((1, 2, 2 * wp_n, cout), np.float32)  # conv rows 2i, 2i+1
+        for rr in range(2):
+            _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, 0,
+                      mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+                      1, rows, 0, bits, nthr, ithr, n, 2 * i + rr, 2 * wp_n, ridx,
+                      0, rr, acc, wbits, y32)
+        for j in range(wp_n):
+            for q in range(bits.shape[3] if has_bits else 0):
+                bits[n, i, j, q] = _ZERO
+            for co in range(cout):
+                m = _fmax(_fmax(rows[0, 0, 2 * j, co], rows[0, 0, 2 * j + 1, co]),
+                          _fmax(rows[0, 1, 2 * j, co], rows[0, 1, 2 * j + 1, co]))
+                if has_out:
+                    out[n, i, j, co] = m
+                if has_bits and m < nthr[co]:
+                    bits[n, i, j, co // WORD_BITS] |= _ONE << np.uint64(co % WORD_BITS)
 
 
 @njit(types.void(_W4R, _W4), **_OPTS)
@@ -211,12 +260,6 @@ def _bmaxpool2(x, out):
                 # bit 1 (-1) survives the max only if all four are -1.
                 out[i, j, k, c] = (x[i, 2 * j, 2 * k, c] & x[i, 2 * j, 2 * k + 1, c]
                                    & x[i, 2 * j + 1, 2 * k, c] & x[i, 2 * j + 1, 2 * k + 1, c])
-
-
-@njit(inline="always")
-def _fmax(a, b):
-    # np.maximum semantics: NaN propagates, ties (0.0 vs -0.0) give b.
-    return a if (a > b or a != a) else b
 
 
 @njit(types.void(_F4R, _F4), **_OPTS)
@@ -250,11 +293,12 @@ def pack(x, thr, out, threads):
 
 
 def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rprelu,
-          out, out_bits, next_thr, thr, threads):
+          out, out_bits, next_thr, thr, threads, pool=False):
     """Valid binary conv; float mode if thr is None, else bits mode (see module doc).
 
     x word (N,Hp,Wp,Cw); wdata the LAYOUT array; out float32 (N,Ho,Wo,Cout) or
-    None; out_bits word (N,Ho,Wo,words_for(Cout)) or None.
+    None; out_bits word (N,Ho,Wo,words_for(Cout)) or None; pool: fused
+    2x2/2 max-pool (out/out_bits then (N,Ho//2,Wo//2,.)).
     """
     _threads(threads)
     mode_bits = thr is not None
@@ -266,7 +310,7 @@ def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rpre
            int(out is not None), _F4_DUMMY if out is None else out,
            int(out_bits is not None), _W4_DUMMY if out_bits is None else out_bits,
            _F1_DUMMY if next_thr is None else next_thr,
-           thr if mode_bits else _I1_DUMMY)
+           thr if mode_bits else _I1_DUMMY, int(bool(pool)))
 
 
 def bmaxpool2(x, out, threads):

@@ -137,11 +137,11 @@ class _CythonImpl:
         self.mod.pack_raw(x, thr, out, threads)
 
     def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
-              out_bits, next_thr, thr, threads):
+              out_bits, next_thr, thr, threads, pool=False):
         g, b, z = rprelu if rprelu is not None else (None, None, None)
         self.mod.bconv_raw(x, pw.data, pw.kh, pw.kw, pw.cw, pw.cout, k_bits, stride,
                            mult, bias, residual, g, b, z, out, out_bits, next_thr,
-                           thr, threads)
+                           thr, threads, pool)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2_raw(x, out, threads)
@@ -165,10 +165,10 @@ class _NumbaImpl:
         self.mod.pack(x, thr, out, threads)
 
     def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
-              out_bits, next_thr, thr, threads):
+              out_bits, next_thr, thr, threads, pool=False):
         self.mod.bconv(x, pw.data, pw.cout, pw.kh, pw.kw, pw.cw, k_bits, stride,
                        mult, bias, residual, rprelu, out, out_bits, next_thr, thr,
-                       threads)
+                       threads, pool)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out, threads)
@@ -191,7 +191,7 @@ class _NumpyImpl:
         self.mod.pack(x, thr, out)
 
     def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
-              out_bits, next_thr, thr, threads):
+              out_bits, next_thr, thr, threads, pool=False):
         w = pw.data.reshape(pw.shape)
         if thr is not None:
             self.mod.bconv_bits(x, w, k_bits, stride, thr, out_bits)
@@ -199,7 +199,7 @@ class _NumpyImpl:
         if out is None:  # the reference always produces the floats
             out = np.empty(out_bits.shape[:3] + (pw.cout,), np.float32)
         self.mod.bconv_float(x, w, k_bits, stride, mult, bias, residual, rprelu,
-                             out, out_bits, next_thr)
+                             out, out_bits, next_thr, pool=pool)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out)
@@ -345,8 +345,8 @@ class Backend:
 
     # ---- convolutions ----------------------------------------------------
     def bconv_float(self, x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
-                    out_bits=None, next_thr=None, threads=1):
-        """Valid binary conv with a float32 epilogue (+ optional fused pack).
+                    out_bits=None, next_thr=None, threads=1, pool=False):
+        """Valid binary conv with a float32 epilogue (+ optional fused pool, pack).
 
         acc[n,ho,wo,co] = k_bits - 2 * popcount(x[n, ho*s+i, wo*s+j, :] XOR w[co,i,j,:])
         summed over (i, j) < (KH, KW) and the Cw words; then, in float32, in
@@ -355,6 +355,13 @@ class Backend:
             y = y + residual[n,ho,wo, co % Cres]                  (if residual)
             y = (y-gamma)+zeta if y >= gamma else beta*(y-gamma)+zeta  (if rprelu)
         out[n,ho,wo,co] = y, and out_bits bit co = y < next_thr[co].
+
+        pool=True fuses a 2x2 stride-2 max-pool (see maxpool2) before the
+        stores: out[n,i,j,co] = max(max(y[2i,2j], y[2i,2j+1]),
+        max(y[2i+1,2j], y[2i+1,2j+1])) and out_bits bit co = out < next_thr,
+        with out/out_bits of shape (N, Ho//2, Wo//2, .); the residual keeps
+        the conv resolution (N, Ho, Wo, Cres).  Bit-identical to bconv_float
+        followed by maxpool2 and pack.
 
         x: word (N,Hp,Wp,Cw) with its zero-word (+1) border already in place;
            Ho = (Hp-KH)//stride + 1, Wo = (Wp-KW)//stride + 1.
@@ -370,6 +377,10 @@ class Backend:
         """
         self._check_wp(wp)
         n, ho, wo, k_bits, stride = _conv_geometry(x, wp, k_bits, stride)
+        if not isinstance(pool, (bool, np.bool_)):
+            raise ValueError(f"pool: expected True or False, got {pool!r}")
+        pool = bool(pool)
+        oh, ow = (ho // 2, wo // 2) if pool else (ho, wo)
         cout = wp.cout
         _arr("mult", mult, _F32, (cout,), contiguous=True)
         _arr("bias", bias, _F32, (cout,), contiguous=True)
@@ -388,9 +399,9 @@ class Backend:
             raise ValueError("out: expected a float32 (N,Ho,Wo,Cout) array (None is "
                              "allowed only when out_bits is given)")
         if out is not None:
-            _arr("out", out, _F32, (n, ho, wo, cout), writeable=True)
+            _arr("out", out, _F32, (n, oh, ow, cout), writeable=True)
         if out_bits is not None:
-            _arr("out_bits", out_bits, WORD_DTYPE, (n, ho, wo, words_for(cout)),
+            _arr("out_bits", out_bits, WORD_DTYPE, (n, oh, ow, words_for(cout)),
                  writeable=True)
             if next_thr is None:
                 raise ValueError("next_thr: expected float32 (Cout,) with out_bits, got None")
@@ -400,11 +411,11 @@ class Backend:
         _no_overlap([("out", out), ("out_bits", out_bits)], ins)
         if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
             raise ValueError("out overlaps out_bits: expected separate buffers")
-        if n * ho * wo == 0:
+        if n * oh * ow == 0:
             return
         self._impl.bconv(x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
                          out_bits, next_thr if out_bits is not None else None, None,
-                         threads)
+                         threads, pool)
 
     def bconv_bits(self, x, wp, k_bits, stride, thr, out, threads=1):
         """Valid binary conv producing only packed bits.

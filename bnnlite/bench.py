@@ -275,7 +275,7 @@ def _layers(model_path, threads, batch):
         if not isinstance(op, BConv2D):
             continue
         h, w, cin = op.in_shape
-        ho, wo, cout = op.out_shape
+        ho, wo, cout = op.conv_out_shape  # before a fused max-pool
         macs = batch * ho * wo * cout * op.attrs["kh"] * op.attrs["kw"] * cin
         op.run(plan.tensors, ctx)
         ts = []

@@ -12,9 +12,13 @@ Where tensors live
   reads the whole padded buffer: padding costs no pass at all.
 * ``flatten`` is a reshape view of its input buffer.
 
-Fusion at load time: a float-output binary conv whose output feeds a
-``sign_pack`` directly writes the packed bits for that sign_pack in the same
-loop (``out_bits`` of the kernel), and the sign_pack disappears.
+Fusion at load time (in this order):
+* a float-output binary conv whose output is read only by a ``maxpool2d``
+  pools in its epilogue (``bconv_float(..., pool=True)``): it writes the
+  pooled tensor directly, and the unpooled one is never stored;
+* a float-output binary conv (pooled or not) whose output feeds a
+  ``sign_pack`` directly writes the packed bits for that sign_pack in the
+  same loop (``out_bits`` of the kernel), and the sign_pack disappears.
 """
 from __future__ import annotations
 
@@ -119,6 +123,8 @@ class BConv2D(RuntimeOp):
         if a.get("rprelu"):
             self.rprelu = (self.arrays["rprelu_gamma"], self.arrays["rprelu_beta"], self.arrays["rprelu_zeta"])
         self.fused_pack = None  # (tensor name, thresholds) once a sign_pack is fused in
+        self.pool = False       # True once the following 2x2 max-pool is fused in
+        self.conv_out_shape = self.out_shape  # before pooling (for MAC counts)
 
     def describe(self):
         a = self.attrs
@@ -127,6 +133,8 @@ class BConv2D(RuntimeOp):
             s += f", +residual {self.inputs[1]!r}"
         if self.rprelu is not None:
             s += ", rprelu"
+        if self.pool:
+            s += ", fused maxpool2d"
         if self.fused_pack is not None:
             s += f", fused sign_pack -> {self.fused_pack[0]!r}"
         return s
@@ -143,7 +151,8 @@ class BConv2D(RuntimeOp):
             out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
         ctx.backend.bconv_float(x, self.prepared, self.k_bits, self.attrs["stride"],
                                 self.arrays["multiplier"], self.arrays["bias"], res, self.rprelu,
-                                t[self.outputs[0]], out_bits, next_thr, ctx.threads)
+                                t[self.outputs[0]], out_bits, next_thr, ctx.threads,
+                                pool=self.pool)
 
 
 class MaxPool2D(RuntimeOp):
@@ -231,6 +240,7 @@ class Graph:
         for rec in bundle.ops:
             cls = _OP_CLASSES[rec.op]
             self.ops.append(cls(rec, self.shapes, backend) if cls is BConv2D else cls(rec, self.shapes))
+        self._fuse_pool()
         self._fuse_sign_pack()
         self.pad_of = {}
         for op in self.ops:
@@ -243,6 +253,27 @@ class Graph:
         self.max_chunk = max(1, SCRATCH_BYTES // per_image) if per_image else None
         self.ops = [op for op in self.ops if not isinstance(op, Flatten)]
         self._plans: dict[int, _Plan] = {}
+
+    def _fuse_pool(self):
+        readers = {}
+        for op in self.ops:
+            for name in op.inputs:
+                readers[name] = readers.get(name, 0) + 1
+        producer = {op.outputs[0]: op for op in self.ops}
+        kept = []
+        for op in self.ops:
+            src = producer.get(op.inputs[0])
+            if (isinstance(op, MaxPool2D) and isinstance(src, BConv2D) and src.kind == "float"
+                    and not src.pool and src.fused_pack is None and op.inputs[0] != OUTPUT
+                    and readers[op.inputs[0]] == 1):
+                dead = src.outputs[0]
+                src.outputs = [op.outputs[0]] + list(src.outputs[1:])
+                src.out_shape = op.out_shape
+                src.pool = True
+                del self.shapes[dead], self.kinds[dead]  # never stored
+                continue
+            kept.append(op)
+        self.ops = kept
 
     def _fuse_sign_pack(self):
         producer = {op.outputs[0]: op for op in self.ops}

@@ -92,15 +92,21 @@ def _float_chain(acc, mult, bias, residual, rprelu):
 
 
 def bconv_float(x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
-                out_bits=None, next_thr=None, threads=1):
+                out_bits=None, next_thr=None, threads=1, pool=False):
     """Valid binary conv with the float epilogue (see module docstring).
 
     x word (N,Hp,Wp,Cw) (zero-word border = +1 padding already in place);
     wp prepared weights (Cout,KH,KW,Cw); out float32 (N,Ho,Wo,Cout);
     out_bits word (N,Ho,Wo,words_for(Cout)) gets bit co = y < next_thr[co].
+    pool: y is max-pooled 2x2/2 (as maxpool2) before it is stored and
+    packed; out/out_bits are then (N,Ho//2,Wo//2,.).
     """
     acc = k_bits - 2 * bconv_popcount(x, wp, stride)
     y = _float_chain(acc, mult, bias, residual, rprelu)
+    if pool:
+        yp = np.empty(out.shape, np.float32)
+        maxpool2(y, yp)
+        y = yp
     out[...] = y
     if out_bits is not None:
         out_bits[...] = _pack_words(y < next_thr)

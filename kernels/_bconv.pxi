@@ -44,6 +44,10 @@ cdef extern from "_bconv_kernels.h" nogil:
                       const float *res_row, Py_ssize_t s_res_w,
                       float *out_row, Py_ssize_t s_out_w,
                       bnn_word_t *bits_row, Py_ssize_t s_bits_w)
+    void bnn_conv_row_pool2(const bnn_conv_params *prm, const bnn_word_t *xrow,
+                            const float *res_row, Py_ssize_t s_res_h, Py_ssize_t s_res_w,
+                            float *out_row, Py_ssize_t s_out_w,
+                            bnn_word_t *bits_row, Py_ssize_t s_bits_w, int wpool)
     void bnn_pack_row(const float *x, Py_ssize_t sxw, const float *thr, int c,
                       int w, bnn_word_t *out, Py_ssize_t sow)
 
@@ -93,9 +97,10 @@ def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
 def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
               int kh, int kw, int cw, int cout, long long k_bits, int stride,
               mult, bias, residual, gamma, beta, zeta,
-              out, out_bits, next_thr, thr, int threads):
+              out, out_bits, next_thr, thr, int threads, bint pool=False):
     """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
-    (mult/bias given) and backend.bconv_bits (thr given)."""
+    (mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
+    backend.bconv_bits (thr given)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
     cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
@@ -177,7 +182,25 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     cdef Py_ssize_t r, n, ho
     # One (n, ho) output row per iteration: rows are independent, so the
     # threads never share an output word.
-    cdef Py_ssize_t chunk = _chunk(N * Ho, threads)
+    cdef Py_ssize_t Hp = Ho // 2, chunk
+    cdef int wpool = <int>(Wo // 2)
+    if pool:
+        # One pooled row (conv rows 2i, 2i+1) per iteration.
+        if N * Hp == 0:
+            return
+        chunk = _chunk(N * Hp, threads)
+        for r in prange(N * Hp, nogil=True, schedule="dynamic", chunksize=chunk,
+                        num_threads=threads):
+            n = r // Hp
+            ho = r % Hp
+            bnn_conv_row_pool2(
+                &prm, <const bnn_word_t *>(xb + n * sxn + 2 * ho * stride * sxh),
+                (res_b + n * srn + 2 * ho * srh) if res_b != NULL else NULL, srh, srw,
+                (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
+                (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
+                sbw, wpool)
+        return
+    chunk = _chunk(N * Ho, threads)
     for r in prange(N * Ho, nogil=True, schedule="dynamic", chunksize=chunk,
                     num_threads=threads):
         n = r // Ho

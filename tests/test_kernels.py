@@ -204,6 +204,69 @@ class TestConvFloat:
         np.testing.assert_array_equal(one[1], two[1])
 
 
+class TestConvPool:
+    """bconv_float(..., pool=True): fused 2x2/2 max-pool (+ pack) equals
+    bconv_float, then maxpool2, then pack -- bit for bit, every backend."""
+
+    @given(case=conv_cases(), use_res=st.booleans(), use_rp=st.booleans(),
+           res_div=st.sampled_from([1, 2, 3, 5]), with_out=st.booleans())
+    @SETTINGS
+    def test_equals_conv_then_pool_then_pack(self, be, ref, case, use_res, use_rp,
+                                             res_div, with_out):
+        c = Case(**case)
+        assume(c.ho >= 2 and c.wo >= 2)
+        mult, bias, nthr = c.f32(c.cout) * 0.1, c.f32(c.cout), c.f32(c.cout)
+        residual = None
+        if use_res:
+            cres = c.cout // res_div if c.cout % res_div == 0 else c.cout
+            residual = c.f32(c.n, c.ho, c.wo, cres)
+        rprelu = (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)) if use_rp else None
+        full, _ = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias, residual, rprelu)
+        pshape = (c.n, c.ho // 2, c.wo // 2)
+        want = np.empty(pshape + (c.cout,), np.float32)
+        reference.maxpool2(full, want)
+        for b in (be, ref):
+            out = np.full(pshape + (c.cout,), np.nan, np.float32) if with_out else None
+            bits = np.full(pshape + (words_for(c.cout),), GARBAGE_WORD, WORD_DTYPE)
+            b.bconv_float(c.x, b.prepare_weights(c.w), c.k_bits, c.stride, mult, bias,
+                          residual, rprelu, out, bits, nthr, pool=True)
+            if with_out:
+                assert np.array_equal(out, want), b.name
+            np.testing.assert_array_equal(bits, pack_bits(want, nthr), err_msg=b.name)
+
+    def test_odd_sizes_threads_and_views(self, be, ref):
+        c = Case(n=3, h=9, w=11, k=3, pad=1, cin=130, cout=200, stride=1, seed=21)
+        mult, bias, nthr = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        res_buf = c.f32(c.n, c.ho + 1, c.wo, 2 * c.cout)
+        res = res_buf[:, 1:, :, :c.cout]
+        fbuf = np.full((c.n, 4 + 2, 5 + 2, c.cout), -7.0, np.float32)
+        bbuf = np.full((c.n, 4 + 2, 5 + 2, words_for(c.cout)), GARBAGE_WORD, WORD_DTYPE)
+        be.bconv_float(c.x, be.prepare_weights(c.w), c.k_bits, 1, mult, bias, res, None,
+                       fbuf[:, 1:-1, 1:-1], bbuf[:, 1:-1, 1:-1], nthr, threads=2, pool=True)
+        want = np.empty((c.n, 4, 5, c.cout), np.float32)
+        want_bits = np.empty((c.n, 4, 5, words_for(c.cout)), WORD_DTYPE)
+        ref.bconv_float(c.x, ref.prepare_weights(c.w), c.k_bits, 1, mult, bias,
+                        np.ascontiguousarray(res), None, want, want_bits, nthr, pool=True)
+        np.testing.assert_array_equal(fbuf[:, 1:-1, 1:-1], want)
+        np.testing.assert_array_equal(bbuf[:, 1:-1, 1:-1], want_bits)
+        assert np.all(fbuf[:, 0] == -7.0) and np.all(bbuf[:, :, -1] == GARBAGE_WORD)
+
+    def test_pool_validation(self, be):
+        c = Case(n=1, h=5, w=6, k=3, pad=1, cin=64, cout=8, stride=1, seed=2)
+        wp = be.prepare_weights(c.w)
+        ones, zeros = np.ones(8, np.float32), np.zeros(8, np.float32)
+        with pytest.raises(ValueError, match=r"out: expected shape \(1, 2, 3, 8\)"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None,
+                           np.empty(c.out_shape, np.float32), pool=True)
+        with pytest.raises(ValueError, match=r"residual: expected shape \(1, 5, 6, \?\)"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros,
+                           np.zeros((1, 2, 3, 8), np.float32), None,
+                           np.empty((1, 2, 3, 8), np.float32), pool=True)
+        with pytest.raises(ValueError, match="pool: expected True or False"):
+            be.bconv_float(c.x, wp, c.k_bits, 1, ones, zeros, None, None,
+                           np.empty((1, 2, 3, 8), np.float32), pool=1)
+
+
 class TestStridedViews:
     """Inputs and outputs may be views with strided outer axes."""
 
