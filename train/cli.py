@@ -1,6 +1,8 @@
 """``bnnlite-train``: the training command (also ``python -m bnnlite.train``)."""
 from __future__ import annotations
 
+import json
+
 import click
 
 from .engine import TrainConfig, train
@@ -34,19 +36,29 @@ from .models import ARCHS
 @click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pth exactly where it stopped.")
 @click.option("--subset", type=click.IntRange(1), default=None, hidden=True)
 @click.option("--interrupt-after-steps", type=click.IntRange(1), default=None, hidden=True)
+@click.option("--model-overrides", default=None, hidden=True,
+              help='JSON object merged into the model config (tests: \'{"widths": [8, 8, 16, 16, 32, 32]}\').')
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
 def main(model, data, out, epochs, lr, batch_size, optimizer, weight_decay, kd, teacher_path, kd_weight,
          temperature, val_size, seed, bf16, channels_last, compile_, threads, resume, subset,
-         interrupt_after_steps, no_progress):
+         interrupt_after_steps, model_overrides, no_progress):
     """Train a VGG-small (fp32, XNOR-Net or Bi-Real) on CIFAR-10-layout data."""
     if kd and not teacher_path:
         raise click.UsageError("--kd needs --teacher-path CKPT")
+    if model_overrides is not None:
+        try:
+            model_overrides = json.loads(model_overrides)
+        except json.JSONDecodeError as e:
+            raise click.BadParameter(f"not JSON: {e}", param_hint="--model-overrides") from e
+        if not isinstance(model_overrides, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--model-overrides")
     cfg = TrainConfig(model="fp32" if model == "baseline" else model, data=data, out=out, epochs=epochs,
                       lr=lr, batch_size=batch_size, optimizer=optimizer, weight_decay=weight_decay, kd=kd,
                       teacher_path=teacher_path, kd_weight=kd_weight, temperature=temperature,
                       val_size=val_size, seed=seed, bf16=bf16, channels_last=channels_last,
                       compile=compile_, threads=threads, resume=resume, subset=subset,
-                      interrupt_after_steps=interrupt_after_steps, progress=not no_progress)
+                      interrupt_after_steps=interrupt_after_steps, model_overrides=model_overrides,
+                      progress=not no_progress)
     try:
         train(cfg)
     except (ValueError, FileNotFoundError) as e:

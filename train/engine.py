@@ -14,9 +14,19 @@ What it guarantees
   of every epoch's permutation, gradients are averaged by
   DistributedDataParallel (gloo on CPU, nccl on CUDA), metrics are summed
   across ranks, rank 0 writes files.
+
+Test hooks
+* ``TrainConfig.model_overrides``: a dict merged into
+  ``models.default_config(model)`` (e.g. ``{"widths": [8, 8, 16, 16, 32, 32]}``
+  for a tiny network); unknown keys are a ValueError.  The merged config is
+  what the checkpoints record, so export rebuilds the same network.
+* env ``BNNLITE_DDP_DUMP=DIR``: at the end of a finished run every rank saves
+  its final ``model.state_dict()`` to ``DIR/rank{r}.pth`` (to check that the
+  ranks agree).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -75,6 +85,7 @@ class TrainConfig:
     subset: int | None = None          # use only the first N train / test images (tests, smoke runs)
     interrupt_after_steps: int | None = None  # simulate Ctrl-C after this many steps (tests)
     progress: bool = True
+    model_overrides: dict | None = None  # merged into models.default_config(model) (tests: tiny widths)
     extra: dict = field(default_factory=dict)
 
 
@@ -223,6 +234,12 @@ def train(cfg: TrainConfig) -> dict:
     train_set, val_set = train_val_split(train_full, min(cfg.val_size, len(train_full) // 10 or 1), cfg.seed)
     mean, std = channel_stats(train_set.images)
     model_cfg = default_config(cfg.model, len(classes))
+    if cfg.model_overrides:
+        unknown = sorted(set(cfg.model_overrides) - set(model_cfg))
+        if unknown:
+            raise ValueError(f"model_overrides: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(model_cfg))}")
+        model_cfg.update(copy.deepcopy(cfg.model_overrides))
     model = build_model(model_cfg)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -369,6 +386,10 @@ def train(cfg: TrainConfig) -> dict:
             json.dump({**metrics, "run": run_info}, f, indent=2)
         _plot_curves(hist, out / "curves.png")
         print(f"test top-1 {100 * test_acc:.2f}% after {len(hist)} epochs, {state['elapsed'] / 60:.1f} min")
+    dump = os.environ.get("BNNLITE_DDP_DUMP")
+    if dump:
+        Path(dump).mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), Path(dump) / f"rank{rank}.pth")
     if world > 1:
         import torch.distributed as dist
         dist.barrier()
