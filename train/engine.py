@@ -124,6 +124,19 @@ def _dist_setup():
     return dist.get_rank(), dist.get_world_size()
 
 
+def _sync_buffers(model, world):
+    """Make every rank's buffers (BN running stats) rank 0's.
+
+    DDP broadcasts buffers from rank 0 only at the start of each forward, so
+    after an epoch's last step every rank holds its own last update; without
+    this the ranks evaluate (and finish with) different models.
+    """
+    if world > 1:
+        import torch.distributed as dist
+        for b in model.buffers():
+            dist.broadcast(b, 0)
+
+
 def _all_sum(values, world):
     t = torch.tensor(values, dtype=torch.float64)
     if world > 1:
@@ -258,6 +271,8 @@ def train(cfg: TrainConfig) -> dict:
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         state = {k: ck[k] for k in state}
+        if rank != 0:  # the checkpoint's running sums are the total over ranks: rank 0 carries them
+            state["running"] = [0.0, 0.0, 0.0] + state["running"][3:]
         if rank == 0:
             print(f"resuming {ckpt_path} at epoch {state['epoch'] + 1}, step {state['step']}")
     elif cfg.resume and rank == 0:
@@ -290,10 +305,11 @@ def train(cfg: TrainConfig) -> dict:
                 "normalization": {"mean": mean, "std": std}, "class_names": classes,
                 "metrics": metrics, "run": run_info}
 
-    def save_resume_state():
+    def save_resume_state():  # called on every rank (the running sums are all-reduced)
+        running = _all_sum(state["running"][:3], world) + state["running"][3:]
         if rank == 0:
             ckpt_io.save_atomic({**header({}), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), **state}, ckpt_path)
+                                 "scheduler": sched.state_dict(), **state, "running": running}, ckpt_path)
 
     steps_done_this_call = 0
     interrupted = False
@@ -352,6 +368,7 @@ def train(cfg: TrainConfig) -> dict:
                     print(f"interrupted: state saved to {ckpt_path} (epoch {epoch + 1}, step {state['step']}); "
                           f"continue with --resume")
                 break
+            _sync_buffers(model, world)
             tl, tc, tn = _all_sum(r[:3], world)
             ev0 = time.time()
             val_loss, val_acc = evaluate(model, val_set.images, val_set.labels, mean, std,
