@@ -22,7 +22,7 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     """(1 - weight) * CE + weight * T^2 * KL(teacher || student), batch mean."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"KD weight must be in [0, 1], got {weight}")
-    if temperature <= 0:
+    if not temperature > 0:  # also rejects NaN
         raise ValueError(f"temperature must be > 0, got {temperature}")
     s = student_logits.float()
     t = teacher_logits.float()
