@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,10 +78,13 @@ class _Source:
         self.path = path
         self.files: dict[str, bytes | Path] = {}
         if path.is_file():
-            with tarfile.open(path) as tar:
-                for m in tar.getmembers():
-                    if m.isfile():
-                        self.files[Path(m.name).name] = tar.extractfile(m).read()
+            try:
+                with tarfile.open(path) as tar:
+                    for m in tar.getmembers():
+                        if m.isfile():
+                            self.files[Path(m.name).name] = tar.extractfile(m).read()
+            except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
+                raise ValueError(f"{path}: not a readable CIFAR-10 tarball ({type(e).__name__}: {e})") from e
         elif path.is_dir():
             for p in sorted(path.rglob("*")):
                 if p.is_file():

@@ -138,20 +138,12 @@ class TestLoadCifarErrors:
         with pytest.raises(ValueError, match="data_batch_4"):
             load_cifar(write_python_folder(tmp_path, bad))
 
-    # Known bug in bnnlite/cifar.py (runtime side, not changed here): _Source lets tarfile.ReadError /
-    # EOFError escape, so bnnlite-train (which reports ValueError/FileNotFoundError cleanly) shows a
-    # traceback.  Fix: wrap tarfile.open/extract in _Source and raise ValueError.  strict: when it is
-    # fixed these XPASS and fail -- then drop the markers.
-    @pytest.mark.xfail(strict=True, raises=tarfile.ReadError,
-                       reason="bnnlite.cifar: a non-tar file raises tarfile.ReadError, not ValueError")
     def test_file_that_is_not_a_tarball(self, tmp_path):
         p = tmp_path / "cifar-10-binary.tar.gz"
         p.write_bytes(b"this is not a tar file" * 10)
         with pytest.raises(ValueError, match="tar"):
             load_cifar(p)
 
-    @pytest.mark.xfail(strict=True, raises=EOFError,
-                       reason="bnnlite.cifar: a truncated .tar.gz raises EOFError, not ValueError")
     def test_truncated_tarball(self, tmp_path):
         big = random_batches(seed=2, train_sizes=(40,) * 5, test_size=40)
         tar = make_tarball(write_binary_folder(tmp_path / "x", big), tmp_path / "c.tar.gz")
