@@ -19,7 +19,8 @@ CO_BLOCK, then blocks of CO_BLOCK output channels, each (KH, KW, Cw,
 CO_BLOCK) with the channels innermost, flattened, so the innermost loop
 reads CO_BLOCK consecutive words that LLVM turns into 512-bit vpopcntq.
 
-Public names: pack, bconv, bmaxpool2, maxpool2, popcount, CO_BLOCK, P, LAYOUT.
+Public names: pack, bconv, conv_float, bmaxpool2, maxpool2, popcount, CO_BLOCK, P,
+LAYOUT.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from numba.extending import intrinsic
 
 from .bitpack import WORD_BITS
 
-__all__ = ["pack", "bconv", "bmaxpool2", "maxpool2", "popcount", "CO_BLOCK", "P",
+__all__ = ["pack", "bconv", "conv_float", "bmaxpool2", "maxpool2", "popcount", "CO_BLOCK", "P",
            "LAYOUT"]
 
 #: Output channels per weight block (innermost, contiguous).
@@ -249,6 +250,42 @@ def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
                     bits[n, i, j, co // WORD_BITS] |= _ONE << np.uint64(co % WORD_BITS)
 
 
+@njit(types.void(_F4R, _arr(types.float32, 4, "C", readonly=True), _F1R, types.int64,
+                 types.int64, types.int64, _F4, types.int64, _W4, _F1R), **_OPTS)
+def _conv_float(x, w, bias, stride, relu, has_out, out, has_bits, bits, nthr):
+    """Valid float conv of a zero-padded input: acc = 0; acc = acc + x*w over
+    (i, j, c) in row-major order; y = acc + bias (relu: y > 0 or NaN ? y : 0);
+    out = y, bit co of bits = y < nthr[co] (see reference.conv_float)."""
+    n_img = x.shape[0]
+    kh, kw, cin, cout = w.shape
+    ho_n = (x.shape[1] - kh) // stride + 1
+    wo_n = (x.shape[2] - kw) // stride + 1
+    nw = (cout + WORD_BITS - 1) // WORD_BITS
+    for r in prange(n_img * ho_n):
+        n = r // ho_n
+        ho = r - n * ho_n
+        acc = np.empty(cout, np.float32)
+        for wo in range(wo_n):
+            acc[:] = np.float32(0.0)
+            for i in range(kh):
+                for j in range(kw):
+                    for c in range(cin):
+                        xv = x[n, ho * stride + i, wo * stride + j, c]
+                        wrow = w[i, j, c]
+                        for co in range(cout):
+                            acc[co] = acc[co] + xv * wrow[co]
+            for q in range(nw if has_bits else 0):
+                bits[n, ho, wo, q] = _ZERO
+            for co in range(cout):
+                y = acc[co] + bias[co]
+                if relu and not (y > 0 or y != y):
+                    y = np.float32(0.0)
+                if has_out:
+                    out[n, ho, wo, co] = y
+                if has_bits and y < nthr[co]:
+                    bits[n, ho, wo, co // WORD_BITS] |= _ONE << np.uint64(co % WORD_BITS)
+
+
 @njit(types.void(_W4R, _W4), **_OPTS)
 def _bmaxpool2(x, out):
     n, ho, wo, cw = out.shape
@@ -311,6 +348,15 @@ def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rpre
            int(out_bits is not None), _W4_DUMMY if out_bits is None else out_bits,
            _F1_DUMMY if next_thr is None else next_thr,
            thr if mode_bits else _I1_DUMMY, int(bool(pool)))
+
+
+def conv_float(x, w, bias, stride, relu, out, out_bits, next_thr, threads):
+    """Valid float conv of a zero-padded input + fused pack (see _conv_float)."""
+    _threads(threads)
+    _conv_float(x, w, bias, stride, int(bool(relu)), int(out is not None),
+                _F4_DUMMY if out is None else out, int(out_bits is not None),
+                _W4_DUMMY if out_bits is None else out_bits,
+                _F1_DUMMY if next_thr is None else next_thr)
 
 
 def bmaxpool2(x, out, threads):

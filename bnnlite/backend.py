@@ -143,6 +143,11 @@ class _CythonImpl:
                            mult, bias, residual, g, b, z, out, out_bits, next_thr,
                            thr, threads, pool)
 
+    def conv_float(self, x, w, bias, stride, relu, out, out_bits, next_thr, threads):
+        kh, kw, cin, cout = w.shape
+        self.mod.fconv_raw(x, w.reshape(-1), kh, kw, cin, cout, stride, bias, relu, out,
+                           out_bits, next_thr, threads)
+
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2_raw(x, out, threads)
 
@@ -169,6 +174,9 @@ class _NumbaImpl:
         self.mod.bconv(x, pw.data, pw.cout, pw.kh, pw.kw, pw.cw, k_bits, stride,
                        mult, bias, residual, rprelu, out, out_bits, next_thr, thr,
                        threads, pool)
+
+    def conv_float(self, x, w, bias, stride, relu, out, out_bits, next_thr, threads):
+        self.mod.conv_float(x, w, bias, stride, relu, out, out_bits, next_thr, threads)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out, threads)
@@ -200,6 +208,9 @@ class _NumpyImpl:
             out = np.empty(out_bits.shape[:3] + (pw.cout,), np.float32)
         self.mod.bconv_float(x, w, k_bits, stride, mult, bias, residual, rprelu,
                              out, out_bits, next_thr, pool=pool)
+
+    def conv_float(self, x, w, bias, stride, relu, out, out_bits, next_thr, threads):
+        self.mod.conv_float(x, w, bias, stride, relu, out, out_bits, next_thr)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out)
@@ -439,6 +450,60 @@ class Backend:
             return
         self._impl.bconv(x, wp, k_bits, stride, None, None, None, None, None, out,
                          None, thr, threads)
+
+    # ---- real-valued first layer -------------------------------------------
+    def conv_float(self, x, w, bias, stride, relu, out, out_bits=None, next_thr=None,
+                   threads=1):
+        """Valid real-valued conv (direct, for a few input channels) + fused pack.
+
+        acc = 0; for (i, j, c) in row-major order:
+            acc = acc + x[n, ho*stride+i, wo*stride+j, c] * w[i, j, c, co]
+        (float32, a multiply then an add, no FMA: every backend rounds the
+        same way; BLAS-based convs may differ in the last bits); then
+        y = acc + bias[co]; relu: y = y if (y > 0 or y is NaN) else 0.
+        out[n,ho,wo,co] = y; out_bits bit co = y < next_thr[co].
+
+        x: float32 (N,Hp,Wp,Cin), zero padding already in place.
+        w: float32 (KH,KW,Cin,Cout), C-contiguous.  bias: float32 (Cout,).
+        stride: int >= 1.  relu: bool.
+        out: float32 (N,Ho,Wo,Cout), writeable, or None if out_bits is given.
+        out_bits: None or word (N,Ho,Wo,words_for(Cout)); next_thr float32
+        (Cout,) then required.  Last axes contiguous; no overlaps.
+        """
+        _arr("w", w, _F32, (None, None, None, None), contiguous=True)
+        kh, kw, cin, cout = w.shape
+        if min(w.shape) < 1:
+            raise ValueError(f"w: expected a non-empty (KH,KW,Cin,Cout) array, got {w.shape}")
+        _arr("x", x, _F32, (None, None, None, cin))
+        stride = _int("stride", stride, 1)
+        n, hp, wp_, _ = x.shape
+        if hp < kh or wp_ < kw:
+            raise ValueError(f"x: expected a (padded) input of at least {kh}x{kw} pixels, "
+                             f"got {hp}x{wp_}")
+        ho, wo = (hp - kh) // stride + 1, (wp_ - kw) // stride + 1
+        _arr("bias", bias, _F32, (cout,), contiguous=True)
+        if not isinstance(relu, (bool, np.bool_)):
+            raise ValueError(f"relu: expected True or False, got {relu!r}")
+        if out is None and out_bits is None:
+            raise ValueError("out: expected a float32 (N,Ho,Wo,Cout) array (None is "
+                             "allowed only when out_bits is given)")
+        if out is not None:
+            _arr("out", out, _F32, (n, ho, wo, cout), writeable=True)
+        if out_bits is not None:
+            _arr("out_bits", out_bits, WORD_DTYPE, (n, ho, wo, words_for(cout)),
+                 writeable=True)
+            if next_thr is None:
+                raise ValueError("next_thr: expected float32 (Cout,) with out_bits, got None")
+            _arr("next_thr", next_thr, _F32, (cout,), contiguous=True)
+        threads = _int("threads", threads, 1)
+        _no_overlap([("out", out), ("out_bits", out_bits)],
+                    [("x", x), ("w", w), ("bias", bias)])
+        if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
+            raise ValueError("out overlaps out_bits: expected separate buffers")
+        if n * ho * wo == 0:
+            return
+        self._impl.conv_float(x, w, bias, stride, bool(relu), out, out_bits,
+                              next_thr if out_bits is not None else None, threads)
 
     # ---- pooling ---------------------------------------------------------
     def bmaxpool2(self, x, out, threads=1):

@@ -16,9 +16,10 @@ Fusion at load time (in this order):
 * a float-output binary conv whose output is read only by a ``maxpool2d``
   pools in its epilogue (``bconv_float(..., pool=True)``): it writes the
   pooled tensor directly, and the unpooled one is never stored;
-* a float-output binary conv (pooled or not) whose output feeds a
-  ``sign_pack`` directly writes the packed bits for that sign_pack in the
-  same loop (``out_bits`` of the kernel), and the sign_pack disappears.
+* a float-output binary conv (pooled or not), or a direct (small-Cin) real
+  conv, whose output feeds a ``sign_pack`` directly writes the packed bits
+  for that sign_pack in the same loop (``out_bits`` of the kernel), and the
+  sign_pack disappears.
 """
 from __future__ import annotations
 
@@ -58,36 +59,61 @@ class RuntimeOp:
 
 
 class Conv2D(RuntimeOp):
-    """Real-valued conv (im2col + BLAS), folded BN in weight/bias, optional ReLU."""
+    """Real-valued conv, folded BN in weight/bias, optional ReLU.
+
+    With at most DIRECT_MAX_CIN input channels (the first layer) it runs the
+    backend's direct kernel (``Backend.conv_float``: fixed float order, the
+    same bits on every backend, and a following sign_pack fused in);
+    otherwise im2col + BLAS."""
     kind = "float"
+    DIRECT_MAX_CIN = 4
 
     def __init__(self, rec, shapes):
         super().__init__(rec, shapes)
         a = self.attrs
         self.w2d = np.ascontiguousarray(self.arrays["weight"].reshape(a["kh"] * a["kw"] * a["cin"], a["cout"]))
+        self.w4d = self.w2d.reshape(a["kh"], a["kw"], a["cin"], a["cout"])
         self.bias = self.arrays["bias"]
+        self.direct = a["cin"] <= self.DIRECT_MAX_CIN
+        self.fused_pack = None  # (tensor name, thresholds) once a sign_pack is fused in
 
     def describe(self):
         a = self.attrs
-        return f"{a['kh']}x{a['kw']}/{a['stride']} pad {a['padding']}, {a['activation']}"
+        s = f"{a['kh']}x{a['kw']}/{a['stride']} pad {a['padding']}, {a['activation']}"
+        s += ", direct" if self.direct else ", im2col+BLAS"
+        if self.fused_pack is not None:
+            s += f", fused sign_pack -> {self.fused_pack[0]!r}"
+        return s
 
     def scratch_bytes_per_image(self):
         a, (ho, wo, _) = self.attrs, self.out_shape
+        if self.direct:
+            return 0
         return 4 * ho * wo * a["kh"] * a["kw"] * a["cin"]
 
     def scratch(self, n):
         a, (h, w, c) = self.attrs, self.in_shape
         ho, wo, _ = self.out_shape
         p = a["padding"]
-        return {"pad": np.zeros((n, h + 2 * p, w + 2 * p, c), np.float32),
-                "cols": np.empty((n, ho, wo, a["kh"], a["kw"], c), np.float32)}
+        sc = {"pad": np.zeros((n, h + 2 * p, w + 2 * p, c), np.float32)}
+        if not self.direct:
+            sc["cols"] = np.empty((n, ho, wo, a["kh"], a["kw"], c), np.float32)
+        return sc
 
     def run(self, t, ctx):
         a, (h, w, _) = self.attrs, self.in_shape
         p, s = a["padding"], a["stride"]
         ho, wo, cout = self.out_shape
-        pad, cols = ctx.scratch[self.name]["pad"], ctx.scratch[self.name]["cols"]
+        pad = ctx.scratch[self.name]["pad"]
         pad[:, p:p + h, p:p + w] = t[self.inputs[0]]
+        if self.direct:
+            out_bits = next_thr = None
+            if self.fused_pack is not None:
+                out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
+            ctx.backend.conv_float(pad, self.w4d, self.bias, s, a["activation"] == "relu",
+                                   t[self.outputs[0]], out_bits, next_thr, ctx.threads)
+            return
+        cols = ctx.scratch[self.name]["cols"]
         for i in range(a["kh"]):
             for j in range(a["kw"]):
                 cols[:, :, :, i, j] = pad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
@@ -280,8 +306,9 @@ class Graph:
         kept = []
         for op in self.ops:
             src = producer.get(op.inputs[0])
-            if (isinstance(op, SignPack) and isinstance(src, BConv2D) and src.kind == "float"
-                    and src.fused_pack is None):
+            fusable = ((isinstance(src, BConv2D) and src.kind == "float")
+                       or (isinstance(src, Conv2D) and src.direct))
+            if isinstance(op, SignPack) and fusable and src.fused_pack is None:
                 src.fused_pack = (op.outputs[0], op.arrays["threshold"])
                 continue
             kept.append(op)

@@ -13,7 +13,7 @@ use, so results agree bit for bit:
                                                     (if rprelu)
 
 Public names: pack, prepare_weights, bconv_popcount, bconv_float,
-bconv_bits, bmaxpool2, maxpool2, LAYOUT.
+bconv_bits, conv_float, bmaxpool2, maxpool2, LAYOUT.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import numpy as np
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 
 __all__ = ["pack", "prepare_weights", "bconv_popcount", "bconv_float",
-           "bconv_bits", "bmaxpool2", "maxpool2", "LAYOUT"]
+           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "LAYOUT"]
 
 #: Name of the prepared-weight layout of this backend: the bitpack layout
 #: (Cout, KH, KW, Cw) itself, C-contiguous.
@@ -116,6 +116,35 @@ def bconv_bits(x, wp, k_bits, stride, thr, out, threads=1):
     """Valid binary conv, only packed bits: bit co = acc < thr[co] (int32)."""
     acc = k_bits - 2 * bconv_popcount(x, wp, stride)
     out[...] = _pack_words(acc < thr.astype(np.int64))
+
+
+def conv_float(x, w, bias, stride, relu, out, out_bits=None, next_thr=None, threads=1):
+    """Valid real-valued conv of an already zero-padded input (first layer).
+
+    acc = 0, then for (i, j, c) in row-major order
+    acc = acc + x[n, ho*s+i, wo*s+j, c] * w[i, j, c, co]  (float32, one
+    multiply and one add each, no FMA); y = acc + bias[co]; with relu
+    y = y if (y > 0 or y is NaN) else 0.  out[...] = y (if out is not None);
+    out_bits bit co = y < next_thr[co].
+    x float32 (N,Hp,Wp,Cin); w float32 (KH,KW,Cin,Cout); bias (Cout,).
+    """
+    n, hp, wp, cin = x.shape
+    kh, kw, _, cout = w.shape
+    ho = (hp - kh) // stride + 1
+    wo = (wp - kw) // stride + 1
+    acc = np.zeros((n, ho, wo, cout), np.float32)
+    for i in range(kh):
+        for j in range(kw):
+            patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+            for c in range(cin):
+                acc = acc + patch[..., c:c + 1] * w[i, j, c]
+    y = acc + bias
+    if relu:
+        y = np.where((y > 0) | (y != y), y, np.float32(0)).astype(np.float32)
+    if out is not None:
+        out[...] = y
+    if out_bits is not None:
+        out_bits[...] = _pack_words(y < next_thr)
 
 
 def bmaxpool2(x, out, threads=1):

@@ -10,7 +10,7 @@
 # buffer; the kernels use the outer strides and assume the last is 1.
 #
 # Public names (raw, unchecked -- call them through bnnlite.backend):
-#   pack_raw, bconv_raw, bmaxpool2_raw, maxpool2_raw,
+#   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw,
 #   HAVE_AVX512, WORD_BITS_C, LANES, CO_BLOCK.
 
 from cython.parallel cimport prange
@@ -48,6 +48,17 @@ cdef extern from "_bconv_kernels.h" nogil:
                             const float *res_row, Py_ssize_t s_res_h, Py_ssize_t s_res_w,
                             float *out_row, Py_ssize_t s_out_w,
                             bnn_word_t *bits_row, Py_ssize_t s_bits_w, int wpool)
+    ctypedef struct bnn_fconv_params:
+        int kh, kw, cin, cout, stride, wo
+        Py_ssize_t sxh, sxw
+        const float *w
+        const float *bias
+        int relu
+        const float *thr
+
+    void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
+                       float *out_row, Py_ssize_t s_out_w,
+                       bnn_word_t *bits_row, Py_ssize_t s_bits_w)
     void bnn_pack_row(const float *x, Py_ssize_t sxw, const float *thr, int c,
                       int w, bnn_word_t *out, Py_ssize_t sow)
 
@@ -210,6 +221,63 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
                      (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
                      (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
                      sbw)
+
+
+def fconv_raw(const float[:, :, :, :] x, const float[::1] w, int kh, int kw, int cin,
+              int cout, int stride, const float[::1] bias, bint relu, out, out_bits,
+              next_thr, int threads):
+    """Valid float conv of a zero-padded input (small Cin) + fused pack; see
+    backend.conv_float."""
+    cdef Py_ssize_t N = x.shape[0]
+    cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
+    cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
+    if N * Ho * Wo == 0:
+        return
+    cdef bnn_fconv_params fp
+    fp.kh = kh
+    fp.kw = kw
+    fp.cin = cin
+    fp.cout = cout
+    fp.stride = stride
+    fp.wo = <int>Wo
+    fp.sxh = x.strides[1] // sizeof(float)
+    fp.sxw = x.strides[2] // sizeof(float)
+    fp.w = &w[0]
+    fp.bias = &bias[0]
+    fp.relu = 1 if relu else 0
+    fp.thr = NULL
+    cdef const float[::1] thr_v
+    cdef float[:, :, :, :] out_v
+    cdef word_t[:, :, :, :] bits_v
+    cdef float *out_b = NULL
+    cdef word_t *bits_b = NULL
+    cdef Py_ssize_t son = 0, soh = 0, sow = 0, sbn = 0, sbh = 0, sbw = 0
+    if out is not None:
+        out_v = out
+        out_b = &out_v[0, 0, 0, 0]
+        son = out_v.strides[0] // sizeof(float)
+        soh = out_v.strides[1] // sizeof(float)
+        sow = out_v.strides[2] // sizeof(float)
+    if out_bits is not None:
+        thr_v = next_thr
+        fp.thr = &thr_v[0]
+        bits_v = out_bits
+        bits_b = &bits_v[0, 0, 0, 0]
+        sbn = bits_v.strides[0] // sizeof(word_t)
+        sbh = bits_v.strides[1] // sizeof(word_t)
+        sbw = bits_v.strides[2] // sizeof(word_t)
+    cdef const float *xb = &x[0, 0, 0, 0]
+    cdef Py_ssize_t sxn = x.strides[0] // sizeof(float)
+    cdef Py_ssize_t r, n, ho
+    cdef Py_ssize_t chunk = _chunk(N * Ho, threads)
+    for r in prange(N * Ho, nogil=True, schedule="dynamic", chunksize=chunk,
+                    num_threads=threads):
+        n = r // Ho
+        ho = r % Ho
+        bnn_fconv_row(&fp, xb + n * sxn + ho * stride * fp.sxh,
+                      (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
+                      (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
+                      sbw)
 
 
 def bmaxpool2_raw(const word_t[:, :, :, :] x, word_t[:, :, :, :] out, int threads):

@@ -21,7 +21,7 @@
  *
  * Public (to the .pxi): bnn_word_t, BNN_WORD_BITS, BNN_LANES, BNN_CO_BLOCK,
  * BNN_HAVE_AVX512, bnn_conv_params, bnn_conv_row, bnn_conv_row_pool2,
- * bnn_pack_row.
+ * bnn_fconv_params, bnn_fconv_row, bnn_pack_row.
  */
 #ifndef BNNLITE_BCONV_KERNELS_H
 #define BNNLITE_BCONV_KERNELS_H
@@ -70,6 +70,8 @@ typedef uint64_t bnn_word_t;
 #endif
 
 /* A block never straddles a word of the packed output bits. */
+/* The direct float conv packs one output word per channel tile. */
+typedef char bnn_fco_is_word[(BNN_WORD_BITS == 64) ? 1 : -1];
 typedef char bnn_block_divides_word[(BNN_WORD_BITS % BNN_CO_BLOCK) == 0 ? 1 : -1];
 #if BNN_AVX512
 /* The vector path assumes one word per 64-bit lane. */
@@ -499,6 +501,122 @@ static void bnn_conv_row_pool2(const bnn_conv_params *prm, const bnn_word_t *xro
                     bits_row[(q0 + q) * s_bits_w + co0 / BNN_WORD_BITS] = wbits[q];
         }
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* Real-valued direct conv for a small number of input channels (the first
+ * layer, Cin = 3), with the following sign_pack fused.                   */
+/* ------------------------------------------------------------------ */
+typedef struct {
+    int kh, kw, cin, cout, stride, wo;
+    ptrdiff_t sxh, sxw;      /* input strides in floats (H and W axes) */
+    const float *w;          /* (kh, kw, cin, cout), C-contiguous */
+    const float *bias;       /* (cout,) */
+    int relu;                /* y = y > 0 || y != y ? y : 0 (np.maximum(y, 0)) */
+    const float *thr;        /* fused pack threshold or NULL */
+} bnn_fconv_params;
+
+#define BNN_FP 4              /* pixels per register tile */
+#define BNN_FCO 64            /* output channels per tile (one output word) */
+
+/* One output row of a valid float conv over an already zero-padded input:
+ *   acc = 0; for (i, j, c) in row-major order: acc = acc + x[ho*s+i, wo*s+j, c] * w[i, j, c, co]
+ *   y = acc + bias[co];  if relu: y = (y > 0 || y != y) ? y : 0
+ * (separate multiply and add, -ffp-contract=off, the order of
+ * reference.conv_float), stored to out_row[wo*s_out_w + co] (if out_row)
+ * and packed as bit co = y < thr[co] into bits_row[wo*s_bits_w + co/64]
+ * (if bits_row).  xrow = &x[n, ho*stride, 0, 0]. */
+BNN_CLONES
+static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
+                          float *out_row, ptrdiff_t s_out_w,
+                          bnn_word_t *bits_row, ptrdiff_t s_bits_w)
+{
+    const int cout = fp->cout, taps = fp->kh * fp->kw * fp->cin;
+    const ptrdiff_t pstep = (ptrdiff_t)fp->stride * fp->sxw;
+    for (int wo0 = 0; wo0 < fp->wo; wo0 += BNN_FP) {
+        const int np = bnn_min(BNN_FP, fp->wo - wo0);
+        for (int co0 = 0; co0 < cout; co0 += BNN_FCO) {
+            const int nco = bnn_min(BNN_FCO, cout - co0);
+#if BNN_AVX512
+            __m512 acc[BNN_FP][4];
+            __mmask16 lm[4];
+            const float *xp[BNN_FP];
+            for (int v = 0; v < 4; v++) {
+                const int n = nco - 16 * v;
+                lm[v] = n >= 16 ? (__mmask16)0xffff : n <= 0 ? (__mmask16)0 : (__mmask16)((1u << n) - 1u);
+            }
+            for (int p = 0; p < BNN_FP; p++) {
+                /* Pixels past the row end recompute the last one (discarded). */
+                xp[p] = xrow + (wo0 + bnn_min(p, np - 1)) * pstep;
+                for (int v = 0; v < 4; v++)
+                    acc[p][v] = _mm512_setzero_ps();
+            }
+            for (int i = 0; i < fp->kh; i++)
+                for (int j = 0; j < fp->kw; j++)
+                    for (int c = 0; c < fp->cin; c++) {
+                        const ptrdiff_t xo = i * fp->sxh + j * fp->sxw + c;
+                        const float *wt = fp->w + ((ptrdiff_t)(i * fp->kw + j) * fp->cin + c) * cout + co0;
+                        __m512 wv[4];
+                        for (int v = 0; v < 4; v++)
+                            wv[v] = _mm512_maskz_loadu_ps(lm[v], wt + 16 * v);
+                        for (int p = 0; p < BNN_FP; p++) {
+                            const __m512 xb = _mm512_set1_ps(xp[p][xo]);
+                            for (int v = 0; v < 4; v++)
+                                acc[p][v] = _mm512_add_ps(acc[p][v], _mm512_mul_ps(xb, wv[v]));
+                        }
+                    }
+            for (int p = 0; p < np; p++) {
+                bnn_word_t bits = 0;
+                for (int v = 0; v < 4 && 16 * v < nco; v++) {
+                    const int co = co0 + 16 * v;
+                    __m512 y = _mm512_add_ps(acc[p][v], _mm512_maskz_loadu_ps(lm[v], fp->bias + co));
+                    if (fp->relu) {
+                        const __m512 z = _mm512_setzero_ps();
+                        const __mmask16 keep = _mm512_cmp_ps_mask(y, z, _CMP_GT_OQ) |
+                                               _mm512_cmp_ps_mask(y, y, _CMP_UNORD_Q);
+                        y = _mm512_mask_blend_ps(keep, z, y);
+                    }
+                    if (out_row)
+                        _mm512_mask_storeu_ps(out_row + (wo0 + p) * s_out_w + co, lm[v], y);
+                    if (fp->thr) {
+                        const __m512 t = _mm512_maskz_loadu_ps(lm[v], fp->thr + co);
+                        bits |= (bnn_word_t)_mm512_mask_cmp_ps_mask(lm[v], y, t, _CMP_LT_OQ) << (16 * v);
+                    }
+                }
+                if (bits_row)
+                    bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = bits;
+            }
+#else
+            for (int p = 0; p < np; p++) {
+                const float *xq = xrow + (wo0 + p) * pstep;
+                float acc[BNN_FCO];
+                for (int l = 0; l < nco; l++)
+                    acc[l] = 0.0f;
+                for (int t = 0, i = 0; i < fp->kh; i++)
+                    for (int j = 0; j < fp->kw; j++)
+                        for (int c = 0; c < fp->cin; c++, t++) {
+                            const float xv = xq[i * fp->sxh + j * fp->sxw + c];
+                            const float *wt = fp->w + (ptrdiff_t)t * cout + co0;
+                            for (int l = 0; l < nco; l++)
+                                acc[l] = acc[l] + xv * wt[l];
+                        }
+                bnn_word_t bits = 0;
+                for (int l = 0; l < nco; l++) {
+                    float y = acc[l] + fp->bias[co0 + l];
+                    if (fp->relu)
+                        y = (y > 0.0f || y != y) ? y : 0.0f;
+                    if (out_row)
+                        out_row[(wo0 + p) * s_out_w + co0 + l] = y;
+                    if (fp->thr)
+                        bits |= (bnn_word_t)(y < fp->thr[co0 + l]) << l;
+                }
+                if (bits_row)
+                    bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = bits;
+            }
+#endif
+        }
+    }
+    (void)taps;
 }
 
 /* Pack one row of w pixels: bit c of word c / WORD_BITS = x[c] < thr[c]

@@ -267,6 +267,64 @@ class TestConvPool:
                            np.empty((1, 2, 3, 8), np.float32), pool=1)
 
 
+class TestConvFloatReal:
+    """conv_float (direct real conv of the first layer): every backend gives
+    the reference's bits; the floats are those of a plain float64 conv
+    within float32 rounding."""
+
+    @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
+           cin=st.integers(1, 4), cout=st.sampled_from([1, 3, 16, 63, 64, 65, 128, 130]),
+           k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
+           relu=st.booleans(), with_out=st.booleans(), seed=st.integers(0, 2**32 - 1))
+    @SETTINGS
+    def test_equals_reference(self, be, ref, n, h, w, cin, cout, k, stride, relu,
+                              with_out, seed):
+        rng = np.random.default_rng(seed)
+        x = np.zeros((n, h + 2, w + 2, cin), np.float32)
+        x[:, 1:-1, 1:-1] = rng.standard_normal((n, h, w, cin))
+        wt = rng.standard_normal((k, k, cin, cout)).astype(np.float32)
+        bias, nthr = (rng.standard_normal(cout).astype(np.float32) for _ in range(2))
+        ho, wo = (h + 2 - k) // stride + 1, (w + 2 - k) // stride + 1
+        res = []
+        for b in (be, ref):
+            out = np.full((n, ho, wo, cout), np.nan, np.float32)
+            bits = np.full((n, ho, wo, words_for(cout)), GARBAGE_WORD, WORD_DTYPE)
+            b.conv_float(x, wt, bias, stride, relu, out if with_out or b is ref else None,
+                         bits, nthr)
+            res.append((out, bits))
+        if with_out:
+            assert np.array_equal(res[0][0], res[1][0])
+        np.testing.assert_array_equal(res[0][1], res[1][1])
+        np.testing.assert_array_equal(res[1][1], pack_bits(res[1][0], nthr))
+        want = np.zeros((n, ho, wo, cout))
+        for i in range(k):
+            for j in range(k):
+                patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
+                want += np.einsum("nhwc,co->nhwo", patch.astype(np.float64), wt[i, j])
+        want += bias
+        if relu:
+            want = np.maximum(want, 0)
+        np.testing.assert_allclose(res[1][0], want, rtol=1e-5, atol=1e-5)
+
+    def test_validation(self, be):
+        x = np.zeros((1, 4, 4, 3), np.float32)
+        wt = np.zeros((3, 3, 3, 8), np.float32)
+        b = np.zeros(8, np.float32)
+        out = np.empty((1, 2, 2, 8), np.float32)
+        with pytest.raises(ValueError, match=r"x: expected shape \(\?, \?, \?, 3\)"):
+            be.conv_float(np.zeros((1, 4, 4, 2), np.float32), wt, b, 1, False, out)
+        with pytest.raises(ValueError, match="w: expected a C-contiguous"):
+            be.conv_float(x, np.zeros((3, 3, 3, 16), np.float32)[..., ::2], b, 1, False, out)
+        with pytest.raises(ValueError, match=r"out: expected shape \(1, 2, 2, 8\)"):
+            be.conv_float(x, wt, b, 1, False, np.empty((1, 4, 4, 8), np.float32))
+        with pytest.raises(ValueError, match="relu: expected True or False"):
+            be.conv_float(x, wt, b, 1, 1, out)
+        with pytest.raises(ValueError, match="next_thr"):
+            be.conv_float(x, wt, b, 1, False, out, np.empty((1, 2, 2, 1), WORD_DTYPE))
+        with pytest.raises(ValueError, match="out: expected a float32"):
+            be.conv_float(x, wt, b, 1, False, None)
+
+
 class TestStridedViews:
     """Inputs and outputs may be views with strided outer axes."""
 
