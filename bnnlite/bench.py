@@ -176,8 +176,20 @@ def _make_engine(engine, model_path, fp32_path, threads):
 
 
 def _peak_rss_mb():
+    """Peak resident memory of this process's own address space, in MiB.
+
+    VmHWM, not getrusage: Linux carries ru_maxrss across fork + exec, so a
+    worker would report its parent's peak.
+    """
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
     import resource
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
 
 
 def _worker(engine, model_path, fp32_path, data, limit, threads, batch, runs):
