@@ -31,11 +31,12 @@ class Model:
         threads: kernel and BLAS threads (int >= 1).
         backend: "cython", "numba" or "numpy" (default: best available, or
             $BNNLITE_BACKEND).
-        chunk: images run through the graph at a time; bounds peak memory
-            (buffers are planned once per chunk size and reused).
+        chunk: images run through the graph at a time (buffers are planned
+            once per chunk size and reused).  Small chunks keep every
+            activation in L1/L2: 2 measured ~2x faster than 16 on Zen 5.
     """
 
-    def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int = 16,
+    def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int = 2,
                  source: str = "<memory>"):
         self.bundle = bundle
         self.header = bundle.header
