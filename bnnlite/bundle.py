@@ -25,14 +25,15 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
+import math
+import stat
 import struct
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ._atomic import atomic_path
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord",
@@ -117,11 +118,7 @@ def seal(path) -> None:
 def write_bundle(path, header: dict, ops: list[OpRecord]) -> None:
     """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename)."""
     import h5py
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -141,24 +138,25 @@ def write_bundle(path, header: dict, ops: list[OpRecord]) -> None:
                 for k, v in o.arrays.items():
                     g.create_dataset(k, data=np.ascontiguousarray(v))
         seal(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------- reading
 def _read_sealed(path) -> bytes:
     path = Path(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
     except OSError as e:
         raise BundleError(f"{path}: cannot read ({e.strerror or e})") from e
-    if size > MAX_BUNDLE_BYTES:
-        raise BundleError(f"{path}: {size} bytes is larger than the {MAX_BUNDLE_BYTES}-byte limit")
-    data = path.read_bytes()
+    if not stat.S_ISREG(st.st_mode):  # a directory fails to read, a FIFO would block forever
+        raise BundleError(f"{path}: not a regular file, so not a bnnlite bundle")
+    if st.st_size > MAX_BUNDLE_BYTES:
+        raise BundleError(f"{path}: {st.st_size} bytes is larger than the {MAX_BUNDLE_BYTES}-byte limit")
+    try:
+        with open(path, "rb") as fh:
+            # Bounded even if the file grew since stat(): a changed size then fails the seal.
+            data = fh.read(st.st_size + 1)
+    except OSError as e:
+        raise BundleError(f"{path}: cannot read ({e.strerror or e})") from e
     if len(data) < USERBLOCK + 8 or data[USERBLOCK:USERBLOCK + 8] != b"\x89HDF\r\n\x1a\n":
         if data[:8] == b"\x89HDF\r\n\x1a\n":
             raise BundleError(f"{path}: an HDF5 file, but not a bnnlite bundle (no bnnlite user block)")
@@ -173,17 +171,33 @@ def _read_sealed(path) -> bytes:
     return data
 
 
+def _attr(attrs, key, path, default=None):
+    """``attrs[key]`` (``default`` if absent), read only if stored as a string or plain numbers.
+
+    The type is checked before the value is read: reading some corrupt types (e.g. a
+    variable-length *sequence*, which a two-byte change turns a string into) crashes
+    libhdf5 itself, and no bnnlite attribute is of any other type.
+    """
+    import h5py
+    if key not in attrs:
+        return default
+    cls = attrs.get_id(key).get_type().get_class()
+    if cls not in (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT):
+        raise BundleError(f"{path}: root attribute {key!r} is not stored as a string or numbers")
+    return attrs[key]
+
+
 def _json_attr(attrs, key, path, kind):
     if key not in attrs:
         raise BundleError(f"{path}: root attribute {key!r} is missing")
-    raw = attrs[key]
+    raw = _attr(attrs, key, path)
     if isinstance(raw, bytes):
         raw = raw.decode("utf-8", "replace")
     if not isinstance(raw, str) or len(raw) > MAX_JSON:
         raise BundleError(f"{path}: root attribute {key!r} is not a JSON string of at most {MAX_JSON} chars")
     try:
         val = json.loads(raw)
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise BundleError(f"{path}: root attribute {key!r} is not valid JSON ({e})") from e
     if not isinstance(val, kind):
         raise BundleError(f"{path}: root attribute {key!r} should be a JSON {kind.__name__}")
@@ -193,7 +207,7 @@ def _json_attr(attrs, key, path, kind):
 def _str_attr(attrs, key, path):
     if key not in attrs:
         raise BundleError(f"{path}: root attribute {key!r} is missing")
-    v = attrs[key]
+    v = _attr(attrs, key, path)
     if isinstance(v, bytes):
         v = v.decode("utf-8", "replace")
     if not isinstance(v, str):
@@ -204,7 +218,7 @@ def _str_attr(attrs, key, path):
 def _vec_attr(attrs, key, path, n, dtype):
     if key not in attrs:
         raise BundleError(f"{path}: root attribute {key!r} is missing")
-    v = np.asarray(attrs[key])
+    v = np.asarray(_attr(attrs, key, path))
     if v.shape != (n,) or not np.issubdtype(v.dtype, np.number):
         raise BundleError(f"{path}: root attribute {key!r} should be {n} numbers, got shape {v.shape}")
     v = v.astype(dtype)
@@ -218,7 +232,7 @@ def _read_header(f, path) -> dict:
     if fmt != FORMAT:
         raise BundleError(f"{path}: format attribute is {fmt!r}, not {FORMAT!r}: not a bnnlite bundle")
     try:
-        version = int(np.asarray(f.attrs.get("format_version")).item())
+        version = int(np.asarray(_attr(f.attrs, "format_version", path)).item())
     except (TypeError, ValueError) as e:
         raise BundleError(f"{path}: format_version is missing or not an integer") from e
     if version > FORMAT_VERSION:
@@ -226,7 +240,7 @@ def _read_header(f, path) -> dict:
                           f"({FORMAT_VERSION}); upgrade bnnlite")
     if version < 1:
         raise BundleError(f"{path}: format version {version} is not valid")
-    shape = np.asarray(f.attrs.get("input_shape", []))
+    shape = np.asarray(_attr(f.attrs, "input_shape", path, []))
     if shape.shape != (3,) or not np.issubdtype(shape.dtype, np.integer) or shape.min() < 1 or shape.max() > MAX_DIM:
         raise BundleError(f"{path}: input_shape should be three integers (H, W, C) in 1..{MAX_DIM}")
     layout = _str_attr(f.attrs, "input_layout", path)
@@ -327,8 +341,9 @@ def _infer(rec: dict, in_shapes, in_kinds, where):
         return attrs, out, out_kind, datasets
     if op == "sign_pack":
         need("float")
-        if shape[-1] != attrs["channels"]:
-            raise BundleError(f"{where}: input has {shape[-1]} channels, channels={attrs['channels']}")
+        if len(shape) != 3 or shape[-1] != attrs["channels"]:
+            raise BundleError(f"{where}: input of shape {shape} is not an (H, W, C) map with "
+                              f"C = channels = {attrs['channels']}")
         return attrs, shape, "bits", datasets
     if op in ("maxpool2d", "bmaxpool2d"):
         need("float" if op == "maxpool2d" else "bits")
@@ -348,7 +363,7 @@ def _infer(rec: dict, in_shapes, in_kinds, where):
     raise AssertionError(op)
 
 
-def _read_ops(f, header, path) -> tuple[list[OpRecord], dict, dict]:
+def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
     graph = _json_attr(f.attrs, "graph", path, list)
     if not 1 <= len(graph) <= MAX_OPS:
         raise BundleError(f"{path}: graph has {len(graph)} ops (1..{MAX_OPS} allowed)")
@@ -356,6 +371,7 @@ def _read_ops(f, header, path) -> tuple[list[OpRecord], dict, dict]:
     kinds = {INPUT: "float"}
     ops, names = [], set()
     g_ops = f.get("ops")
+    budget = file_bytes  # arrays are stored uncompressed: they cannot outgrow the file
     for i, rec in enumerate(graph):
         if not isinstance(rec, dict) or not isinstance(rec.get("attrs", {}), dict):
             raise BundleError(f"{path}: graph entry {i} is not an op object")
@@ -384,8 +400,15 @@ def _read_ops(f, header, path) -> tuple[list[OpRecord], dict, dict]:
         arrays = {}
         for ds_name, (dtype, shape_keys) in datasets.items():
             shp = tuple(attrs[k] for k in shape_keys)
-            if np.prod(shp, dtype=np.int64) * np.dtype(dtype).itemsize > MAX_BUNDLE_BYTES:
+            nbytes = math.prod(shp) * np.dtype(dtype).itemsize  # Python ints: no overflow
+            if nbytes > MAX_BUNDLE_BYTES:
                 raise BundleError(f"{where}: dataset {ds_name!r} declares {shp}: too large")
+            # A chunked dataset whose chunks were never written declares any size in a tiny
+            # file; reading it would allocate (and fill) all of it.
+            budget -= nbytes
+            if budget < 0:
+                raise BundleError(f"{where}: dataset {ds_name!r} {shp} brings the arrays to more than "
+                                  f"the file's {file_bytes} bytes (arrays are stored uncompressed)")
             arrays[ds_name] = _read_dataset(group, ds_name, dtype, shp, where)
         if op == "bconv2d":
             tail = attrs["cw"] * WORD_BITS - attrs["cin"]
@@ -409,7 +432,7 @@ def read_bundle(path) -> Bundle:
     try:
         with h5py.File(io.BytesIO(data), "r") as f:
             header = _read_header(f, path)
-            ops, shapes, kinds = _read_ops(f, header, path)
+            ops, shapes, kinds = _read_ops(f, header, path, len(data))
     except BundleError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError,

@@ -118,8 +118,11 @@ class Conv2D(RuntimeOp):
             for j in range(a["kw"]):
                 cols[:, :, :, i, j] = pad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
         out = t[self.outputs[0]]
+        n = out.shape[0]
+        # One (Ho*Wo, K) @ (K, Cout) product per image, so an image's result does not
+        # depend on the batch it came in (BLAS picks different kernels for other M).
+        np.matmul(cols.reshape(n, ho * wo, -1), self.w2d, out=out.reshape(n, ho * wo, cout))
         out2d = out.reshape(-1, cout)
-        np.matmul(cols.reshape(out2d.shape[0], -1), self.w2d, out=out2d)
         out2d += self.bias
         if a["activation"] == "relu":
             np.maximum(out2d, 0, out=out2d)
@@ -210,7 +213,8 @@ class Dense(RuntimeOp):
 
     def run(self, t, ctx):
         out = t[self.outputs[0]]
-        np.matmul(t[self.inputs[0]], self.arrays["weight"].T, out=out)
+        # Per image (a stack of 1 x units_in rows): batch-size independent, as in Conv2D.
+        np.matmul(t[self.inputs[0]][:, None, :], self.arrays["weight"].T, out=out[:, None, :])
         out += self.arrays["bias"]
 
 

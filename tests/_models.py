@@ -1,0 +1,121 @@
+"""Tiny VGG-small models with random, non-trivial weights for the runtime tests.
+
+Shared by the test modules through the fixtures in ``conftest.py``.  Only
+``make_model`` / ``write_checkpoint`` / ``export`` import torch (lazily), so a
+module that only reads bundles stays torch-free.
+
+The configs are chosen to exercise the awkward paths of the runtime:
+
+* channel counts that are not multiples of the word width, some above it
+  (packing tails, multi-word inner loops): 8, 20, 24, 70, 72, 130, 144;
+* ``pool_after`` [1, 3, 5] on 16x16 images: 2x2 maps at the classifier;
+* BN with random running stats and gamma of random sign, so some folded BN
+  multipliers are negative (XNOR-Net's weight-flip path of the bits output);
+* Bi-Real: random sign thresholds, alphas and RPReLU parameters, shortcuts
+  with channel tripling/doubling (24 -> 72, 72 -> 144).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+ARCHS = ("fp32", "xnor", "birealnet")
+IMAGE_SIZE = 16
+NUM_CLASSES = 7
+WIDTHS = {
+    "fp32": [8, 20, 70, 70, 130, 72],
+    "xnor": [8, 20, 70, 70, 130, 72],
+    # Bi-Real shortcuts need cout to be a multiple of cin.
+    "birealnet": [8, 24, 24, 72, 72, 144],
+}
+MEAN = [0.49, 0.48, 0.45]
+STD = [0.25, 0.24, 0.26]
+CLASS_NAMES = [f"class{i}" for i in range(NUM_CLASSES)]
+
+
+def tiny_config(arch: str) -> dict:
+    from bnnlite.train.models import default_config
+    cfg = default_config(arch, num_classes=NUM_CLASSES)
+    cfg.update(widths=list(WIDTHS[arch]), pool_after=[1, 3, 5], image_size=IMAGE_SIZE)
+    return cfg
+
+
+def make_model(arch: str, seed: int = 0):
+    """A VGGSmall in eval mode with random weights, BN stats and binary parameters."""
+    import torch
+    from bnnlite.train.models import BinaryConv2d, RPReLU, build_model
+
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    def rand(*shape):
+        return torch.rand(*shape, generator=g)
+
+    model = build_model(tiny_config(arch))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                c = m.num_features
+                m.running_mean.copy_(0.5 * randn(c))
+                m.running_var.copy_(0.5 + 1.5 * rand(c))
+                sign = torch.where(rand(c) < 0.3, -1.0, 1.0)  # ~30% negative multipliers
+                m.weight.copy_(sign * (0.5 + rand(c)))
+                m.bias.copy_(0.3 * randn(c))
+            elif isinstance(m, torch.nn.Conv2d):
+                # He init: the signal neither dies nor explodes through the real layers.
+                fan_in = m.weight[0].numel()
+                m.weight.copy_(randn(*m.weight.shape) * (2.0 / fan_in) ** 0.5)
+            elif isinstance(m, BinaryConv2d):
+                m.weight.copy_(2 * rand(*m.weight.shape) - 1)
+                if m.scale_mode == "learned":
+                    m.alpha.copy_(0.05 + 0.2 * rand(m.alpha.shape[0]))
+                if m.threshold is not None:
+                    m.threshold.copy_(0.3 * randn(m.threshold.shape[0]))
+            elif isinstance(m, RPReLU):
+                c = m.gamma.shape[0]
+                m.gamma.copy_(0.2 * randn(c))
+                m.beta.copy_(0.5 * randn(c))   # negative slopes too
+                m.zeta.copy_(0.2 * randn(c))
+        # Keep the logits O(1) so an absolute tolerance is meaningful.
+        model.classifier.weight.mul_(0.5)
+    model.eval()
+    return model
+
+
+def write_checkpoint(model, path) -> Path:
+    """Save ``model`` in the bnnlite checkpoint format (train/checkpoint.py)."""
+    import torch
+    from bnnlite.train.checkpoint import FORMAT, FORMAT_VERSION
+    path = Path(path)
+    torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "config": dict(model.config),
+                "normalization": {"mean": list(MEAN), "std": list(STD)},
+                "class_names": list(CLASS_NAMES), "metrics": {"test_acc": 0.5, "epoch": 3},
+                "model": model.state_dict()}, path)
+    return path
+
+
+def export(model, out_dir, name) -> Path:
+    """Checkpoint + ``export_checkpoint`` (which refuses a bundle that disagrees with PyTorch)."""
+    from bnnlite.train.export import export_checkpoint
+    out_dir = Path(out_dir)
+    ckpt = write_checkpoint(model, out_dir / f"{name}.pt")
+    out = out_dir / f"{name}.h5"
+    export_checkpoint(ckpt, out, probe=64, log=lambda *a: None)
+    return out
+
+
+def random_images(n: int, seed: int = 1) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+
+
+def torch_logits(model, images: np.ndarray) -> np.ndarray:
+    """PyTorch eval-mode FP32 logits of uint8 NHWC images, normalised as the bundle does."""
+    import torch
+    from bnnlite.train.data import normalize
+    with torch.no_grad():
+        return model(normalize(torch.from_numpy(images), MEAN, STD)).float().numpy()
