@@ -401,6 +401,26 @@ def semantic_mutation(rng, base: Path, out: Path) -> str:
 
 
 # ---------------------------------------------------------------- the loop
+def reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (VmHWM) so each case is measured on its own (Linux)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
 def check_loaded(model, rng, file_bytes) -> str | None:
     """None if the model predicts two valid images correctly shaped, else the problem."""
     held = sum(a.nbytes for rec in model.bundle.ops for a in rec.arrays.values())
@@ -428,6 +448,7 @@ def main(argv):
     out = tmpdir / f"mutant-{family}-{first}.h5"
     for i in range(first, first + count):
         print(json.dumps({"start": i}), flush=True)
+        reset_peak_rss()
         rng = np.random.default_rng([seed, i])
         t0 = time.process_time()
         res = {"i": i}
@@ -453,7 +474,7 @@ def main(argv):
                            tb=traceback.format_exc()[-2000:])
             del model
         cpu = time.process_time() - t0
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        rss = peak_rss()
         if cpu > MAX_CASE_CPU_S and res["outcome"] != "failure":
             res.update(outcome="failure", error=f"took {cpu:.1f} s of CPU")
         if rss > MAX_RSS_BYTES and res["outcome"] != "failure":

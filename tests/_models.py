@@ -119,3 +119,17 @@ def torch_logits(model, images: np.ndarray) -> np.ndarray:
     from bnnlite.train.data import normalize
     with torch.no_grad():
         return model(normalize(torch.from_numpy(images), MEAN, STD)).float().numpy()
+
+
+def write_plain_bundle(model, path) -> Path:
+    """``checkpoint_to_ops`` + ``write_bundle`` with a fixed header: byte-for-byte the same file
+    on every machine (no measured metrics in it), so seeded byte mutations are reproducible."""
+    from bnnlite.bundle import write_bundle
+    from bnnlite.train.export import checkpoint_to_ops
+    cfg = model.config
+    header = {"producer": "bnnlite tests", "architecture": cfg["arch"],
+              "input_shape": [cfg["image_size"], cfg["image_size"], cfg["in_channels"]], "input_layout": "NHWC",
+              "normalization_mean": MEAN, "normalization_std": STD, "class_names": CLASS_NAMES,
+              "config": cfg, "metrics": {"note": "test bundle"}}
+    write_bundle(path, header, checkpoint_to_ops(model))
+    return Path(path)

@@ -18,6 +18,20 @@ overwrites, half of them re-sealed so HDF5 itself parses the damage;
 ``semantic`` -- h5py edits of root attributes, graph JSON (ops dropped,
 duplicated, reordered, attributes negative/huge/mistyped, inputs renamed)
 and datasets (wrong shape/dtype, NaN, unwritten, links...), re-sealed.
+
+The base bundles are written with a fixed header (``write_plain_bundle``), so
+their bytes -- and therefore every seeded case -- are the same on every
+machine.
+
+Known limits of libhdf5 itself (2.0, found by longer campaigns of this
+fuzzer, reachable only by *re-sealed*, i.e. deliberately crafted, files --
+the seal rejects accidental damage before HDF5 parses anything): a corrupt
+length in a variable-length string descriptor makes HDF5 allocate and zero
+up to 4 GiB before it fails (bnnlite then raises BundleError), and one
+corrupt global-heap object header made it loop forever.  About 1 case in
+2,000 re-sealed byte mutations hits one of them; the committed seed does
+not.  Removing them needs a format change (fixed-length string attributes,
+variable-length ones refused), so it is not done here.
 """
 import collections
 import json
@@ -72,7 +86,15 @@ def run_batch(bundle, family, first, count, tmpdir):
 
 
 @pytest.fixture(scope="module")
-def fuzz_results(tiny_bundles, tmp_path_factory):
+def fuzz_bundles(tiny_models, tmp_path_factory):
+    """Bundles with a fixed header, identical bytes on every machine: the seeded cases are too."""
+    from _models import write_plain_bundle
+    d = tmp_path_factory.mktemp("fuzz-bundles")
+    return {arch: write_plain_bundle(tiny_models[arch], d / f"{arch}.h5") for arch in ARCHS}
+
+
+@pytest.fixture(scope="module")
+def fuzz_results(fuzz_bundles, tmp_path_factory):
     """(arch, family) -> list of per-case results; runs lazily, once per pair."""
     cache = {}
 
@@ -81,7 +103,7 @@ def fuzz_results(tiny_bundles, tmp_path_factory):
             tmpdir = tmp_path_factory.mktemp(f"fuzz-{arch}-{family}")
             results, problems = [], []
             for first in range(0, PLAN[family], BATCH):
-                res, problem = run_batch(tiny_bundles[arch], family, first, min(BATCH, PLAN[family] - first),
+                res, problem = run_batch(fuzz_bundles[arch], family, first, min(BATCH, PLAN[family] - first),
                                          tmpdir)
                 results += res
                 if problem:
