@@ -613,6 +613,19 @@ class TestExportCli:
         assert sorted(os.listdir(out.parent)) == ["m.h5"]
         assert bnnlite.Model.load(out).architecture == "xnor"
 
+    def test_written_files_get_the_usual_permissions(self, tiny_bundles, tmp_path):
+        # write_bundle goes through a mkstemp file (mode 0600): the result must not stay private.
+        from bnnlite.bundle import read_bundle, write_bundle
+        b = read_bundle(tiny_bundles["xnor"])
+        header = dict(b.header, input_shape=list(b.header["input_shape"]))
+        mask = os.umask(0o022)
+        try:
+            write_bundle(tmp_path / "w.h5", header, b.ops)
+        finally:
+            os.umask(mask)
+        assert (tmp_path / "w.h5").stat().st_mode & 0o777 == 0o644
+        assert bnnlite.Model.load(tmp_path / "w.h5").architecture == "xnor"
+
     def test_failed_export_leaves_old_file_and_no_temp(self, tiny_models, tiny_bundles, tmp_path, monkeypatch):
         import bnnlite.bundle as bb
         from _models import write_checkpoint
