@@ -27,7 +27,7 @@ BLOCK_TORCH = textwrap.dedent("""
 """)
 
 
-def run_py(code: str, timeout=120) -> dict:
+def run_py(code: str, timeout=600) -> dict:
     """Run ``code`` in a fresh interpreter; it prints one JSON line last, returned parsed."""
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"subprocess failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -75,20 +75,18 @@ class TestTorchFreeInference:
             import json, sys
             import numpy as np
             import bnnlite
-            from bnnlite.backend import available_backends
             x = np.load({str(tmp_path / 'x.npy')!r})
             res = {{}}
-            for be in ["cython", "numba", "numpy"]:
-                if be not in available_backends():
-                    continue
+            for be in [None, "numpy"]:  # the default (best) backend and the NumPy reference
                 m = bnnlite.Model.load({str(tiny_bundles[arch])!r}, backend=be)
-                res[be] = {{"pred": m.predict(x).tolist(), "one": m.predict(x[0]),
-                            "logits": m.logits(x).tolist()}}
+                key = m.backend.name + ("-default" if be is None else "")
+                res[key] = {{"pred": m.predict(x).tolist(), "one": m.predict(x[0]),
+                             "logits": m.logits(x).tolist()}}
             print(json.dumps({{"res": res, "torch_loaded": "torch" in sys.modules,
                               "any_torch": sorted(k for k in sys.modules if k.startswith("torch"))}}))
         """))
         assert not out["torch_loaded"] and out["any_torch"] == []
-        assert out["res"], "no backend ran"
+        assert len(out["res"]) == 2, out["res"].keys()
         for be, r in out["res"].items():
             got = np.asarray(r["logits"], np.float32)
             assert got.shape == (3, NUM_CLASSES)
