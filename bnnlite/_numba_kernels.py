@@ -264,26 +264,30 @@ def _conv_float(x, w, bias, stride, relu, has_out, out, has_bits, bits, nthr):
     for r in prange(n_img * ho_n):
         n = r // ho_n
         ho = r - n * ho_n
-        acc = np.empty(cout, np.float32)
-        for wo in range(wo_n):
-            acc[:] = np.float32(0.0)
-            for i in range(kh):
-                for j in range(kw):
-                    for c in range(cin):
+        # A whole output row of accumulators, taps outermost: each output still
+        # sums its taps in (i, j, c) order (same floats as the other backends),
+        # and the innermost loop runs over contiguous channels, so it vectorises.
+        acc = np.zeros((wo_n, cout), np.float32)
+        for i in range(kh):
+            for j in range(kw):
+                for c in range(cin):
+                    for wo in range(wo_n):
                         xv = x[n, ho * stride + i, wo * stride + j, c]
-                        wrow = w[i, j, c]
                         for co in range(cout):
-                            acc[co] = acc[co] + xv * wrow[co]
-            for q in range(nw if has_bits else 0):
-                bits[n, ho, wo, q] = _ZERO
-            for co in range(cout):
-                y = acc[co] + bias[co]
-                if relu and not (y > 0 or y != y):
-                    y = np.float32(0.0)
-                if has_out:
-                    out[n, ho, wo, co] = y
-                if has_bits and y < nthr[co]:
-                    bits[n, ho, wo, co // WORD_BITS] |= _ONE << np.uint64(co % WORD_BITS)
+                            acc[wo, co] = acc[wo, co] + xv * w[i, j, c, co]
+        for wo in range(wo_n):
+            for q in range(nw):
+                word = _ZERO  # assembled in a register, stored once
+                for co in range(q * WORD_BITS, min(cout, (q + 1) * WORD_BITS)):
+                    y = acc[wo, co] + bias[co]
+                    if relu and not (y > 0 or y != y):
+                        y = np.float32(0.0)
+                    if has_out:
+                        out[n, ho, wo, co] = y
+                    if has_bits and y < nthr[co]:
+                        word |= _ONE << np.uint64(co - q * WORD_BITS)
+                if has_bits:
+                    bits[n, ho, wo, q] = word
 
 
 @njit(types.void(_W4R, _W4), **_OPTS)
