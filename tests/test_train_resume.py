@@ -215,3 +215,32 @@ class TestCheckpointFiles:
             "w": torch.ones(2), "n": torch.tensor(3)}})
         assert "optimizer" not in s and s["stored_dtype"] == "float16"
         assert s["model"]["w"].dtype == torch.float16 and s["model"]["n"].dtype == torch.int64
+
+
+def test_resume_with_other_epochs_refits_the_schedule():
+    """--resume with a different --epochs keeps the step and follows the new curve."""
+    from bnnlite.train.engine import _load_schedule
+
+    def make(total):
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+        return opt, torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=1e-3, total_steps=total)
+
+    old_opt, old = make(100)
+    for _ in range(40):
+        old_opt.step()
+        old.step()
+    fresh_opt, fresh = make(60)      # the curve the re-fitted run must follow from step 40
+    for _ in range(41):
+        fresh_opt.step()
+        fresh.step()
+    opt, sched = make(60)
+    _load_schedule(sched, old.state_dict(), rank=0)
+    assert sched.last_epoch == 40 and sched.total_steps == 60
+    opt.step()
+    sched.step()
+    assert sched.get_last_lr() == pytest.approx(fresh.get_last_lr())
+    assert sched.get_last_lr() != pytest.approx(old.get_last_lr())
+
+    _, short = make(30)
+    with pytest.raises(ValueError, match="shorter"):
+        _load_schedule(short, old.state_dict(), rank=0)

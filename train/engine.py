@@ -191,6 +191,23 @@ def _make_optimizer(cfg: TrainConfig, model, steps_total):
     return opt, sched, {"optimizer": name, "lr": lr, "weight_decay": wd, "classifier_lr_mult": cls_mult}
 
 
+def _load_schedule(sched, saved, rank):
+    """Restore the LR schedule's position; keep this run's length if --epochs changed.
+
+    Same --epochs: exact resume. Different --epochs: the step counter carries over and the
+    remaining steps follow the new one-cycle curve (a deliberate re-fit, printed).
+    """
+    total, phases = sched.total_steps, sched._schedule_phases
+    sched.load_state_dict(saved)
+    if saved["total_steps"] != total:
+        if saved["last_epoch"] >= total:
+            raise ValueError(f"--epochs is shorter than the {saved['last_epoch']} steps already trained")
+        sched.total_steps, sched._schedule_phases = total, phases
+        if rank == 0:
+            print(f"--resume: schedule re-fitted from {saved['total_steps']} to {total} steps "
+                  f"at step {saved['last_epoch']}")
+
+
 def _load_teacher(path, mean, std):
     t = ckpt_io.load_checkpoint(path)
     model = build_model(t["config"])
@@ -269,7 +286,7 @@ def train(cfg: TrainConfig) -> dict:
         ck = ckpt_io.load_checkpoint(ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        sched.load_state_dict(ck["scheduler"])
+        _load_schedule(sched, ck["scheduler"], rank)
         state = {k: ck[k] for k in state}
         if rank != 0:  # the checkpoint's running sums are the total over ranks: rank 0 carries them
             state["running"] = [0.0, 0.0, 0.0] + state["running"][3:]
