@@ -240,6 +240,30 @@ def _spawn(engine, args) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
+_IMPORT_PROBE = """
+import json, sys, time
+t0 = time.perf_counter()
+import bnnlite
+t1 = time.perf_counter()
+bnnlite.Model.pretrained()
+t2 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "load_s": t2 - t1, "numba": "numba" in sys.modules,
+                  "torch": "torch" in sys.modules}))
+"""
+
+
+def _import_times(repeats=3) -> dict:
+    """Fastest of ``repeats`` fresh interpreters: ``import bnnlite``, then loading the pretrained model."""
+    best = None
+    for _ in range(repeats):
+        p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True)
+        if p.returncode != 0:
+            return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        best = r if best is None or r["import_s"] < best["import_s"] else best
+    return best
+
+
 def _table(rows, ref_engine="torch-fp32"):
     ref = next((r for r in rows if r["engine"] == ref_engine and "error" not in r), None)
     ort = next((r for r in rows if r["engine"] == "ort-fp32" and "error" not in r), None)
@@ -260,44 +284,50 @@ def _table(rows, ref_engine="torch-fp32"):
 
 
 def _layers(model_path, threads, batch):
-    """Each binary conv alone (as in the model, output transform included) vs torch's FP32 conv."""
+    """Each binary conv alone vs torch's FP32 conv, over ``batch`` images.
+
+    bnnlite runs the layer as the model does: chunk by chunk (``Model.chunk``
+    images at a time, buffers planned once), output transform included.
+    Torch runs the same convolution on the whole batch at once (its fastest).
+    """
+    from .bitpack import pack_bits
     from .graph import BConv2D, _Context
     from .model import Model
     m = Model.load(model_path, threads=threads, backend="cython")
-    plan = m.graph.plan(batch)
+    step = min(m.chunk, m.graph.max_chunk or m.chunk, batch)
+    plan = m.graph.plan(step)
     rng = np.random.default_rng(0)
-    for name, t in plan.tensors.items():
+    for t in plan.tensors.values():
         if t.dtype == np.float32:
             t[...] = rng.standard_normal(t.shape, dtype=np.float32)
-        else:
-            t[...] = rng.integers(0, 2 ** 63, t.shape, dtype=np.uint64) & np.uint64(0)
-    for name, (store, p) in plan.storage.items():
-        c = m.graph.shapes[name][2]
-        from .bitpack import pack_bits
+    for name in plan.storage:  # random +-1 activations in the packed layout, padding kept +1
         interior = plan.tensors[name]
-        interior[...] = pack_bits(rng.standard_normal(interior.shape[:3] + (c,)), 0.0)
+        interior[...] = pack_bits(rng.standard_normal(interior.shape[:3] + (m.graph.shapes[name][2],)), 0.0)
     ctx = _Context(plan, m.backend, threads)
     try:
         import torch
         torch.set_num_threads(threads)
     except ImportError:
         torch = None
+    n_chunks = -(-batch // step)
     rows = []
     for op in m.graph.ops:
         if not isinstance(op, BConv2D):
             continue
         h, w, cin = op.in_shape
         ho, wo, cout = op.conv_out_shape  # before a fused max-pool
-        macs = batch * ho * wo * cout * op.attrs["kh"] * op.attrs["kw"] * cin
+        per_image = ho * wo * cout * op.attrs["kh"] * op.attrs["kw"] * cin
+        macs = n_chunks * step * per_image
         op.run(plan.tensors, ctx)
         ts = []
         for _ in range(7):
             t0 = time.perf_counter()
-            op.run(plan.tensors, ctx)
+            for _ in range(n_chunks):
+                op.run(plan.tensors, ctx)
             ts.append(time.perf_counter() - t0)
         tb = float(np.median(ts))
-        row = {"layer": op.name, "shape": f"{h}x{w}x{cin}->{cout}", "bnnlite_ms": 1e3 * tb,
-               "binary_gmacs": macs / tb / 1e9}
+        row = {"layer": op.name, "shape": f"{h}x{w}x{cin}->{cout}", "chunk": step,
+               "bnnlite_ms": 1e3 * tb, "binary_gmacs": macs / tb / 1e9}
         if torch is not None:
             x = torch.randn(batch, cin, h, w).contiguous(memory_format=torch.channels_last)
             wt = torch.randn(cout, cin, op.attrs["kh"], op.attrs["kw"]).contiguous(memory_format=torch.channels_last)
@@ -309,14 +339,18 @@ def _layers(model_path, threads, batch):
                     torch.nn.functional.conv2d(x, wt, padding=op.attrs["padding"])
                     tt.append(time.perf_counter() - t0)
             tf = float(np.median(tt))
-            row.update(torch_ms=1e3 * tf, torch_gmacs=macs / tf / 1e9, speedup=tf / tb)
+            row.update(torch_ms=1e3 * tf, torch_gmacs=batch * per_image / tf / 1e9,
+                       speedup=(tf / batch) / (tb / (n_chunks * step)))
         rows.append(row)
     return rows
 
 
-def _layers_table(rows):
+def _layers_table(rows, batch):
+    chunk = rows[0]["chunk"] if rows else "-"
+    lines = [f"batch {batch}; bnnlite runs each layer {chunk} images at a time, as Model.predict does; "
+             "torch runs the whole batch"]
     head = f"{'layer':<8} {'shape':<18} {'bnnlite ms':>10} {'binary GMAC/s':>14} {'torch ms':>9} {'torch GMAC/s':>13} {'speedup':>8}"
-    lines = [head, "-" * len(head)]
+    lines += [head, "-" * len(head)]
     for r in rows:
         lines.append(f"{r['layer']:<8} {r['shape']:<18} {r['bnnlite_ms']:>10.2f} {r['binary_gmacs']:>14.1f} "
                      f"{r.get('torch_ms', float('nan')):>9.2f} {r.get('torch_gmacs', float('nan')):>13.1f} "
@@ -336,10 +370,12 @@ def _layers_table(rows):
 @click.option("--batch", type=click.IntRange(1), default=128, help="Throughput batch size.")
 @click.option("--runs", type=click.IntRange(50), default=50, help="Batch-1 calls (the median is reported).")
 @click.option("--engines", default=",".join(ENGINES), help="Comma-separated subset of engines.")
+@click.option("--scaling", type=click.IntRange(0), default=2,
+              help="Also run bnnlite with this many threads and report its speed-up (0: skip).")
 @click.option("--layers", is_flag=True, help="Time each binary conv layer alone instead.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @click.option("--worker", default=None, hidden=True)
-def main(model, fp32, data, limit, threads, batch, runs, engines, layers, as_json, worker):
+def main(model, fp32, data, limit, threads, batch, runs, engines, scaling, layers, as_json, worker):
     """Benchmark bnnlite against PyTorch FP32 and ONNX Runtime on the same topology."""
     from .bundle import BundleError
     model = model or _data_file("birealnet.h5")
@@ -352,7 +388,7 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, layers, as_jso
             return
         if layers:
             rows = _layers(model, threads, batch)
-            click.echo(json.dumps(rows, indent=2) if as_json else _layers_table(rows))
+            click.echo(json.dumps(rows, indent=2) if as_json else _layers_table(rows, batch))
             return
     except BundleError as e:
         raise click.ClickException(str(e)) from e
@@ -372,12 +408,32 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, layers, as_jso
         if not as_json:
             click.echo(f"running {e} ...", err=True)
         rows.append(_spawn(e, args))
+    extra = {"import": _import_times()}
+    base = next((r for r in rows if r["engine"] == "bnnlite" and "error" not in r and "skipped" not in r), None)
+    if scaling and base and scaling != threads:
+        if not as_json:
+            click.echo(f"running bnnlite with {scaling} threads ...", err=True)
+        r = _spawn("bnnlite", {**args, "threads": scaling, "runs": 50})
+        extra["scaling"] = {"threads": scaling, **({"error": r["error"]} if "error" in r else {
+            "throughput_ips": r["throughput_ips"], "speedup": r["throughput_ips"] / base["throughput_ips"]})}
     if as_json:
-        click.echo(json.dumps({"threads": threads, "batch": batch, "model": str(model), "results": rows}, indent=2))
+        click.echo(json.dumps({"threads": threads, "batch": batch, "model": str(model), "results": rows, **extra},
+                              indent=2))
+        return
+    click.echo(f"model {model}; {threads} thread(s); batch {batch}; "
+               f"accuracy on {'--data ' + str(data) if data else 'the shipped test sample'}")
+    click.echo(_table(rows))
+    imp = extra["import"]
+    if "error" in imp:
+        click.echo(f"import bnnlite: failed ({imp['error']})")
     else:
-        click.echo(f"model {model}; {threads} thread(s); batch {batch}; "
-                   f"accuracy on {'--data ' + str(data) if data else 'the shipped test sample'}")
-        click.echo(_table(rows))
+        click.echo(f"import bnnlite: {imp['import_s']:.3f} s (then Model.pretrained(): {imp['load_s']:.3f} s); "
+                   f"numba imported: {'yes' if imp['numba'] else 'no'}, torch imported: "
+                   f"{'yes' if imp['torch'] else 'no'}")
+    sc = extra.get("scaling")
+    if sc:
+        click.echo(f"bnnlite with {sc['threads']} threads: " + (f"failed ({sc['error']})" if "error" in sc else
+                   f"{sc['throughput_ips']:.1f} img/s = {sc['speedup']:.2f}x its {threads}-thread throughput"))
 
 
 if __name__ == "__main__":

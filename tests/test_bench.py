@@ -1,0 +1,43 @@
+"""bnnlite-bench: it runs, reports what it measured, and refuses bad options.
+
+Behaviour only (tiny batches, few images): the speed figures themselves are
+printed by the benchmark, never asserted here.
+"""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from bnnlite.backend import available_backends
+from bnnlite.bench import main
+
+
+def _run(*args):
+    res = CliRunner().invoke(main, list(args))
+    assert res.exit_code == 0, res.output
+    return res.output
+
+
+@pytest.mark.skipif("cython" not in available_backends(), reason="the compiled extension is not built")
+def test_engine_row_and_import_probe():
+    out = json.loads(_run("--engines", "bnnlite", "--limit", "8", "--batch", "4", "--scaling", "0", "--json"))
+    (row,) = out["results"]
+    assert row["engine"] == "bnnlite" and "error" not in row, row
+    assert row["eval_images"] == 8 and 0.0 <= row["accuracy"] <= 1.0
+    assert row["throughput_ips"] > 0 and row["latency_ms_b1"] > 0 and row["peak_rss_mb"] > 0
+    assert row["weight_bytes"] > 0
+    imp = out["import"]
+    assert imp["import_s"] >= 0 and imp["load_s"] >= 0
+    assert imp["torch"] is False and imp["numba"] is False  # the default path imports neither
+
+
+def test_layers_run_per_chunk():
+    rows = json.loads(_run("--layers", "--batch", "4", "--json"))
+    assert [r["layer"] for r in rows] == ["bconv1", "bconv2", "bconv3", "bconv4", "bconv5"]
+    assert rows[0]["shape"] == "32x32x128->128"
+    assert all(r["chunk"] >= 1 and r["binary_gmacs"] > 0 for r in rows)
+
+
+def test_unknown_engine_is_a_usage_error():
+    res = CliRunner().invoke(main, ["--engines", "bnnlite,nope"])
+    assert res.exit_code == 2 and "nope" in res.output
