@@ -20,7 +20,6 @@ disagrees is refused.
 """
 from __future__ import annotations
 
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -39,7 +38,6 @@ from .models import BinaryBlock, RealBlock, build_model
 
 __all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
 
-INT32_MAX = np.iinfo(np.int32).max
 # What "agrees with PyTorch" means.  PyTorch's FP32 conv and ours sum in a
 # different order, so an activation within ~1e-6 of its sign threshold can
 # binarise differently; in a bit-only (XNOR) stack that single flip moves
@@ -47,7 +45,6 @@ INT32_MAX = np.iinfo(np.int32).max
 # export bug touches most of them.
 MIN_CLASS_AGREEMENT = 0.999
 MIN_FRACTION_WITHIN_TOL = 0.99
-INT32_MIN = np.iinfo(np.int32).min
 
 
 def _np(t):
@@ -67,12 +64,30 @@ def _pack_weight(w, flip=None):
     return pack_bits(np.where(neg, -1.0, 1.0), 0.0)
 
 
-def _int_threshold(m, c, t, k_bits):
-    """Integer thr with (m*acc + c < t)  <=>  (acc < thr), for m >= 0 and |acc| <= k_bits."""
-    thr = np.empty(m.shape, np.int64)
-    pos = m > 0
-    thr[pos] = np.ceil((t[pos] - c[pos]) / m[pos])
-    thr[~pos] = np.where(c[~pos] < t[~pos], INT32_MAX, INT32_MIN)
+@torch.no_grad()
+def _int_threshold(blk, t_next, flip, k_bits):
+    """Integer thresholds that reproduce PyTorch's own sign decisions bit for bit.
+
+    PyTorch computes the next layer's input bit of channel co as
+    ``bn(acc * alpha)[co] < t_next[co]`` in float32 (acc = the exact integer conv
+    sum). Solving that in float64 disagrees with float32 rounding whenever the
+    boundary falls within an ulp of an integer, and then every pixel with that
+    acc flips. So the decisions are taken from PyTorch itself, for every
+    possible acc in [-k_bits-1, k_bits+1]: float32 rounding is monotone, so
+    they form one run per channel, and the runtime's rule
+    ``acc' < thr[co]`` (acc' = -acc where the weights were flipped) reproduces it.
+    """
+    accs = torch.arange(-k_bits - 1, k_bits + 2, dtype=torch.float32)
+    y = accs.view(1, 1, -1, 1) * blk.conv.scale().float().view(1, -1, 1, 1)
+    neg = (blk.bn(y) < torch.as_tensor(t_next, dtype=torch.float32).view(1, -1, 1, 1))[0, :, :, 0].numpy()
+    n_neg = neg.sum(axis=1)  # how many acc values give bit 1 (-1)
+    # Not flipped: bit 1 for the n_neg smallest acc -> thr = lowest acc + n_neg.
+    # Flipped (acc' = -acc): bit 1 for the n_neg largest acc -> the same count from the other end.
+    thr = -(k_bits + 1) + n_neg
+    runs = np.where(flip[:, None], neg[:, ::-1], neg)
+    if not np.array_equal(runs, np.arange(neg.shape[1])[None, :] < n_neg[:, None]):
+        raise RuntimeError("PyTorch's sign decisions are not monotone in the conv sum: cannot fold "
+                           "them into integer thresholds")
     return np.clip(thr, -(k_bits + 1), k_bits + 1).astype(np.int32)
 
 
@@ -115,11 +130,10 @@ def checkpoint_to_ops(model) -> list[OpRecord]:
                 # XNOR-Net path: bits straight out of the conv, pooled as bits.
                 t_next = (_np(nxt.conv.threshold) if nxt.conv.threshold is not None else np.zeros(cout))
                 flip = m < 0
-                m = np.abs(m)
                 ops.append(OpRecord("bconv2d", f"bconv{i}", [f"bits{i}"], [f"bconv{i}"],
                                     {**attrs, "output": "bits"},
                                     {"weight": _pack_weight(w, flip),
-                                     "threshold": _int_threshold(m, c, t_next, k_bits)}))
+                                     "threshold": _int_threshold(blk, t_next, flip, k_bits)}))
                 x = f"bconv{i}"
                 if blk.pool:
                     ops.append(OpRecord("bmaxpool2d", f"pool{i}", [x], [f"bits{i + 1}"], {"size": 2, "stride": 2}))

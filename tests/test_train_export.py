@@ -1,0 +1,54 @@
+"""bnnlite-export's folding of BN + sign into integer thresholds (XNOR layers).
+
+The runtime decides bit co of the next layer as ``acc' < thr[co]`` on the exact
+integer conv sum; PyTorch decides ``bn(acc * alpha) < t`` in float32.  The two
+must agree for every acc the layer can produce, including boundaries placed
+within an ulp of an integer (where float64 algebra would pick the other side).
+"""
+import numpy as np
+import pytest
+import torch
+
+from bnnlite.train.export import _int_threshold
+from bnnlite.train.models import BinaryBlock, default_config
+
+
+def _block(cin, cout, seed, ambiguous):
+    torch.manual_seed(seed)
+    blk = BinaryBlock(cin, cout, pool=False, cfg=default_config("xnor")).eval()
+    k = 9 * cin
+    with torch.no_grad():
+        alpha = blk.conv.scale().float()
+        acc0 = 2 * torch.randint(-k // 4, k // 4, (cout,)).float() + k % 2  # parity of K - 2*popcount
+        gamma = torch.randn(cout)                        # both signs: flipped channels too
+        if ambiguous:
+            # boundary exactly at float32(acc0 * alpha): y(acc0) == 0 in float32,
+            # while acc0 * alpha in float64 is a hair off.
+            blk.bn.running_mean.copy_(acc0 * alpha)
+            blk.bn.running_var.fill_(1.0 - blk.bn.eps)
+            blk.bn.bias.zero_()
+        else:
+            blk.bn.running_mean.normal_(0, k ** 0.5)
+            blk.bn.running_var.uniform_(0.5, 4.0)
+            blk.bn.bias.normal_()
+        blk.bn.weight.copy_(gamma)
+    return blk, k
+
+
+@pytest.mark.parametrize("ambiguous", [False, True])
+@pytest.mark.parametrize("seed", range(3))
+def test_thresholds_reproduce_pytorch_decisions(seed, ambiguous):
+    blk, k = _block(16, 40, seed, ambiguous)
+    t_next = np.zeros(40) if ambiguous else np.random.default_rng(seed).normal(0, 0.5, 40)
+    flip = (blk.bn.weight.detach().numpy() < 0)
+    thr = _int_threshold(blk, t_next, flip, k)
+
+    acc = torch.arange(-k, k + 1, 2, dtype=torch.float32)   # the values K - 2*popcount takes
+    with torch.no_grad():
+        y = blk.bn(acc.view(1, 1, -1, 1) * blk.conv.scale().view(1, -1, 1, 1))[0, :, :, 0]
+    torch_bit = (y < torch.as_tensor(t_next, dtype=torch.float32)[:, None]).numpy()
+    acc_rt = np.where(flip[:, None], -acc.numpy()[None, :], acc.numpy()[None, :])  # weights flipped
+    runtime_bit = acc_rt < thr[:, None]
+    assert np.array_equal(runtime_bit, torch_bit)
+    if ambiguous:  # the adversarial case really puts values on (or an ulp from) the boundary
+        assert (y.abs() < 1e-5).sum() >= 20
