@@ -1,13 +1,15 @@
 """Build of bnnlite's compiled kernels (package metadata is in pyproject.toml).
 
-Two extensions come from the same source (kernels/_bconv.pxi +
-kernels/_bconv_kernels.h, included by two tiny .pyx files):
+Three extensions come from the same source (kernels/_bconv.pxi +
+kernels/_bconv_kernels.h, included by three tiny .pyx files):
 
 * ``bnnlite._bconv_avx512``: -mavx512f/bw/vl/dq/vpopcntdq, used at run time
   only when the CPU reports AVX512F + AVX512BW + AVX512VPOPCNTDQ;
+* ``bnnlite._bconv_avx2``: -mavx2 -mpopcnt (vpshufb nibble-lookup popcount),
+  used when the CPU has AVX2 + POPCNT but not the AVX-512 set above;
 * ``bnnlite._bconv_generic``: portable (``__builtin_popcountll``).
 
-Both are ``optional=True``: a compiler that lacks a flag (or no compiler)
+All are ``optional=True``: a compiler that lacks a flag (or no compiler)
 only warns, the package still installs, and ``bnnlite.backend`` then falls
 back to numba with a one-line warning.  Without Cython the extensions are
 built from already generated kernels/*.c if present (an sdist), else skipped
@@ -21,7 +23,7 @@ import warnings
 
 from setuptools import Extension, setup
 
-NAMES = ("_bconv_avx512", "_bconv_generic")
+NAMES = ("_bconv_avx512", "_bconv_avx2", "_bconv_generic")
 DEPENDS = ["kernels/_bconv.pxi", "kernels/_bconv_kernels.h", "kernels/_bitpack.pxd"]
 
 
@@ -46,12 +48,16 @@ def _extensions():
     # NumPy reference and the numba backend (no mul+add fused into an FMA).
     common = ["-O3", "-ffp-contract=off", "-fopenmp"]
     link = ["-fopenmp"]
-    if sys.platform == "win32":  # MSVC spelling; no AVX-512 build there
+    if sys.platform == "win32":  # MSVC spelling; no AVX-512/AVX2 build there
         common, link = ["/O2", "/fp:precise", "/openmp"], []
     avx512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
               "-mavx512vpopcntdq"]
-    flags = {"_bconv_avx512": common + avx512, "_bconv_generic": common}
-    names = [n for n in NAMES if not (sys.platform == "win32" and n == "_bconv_avx512")]
+    # No -mfma (nor -march=native): the float epilogue stays a separate
+    # multiply and add even where the compiler could contract them.
+    avx2 = ["-mavx2", "-mpopcnt"]
+    flags = {"_bconv_avx512": common + avx512, "_bconv_avx2": common + avx2,
+             "_bconv_generic": common}
+    names = [n for n in NAMES if not (sys.platform == "win32" and n != "_bconv_generic")]
 
     exts = [Extension(f"bnnlite.{n}",
                       sources=[f"kernels/{n}.{'pyx' if use_pyx else 'c'}"],

@@ -4,8 +4,10 @@
 same signatures for every implementation:
 
 * ``"cython"``: the compiled extension.  ``bnnlite._bconv_avx512`` when the CPU
-  has AVX512F + AVX512BW + AVX512VPOPCNTDQ, else ``bnnlite._bconv_generic``.
-  ``"cython-avx512"`` / ``"cython-generic"`` force one build.
+  has AVX512F + AVX512BW + AVX512VPOPCNTDQ, else ``bnnlite._bconv_avx2`` when
+  it has AVX2 + POPCNT, else ``bnnlite._bconv_generic`` (a variant that is not
+  built is skipped).  ``"cython-avx512"`` / ``"cython-avx2"`` /
+  ``"cython-generic"`` force one build.
 * ``"numba"``: ``bnnlite._numba_kernels`` (numba is imported only then).
 * ``"numpy"``: ``bnnlite.reference`` (slow, the test oracle).
 
@@ -36,7 +38,8 @@ __all__ = ["get_backend", "available_backends", "Backend", "PreparedWeights",
 
 ENV_VAR = "BNNLITE_BACKEND"
 #: Names accepted by get_backend / $BNNLITE_BACKEND.
-BACKEND_NAMES = ("cython", "numba", "numpy", "cython-avx512", "cython-generic")
+BACKEND_NAMES = ("cython", "numba", "numpy", "cython-avx512", "cython-avx2",
+                 "cython-generic")
 _DEFAULT_ORDER = ("cython", "numba", "numpy")
 _F32 = np.dtype(np.float32)
 _I32 = np.dtype(np.int32)
@@ -553,6 +556,15 @@ def _cpu_has_avx512() -> bool:
     return all(feats.get(f, False) for f in ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ"))
 
 
+def _cpu_has_avx2() -> bool:
+    """AVX2 + POPCNT, as numpy's own dispatcher sees it."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as feats
+    except Exception:  # private numpy API: be conservative if it moves
+        return False
+    return all(feats.get(f, False) for f in ("AVX2", "POPCNT"))
+
+
 def _load(name: str) -> Backend:
     if name in _CACHE:
         return _CACHE[name]
@@ -563,13 +575,18 @@ def _load(name: str) -> Backend:
                 impl = _CythonImpl("bnnlite._bconv_avx512", "avx512")
             except ImportError:
                 impl = None
+        if impl is None and _cpu_has_avx2():
+            try:
+                impl = _CythonImpl("bnnlite._bconv_avx2", "avx2")
+            except ImportError:
+                impl = None
         if impl is None:
             try:
                 impl = _CythonImpl("bnnlite._bconv_generic", "generic")
             except ImportError as exc:
                 raise ImportError(
-                    "bnnlite: the Cython kernels (bnnlite._bconv_generic / "
-                    "_bconv_avx512) are not built; run `pip install -e .` or "
+                    "bnnlite: the Cython kernels (bnnlite._bconv_generic / _bconv_avx2 "
+                    "/ _bconv_avx512) are not built; run `pip install -e .` or "
                     "`python setup.py build_ext --inplace` with a C compiler, "
                     f"or use BNNLITE_BACKEND=numba ({exc})") from exc
     elif name == "cython-avx512":
@@ -580,6 +597,14 @@ def _load(name: str) -> Backend:
             impl = _CythonImpl("bnnlite._bconv_avx512", "avx512")
         except ImportError as exc:
             raise ImportError(f"bnnlite: bnnlite._bconv_avx512 is not built ({exc})") from exc
+    elif name == "cython-avx2":
+        if not _cpu_has_avx2():
+            raise RuntimeError("bnnlite: cython-avx2 needs a CPU with AVX2 and POPCNT; "
+                               "use 'cython'")
+        try:
+            impl = _CythonImpl("bnnlite._bconv_avx2", "avx2")
+        except ImportError as exc:
+            raise ImportError(f"bnnlite: bnnlite._bconv_avx2 is not built ({exc})") from exc
     elif name == "cython-generic":
         try:
             impl = _CythonImpl("bnnlite._bconv_generic", "generic")

@@ -1,8 +1,9 @@
-# Shared body of bnnlite._bconv_avx512 and bnnlite._bconv_generic.
+# Shared body of bnnlite._bconv_avx512, bnnlite._bconv_avx2 and
+# bnnlite._bconv_generic.
 #
-# Both tiny .pyx files ``include`` this; setup.py compiles them with
-# different -m flags, and kernels/_bconv_kernels.h picks the AVX-512 or the
-# portable path from the predefined macros.  Only nogil loops and thin typed
+# The three tiny .pyx files ``include`` this; setup.py compiles them with
+# different -m flags, and kernels/_bconv_kernels.h picks the AVX-512, the
+# AVX2 or the portable path from the predefined macros.  Only nogil loops and thin typed
 # wrappers live here: every argument is validated (dtype, shape, contiguity
 # of the last axis, aliasing) by bnnlite.backend before it reaches us, so
 # nothing below checks anything.  4-D views are declared fully strided
@@ -11,7 +12,7 @@
 #
 # Public names (raw, unchecked -- call them through bnnlite.backend):
 #   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw,
-#   HAVE_AVX512, WORD_BITS_C, LANES, CO_BLOCK.
+#   HAVE_AVX512, HAVE_AVX2, WORD_BITS_C, LANES, CO_BLOCK.
 
 from cython.parallel cimport prange
 from libc.stdint cimport int32_t, int64_t
@@ -24,6 +25,7 @@ cdef extern from "_bconv_kernels.h" nogil:
     int BNN_LANES
     int BNN_CO_BLOCK
     int BNN_HAVE_AVX512
+    int BNN_HAVE_AVX2
 
     ctypedef struct bnn_conv_params:
         int kh, kw, cw
@@ -76,6 +78,7 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t rows, int threads) noexcept nogil:
 
 
 HAVE_AVX512 = bool(BNN_HAVE_AVX512)
+HAVE_AVX2 = bool(BNN_HAVE_AVX2)
 WORD_BITS_C = WORD_BITS
 LANES = BNN_LANES
 CO_BLOCK = BNN_CO_BLOCK

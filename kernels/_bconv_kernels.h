@@ -1,13 +1,19 @@
 /*
  * _bconv_kernels.h -- the hot loops of bnnlite's binary kernels (C99).
  *
- * Included (through kernels/_bconv.pxi) by the two Cython extensions
- * bnnlite._bconv_avx512 (built with -mavx512f/bw/vl/dq/vpopcntdq) and
- * bnnlite._bconv_generic (portable).  The same source compiles to two paths:
+ * Included (through kernels/_bconv.pxi) by the three Cython extensions
+ * bnnlite._bconv_avx512 (built with -mavx512f/bw/vl/dq/vpopcntdq),
+ * bnnlite._bconv_avx2 (-mavx2 -mpopcnt) and bnnlite._bconv_generic
+ * (portable).  The same source compiles to three paths:
  *   BNN_AVX512 == 1: 512-bit vpopcntq, register tile of BNN_P pixels x
  *                    BNN_CO_BLOCK output channels of int64 accumulators;
- *   BNN_AVX512 == 0: plain C with __builtin_popcountll, same layout and
- *                    the same float32 operation order.
+ *   BNN_AVX2 == 1:   (AVX2, no AVX-512) 256-bit vpshufb nibble-lookup
+ *                    popcount with byte accumulators in ymm registers
+ *                    (bnn_core_avx2) into an int64 tile, then the portable
+ *                    epilogue's operations on 8 channels at a time;
+ *   otherwise:       plain C with __builtin_popcountll.
+ * All three use the same weight layout and the same float32 operation
+ * order, so their results are bit-identical.
  *
  * Conventions (bnnlite/bitpack.py is the source of truth, mirrored in
  * kernels/_bitpack.pxd): word = uint64, bit 1 means -1, LSB first along the
@@ -20,7 +26,7 @@
  *   rprelu: t >= gamma ? (t - gamma) + zeta : beta * (t - gamma) + zeta
  *
  * Public (to the .pxi): bnn_word_t, BNN_WORD_BITS, BNN_LANES, BNN_CO_BLOCK,
- * BNN_HAVE_AVX512, bnn_conv_params, bnn_conv_row, bnn_conv_row_pool2,
+ * BNN_HAVE_AVX512, BNN_HAVE_AVX2, bnn_conv_params, bnn_conv_row, bnn_conv_row_pool2,
  * bnn_fconv_params, bnn_fconv_row, bnn_pack_row.
  */
 #ifndef BNNLITE_BCONV_KERNELS_H
@@ -52,6 +58,15 @@ typedef uint64_t bnn_word_t;
 #endif
 #define BNN_HAVE_AVX512 BNN_AVX512
 
+/* AVX2 without AVX-512: the vpshufb popcount core (bnn_core_avx2). */
+#if !BNN_AVX512 && defined(__AVX2__)
+#define BNN_AVX2 1
+#include <immintrin.h>
+#else
+#define BNN_AVX2 0
+#endif
+#define BNN_HAVE_AVX2 BNN_AVX2
+
 #if defined(__GNUC__)
 #define BNN_INLINE static inline __attribute__((always_inline))
 #else
@@ -62,7 +77,7 @@ typedef uint64_t bnn_word_t;
  * instruction (__builtin_popcountll becomes a libgcc call, ~10x slower), so
  * clone the row kernel for CPUs with popcnt / AVX2 and let the loader pick
  * one (ifunc).  Other compilers/targets get the single portable version. */
-#if !BNN_AVX512 && defined(__GNUC__) && !defined(__clang__) && \
+#if !BNN_AVX512 && !BNN_AVX2 && defined(__GNUC__) && !defined(__clang__) && \
     defined(__x86_64__) && defined(__linux__) && !defined(BNN_NO_CLONES)
 #define BNN_CLONES __attribute__((target_clones("arch=x86-64-v3", "popcnt", "default")))
 #else
@@ -285,14 +300,205 @@ BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
 }
 #endif
 
+#if BNN_AVX2
+/* The portable epilogue, 8 channels (one group) at a time: the same
+ * per-channel integer and float32 operations in the same order (separate
+ * vmulps / vaddps, no FMA), so the results are identical.  A last group of
+ * fewer than 8 channels goes through bnn_epilogue.  t: the int64 popcounts
+ * of one pixel, channel co0 + l at t[l]. */
+BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
+                                  int co0, int nco, const float *res_px,
+                                  float *out_px, int ocol, bnn_word_t *wbits)
+{
+    const __m256i kv = _mm256_set1_epi64x((long long)prm->k_bits);
+    const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+    const int cres = prm->cres;
+    /* The int32 shortcut below needs K < 2^31 (always so in practice). */
+    const int nvec = prm->k_bits > INT32_MAX ? 0 : nco;
+    int l = 0;
+    for (; l + BNN_LANES <= nvec; l += BNN_LANES) {
+        const int co = co0 + l;
+        const int sh = co % BNN_WORD_BITS;
+        const __m256i p0 = _mm256_loadu_si256((const __m256i *)(t + l));
+        const __m256i p1 = _mm256_loadu_si256((const __m256i *)(t + l + 4));
+        const __m256i a0 = _mm256_sub_epi64(kv, _mm256_add_epi64(p0, p0));
+        const __m256i a1 = _mm256_sub_epi64(kv, _mm256_add_epi64(p1, p1));
+        if (prm->thr) {
+            /* a < thr as int64 (thr sign-extended). */
+            const __m256i th0 = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(prm->thr + co)));
+            const __m256i th1 = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(prm->thr + co + 4)));
+            const unsigned m0 = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(th0, a0)));
+            const unsigned m1 = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(th1, a1)));
+            *wbits |= (bnn_word_t)(m0 | (m1 << 4)) << sh;
+            continue;
+        }
+        /* |acc| <= K < 2^31: the low dwords are the values, and the
+         * int32 -> float conversion rounds like (float)(int64_t)acc. */
+        const __m256i lo = _mm256_permutevar8x32_epi32(a0, even);
+        const __m256i hi = _mm256_permutevar8x32_epi32(a1, even);
+        __m256 y = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x20));
+        y = _mm256_mul_ps(y, _mm256_loadu_ps(prm->mult + co));
+        y = _mm256_add_ps(y, _mm256_loadu_ps(prm->bias + co));
+        if (res_px) {
+            __m256 r;
+            if (cres % BNN_LANES == 0) {
+                /* co % cres .. +8 is contiguous inside one residual copy. */
+                r = _mm256_loadu_ps(res_px + (co % cres));
+            } else {
+                float tmp[BNN_LANES];
+                for (int k = 0; k < BNN_LANES; k++)
+                    tmp[k] = res_px[(co + k) % cres];
+                r = _mm256_loadu_ps(tmp);
+            }
+            y = _mm256_add_ps(y, r);
+        }
+        if (prm->gamma) {
+            const __m256 gm = _mm256_loadu_ps(prm->gamma + co);
+            const __m256 ge = _mm256_cmp_ps(y, gm, _CMP_GE_OQ);
+            const __m256 d = _mm256_sub_ps(y, gm);
+            const __m256 e = _mm256_mul_ps(_mm256_loadu_ps(prm->beta + co), d);
+            /* (y >= gamma ? d : beta*d) + zeta */
+            y = _mm256_add_ps(_mm256_blendv_ps(e, d, ge), _mm256_loadu_ps(prm->zeta + co));
+        }
+        if (out_px)
+            _mm256_storeu_ps(out_px + (co - ocol), y);
+        if (prm->next_thr) {
+            const __m256 lt = _mm256_cmp_ps(y, _mm256_loadu_ps(prm->next_thr + co), _CMP_LT_OQ);
+            *wbits |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << sh;
+        }
+    }
+    if (l < nco)
+        bnn_epilogue(prm, t + l, co0 + l, nco - l, res_px, out_px, ocol, wbits);
+}
+#endif
+
+#if BNN_AVX2
+/* ------------------------------------------------------------------ */
+/* AVX2 core (no vector popcount instruction): Mula's nibble lookup.
+ *
+ * For one group of BNN_LANES = 8 output channels (two ymm of 4 words: the
+ * weight words wg[s*wstep + l], l < 8, of step s) and P <= BNN_PA pixels,
+ * it computes the same integers as the portable core:
+ *   tile[p*BNN_CO_BLOCK + l] = sum over steps s of popcount(x_p[s] XOR wg[s*wstep + l])
+ * where the steps s run over (i, j, c) in the order of the weight layout
+ * (kernel row i, then the kw*cw words of that row, fused when sxw == cw).
+ *
+ * popcount of a 64-bit lane t = sum over its 8 bytes b of
+ *   LUT[b & 15] + LUT[b >> 4],   LUT[n] = popcount(n) for n < 16 (0..4),
+ * where vpshufb does the 32 byte lookups of a ymm at once.  The two
+ * lookups are added per byte (vpaddb) into a byte accumulator held in a
+ * register: one step adds at most 4 + 4 = 8 to a byte, so BNN_AVX2_FLUSH =
+ * 31 steps stay below 256 (8 * 31 = 248) without overflow.  Then vpsadbw
+ * against zero sums the 8 bytes of each 64-bit lane (= one output channel)
+ * into that lane's 64-bit total, which is added to the int64 tile and the
+ * byte accumulators restart from 0.  So tile = exact popcount sum, and the
+ * epilogue (bnn_epilogue_avx2 = bnn_epilogue on 8 lanes) turns it into
+ * acc = K - 2 * popcount.
+ *
+ * Registers (16 ymm): P x 2 byte accumulators (6) + 2 weight vectors + the
+ * broadcast x word + LUT + nibble mask + temporaries.
+ * ------------------------------------------------------------------ */
+#define BNN_PA 3              /* pixels per AVX2 register tile */
+#define BNN_AVX2_FLUSH 31     /* steps per byte-accumulator flush (8*31 < 256) */
+typedef char bnn_avx2_group_is_2_ymm[(BNN_LANES == 8 && sizeof(bnn_word_t) == 8) ? 1 : -1];
+
+/* acc (bytes) += popcount of each byte of t, by two nibble lookups. */
+BNN_INLINE __m256i bnn_popadd8(__m256i acc, __m256i t, __m256i lut, __m256i low4)
+{
+    const __m256i lo = _mm256_and_si256(t, low4);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(t, 4), low4);
+    acc = _mm256_add_epi8(acc, _mm256_shuffle_epi8(lut, lo));
+    return _mm256_add_epi8(acc, _mm256_shuffle_epi8(lut, hi));
+}
+
+/* tile (int64, pixel p at tile + p*BNN_CO_BLOCK, 8 channels) += the
+ * per-lane byte sums of the accumulators, which restart from 0. */
+BNN_INLINE void bnn_flush_avx2(__m256i acc[BNN_PA][2], const int P, int64_t *tile)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    for (int p = 0; p < P; p++)
+        for (int v = 0; v < 2; v++) {
+            __m256i *t = (__m256i *)(tile + p * BNN_CO_BLOCK + 4 * v);
+            _mm256_storeu_si256(t, _mm256_add_epi64(_mm256_loadu_si256(t),
+                                                    _mm256_sad_epu8(acc[p][v], zero)));
+            acc[p][v] = zero;
+        }
+}
+
+/* x0: first pixel (pixel p at x0 + p*pstep); wg: the group's first weight
+ * word, wstep words between steps (NV*LANES of the block); tile: the
+ * group's first channel of pixel 0 (overwritten). */
+BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw,
+                              ptrdiff_t pstep, const bnn_word_t *wg, ptrdiff_t wstep,
+                              int kh, int kw, int cw, const int P, int64_t *tile)
+{
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    __m256i acc[BNN_PA][2];
+    for (int p = 0; p < P; p++)
+        for (int v = 0; v < 2; v++) {
+            acc[p][v] = _mm256_setzero_si256();
+            _mm256_storeu_si256((__m256i *)(tile + p * BNN_CO_BLOCK + 4 * v), acc[p][v]);
+        }
+    /* (j, c) fused into one run of kw*cw words when pixels are adjacent. */
+    const int fused = (sxw == cw);
+    const int nj = fused ? 1 : kw;
+    const int nq = fused ? kw * cw : cw;
+    int cnt = 0;              /* steps in the byte accumulators */
+    for (int i = 0; i < kh; i++) {
+        for (int j = 0; j < nj; j++) {
+            const bnn_word_t *xp = x0 + i * sxh + j * sxw;
+            for (int q = 0; q < nq;) {
+                const int e = q + bnn_min(nq - q, BNN_AVX2_FLUSH - cnt);
+                cnt += e - q;
+                for (; q < e; q++, wg += wstep) {
+                    /* 2 weight vectors feed all P pixels (register reuse). */
+                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)wg);
+                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wg + 4));
+                    for (int p = 0; p < P; p++) {
+                        const __m256i xb = _mm256_set1_epi64x((long long)xp[p * pstep + q]);
+                        acc[p][0] = bnn_popadd8(acc[p][0], _mm256_xor_si256(xb, w0), lut, low4);
+                        acc[p][1] = bnn_popadd8(acc[p][1], _mm256_xor_si256(xb, w1), lut, low4);
+                    }
+                }
+                if (cnt == BNN_AVX2_FLUSH) {
+                    bnn_flush_avx2(acc, P, tile);
+                    cnt = 0;
+                }
+            }
+        }
+    }
+    if (cnt)
+        bnn_flush_avx2(acc, P, tile);
+}
+#endif
+
 #if !BNN_AVX512
-/* Run the portable core for np pixels (np <= BNN_P) and nv vectors with
- * constant arguments so the compiler can specialise the loops. */
+/* Run the portable (or AVX2) core for np pixels (np <= BNN_P) and nv
+ * vectors with constant arguments so the compiler can specialise the loops. */
 BNN_INLINE void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
                                      ptrdiff_t sxw, ptrdiff_t pstep,
                                      const bnn_word_t *wb, int kh, int kw,
                                      int cw, int np, int nv, int64_t *tile)
 {
+#if BNN_AVX2
+    /* Groups of 8 channels outer, register tiles of BNN_PA pixels inner:
+     * the group's weights are reused from L1 by every pixel tile. */
+    const ptrdiff_t nl = (ptrdiff_t)nv * BNN_LANES;
+    for (int g = 0; g < nv; g++) {
+        const bnn_word_t *wg = wb + g * BNN_LANES;
+        for (int p0 = 0; p0 < np; p0 += BNN_PA) {
+            const bnn_word_t *xp = x0 + p0 * pstep;
+            int64_t *tp = tile + p0 * BNN_CO_BLOCK + g * BNN_LANES;
+            switch (bnn_min(BNN_PA, np - p0)) {
+            case 3: bnn_core_avx2(xp, sxh, sxw, pstep, wg, nl, kh, kw, cw, 3, tp); break;
+            case 2: bnn_core_avx2(xp, sxh, sxw, pstep, wg, nl, kh, kw, cw, 2, tp); break;
+            default: bnn_core_avx2(xp, sxh, sxw, pstep, wg, nl, kh, kw, cw, 1, tp); break;
+            }
+        }
+    }
+#else
     if (np == BNN_P) {
         switch (nv) {
         case 4: bnn_core(x0, sxh, sxw, pstep, wb, kh, kw, cw, BNN_P, 4, tile); return;
@@ -311,6 +517,7 @@ BNN_INLINE void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
         default: bnn_core(xp, sxh, sxw, pstep, wb, kh, kw, cw, 1, 1, tp); break;
         }
     }
+#endif
 }
 #endif
 
@@ -359,7 +566,12 @@ BNN_INLINE void bnn_block(const bnn_conv_params *prm, const bnn_word_t *x0,
     bnn_core_dispatch(x0, prm->sxh, prm->sxw, pstep, wb, prm->kh, prm->kw, prm->cw,
                       np, nv, tile);
     for (int p = 0; p < np; p++)
-        bnn_epilogue(prm, tile + p * BNN_CO_BLOCK, co0, nco,
+#if BNN_AVX2
+        bnn_epilogue_avx2(
+#else
+        bnn_epilogue(
+#endif
+                     prm, tile + p * BNN_CO_BLOCK, co0, nco,
                      res_px ? res_px + p * s_res_w : NULL,
                      out_px ? out_px + p * s_out_w : NULL, ocol, &wbits[p]);
 #endif
@@ -411,6 +623,16 @@ BNN_INLINE __m512 bnn_fmax_np16(__m512 a, __m512 b)
     return _mm512_mask_blend_ps(m, b, a);
 }
 #endif
+#if BNN_AVX2
+/* bnn_fmax_np on 8 lanes, without branches (the scalar one mispredicts on
+ * real data). */
+BNN_INLINE __m256 bnn_fmax_np8(__m256 a, __m256 b)
+{
+    const __m256 m = _mm256_or_ps(_mm256_cmp_ps(a, b, _CMP_GT_OQ),
+                                  _mm256_cmp_ps(a, a, _CMP_UNORD_Q));
+    return _mm256_blendv_ps(b, a, m);
+}
+#endif
 
 /* 2x2 max-pool of one block: y0/y1 hold 2*npool pixels of conv rows 2i and
  * 2i+1 (pixel p at y + p*BNN_CO_BLOCK, channel co0+l at lane l < nco);
@@ -439,7 +661,21 @@ BNN_INLINE void bnn_pool_block(const float *y0, const float *y1, int npool, int 
             }
         }
 #else
-        for (int l = 0; l < nco; l++) {
+        int l = 0;
+#if BNN_AVX2
+        for (; l + 8 <= nco; l += 8) {
+            const __m256 m0 = bnn_fmax_np8(_mm256_loadu_ps(a + l), _mm256_loadu_ps(a + BNN_CO_BLOCK + l));
+            const __m256 m1 = bnn_fmax_np8(_mm256_loadu_ps(b + l), _mm256_loadu_ps(b + BNN_CO_BLOCK + l));
+            const __m256 m = bnn_fmax_np8(m0, m1);
+            if (o)
+                _mm256_storeu_ps(o + l, m);
+            if (next_thr) {
+                const __m256 lt = _mm256_cmp_ps(m, _mm256_loadu_ps(next_thr + co0 + l), _CMP_LT_OQ);
+                wbits[q] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << ((co0 + l) % BNN_WORD_BITS);
+            }
+        }
+#endif
+        for (; l < nco; l++) {
             const float m = bnn_fmax_np(bnn_fmax_np(a[l], a[BNN_CO_BLOCK + l]),
                                         bnn_fmax_np(b[l], b[BNN_CO_BLOCK + l]));
             if (o)
@@ -519,6 +755,49 @@ typedef struct {
 #define BNN_FP 4              /* pixels per register tile */
 #define BNN_FCO 64            /* output channels per tile (one output word) */
 
+#if BNN_AVX2
+/* ybuf[p][l] = acc of pixel p (input at xp[p]) and channel co + l, l < 16:
+ *   acc = 0; for (i, j, c) in row-major order: acc = acc + x[i*sxh + j*sxw + c] * w[i, j, c, co + l]
+ * with wt = &w[0, 0, 0, co] (taps cout floats apart).  One flat loop over
+ * the taps and only constant indices into acc, so the 8 accumulators stay
+ * in registers.  full: all 16 channels exist (plain loads); else only the
+ * lanes of lm are loaded (the others compute garbage, never stored). */
+BNN_INLINE void bnn_fconv_acc_avx2(const bnn_fconv_params *fp, const float *const *xp,
+                                   const float *wt, const __m256i *lm, const int full,
+                                   float ybuf[BNN_FP][16])
+{
+    const int taps = fp->kh * fp->kw * fp->cin, kw = fp->kw, cin = fp->cin, cout = fp->cout;
+    const ptrdiff_t sxh = fp->sxh, sxw = fp->sxw;
+    __m256 acc[BNN_FP][2];
+    for (int p = 0; p < BNN_FP; p++)
+        for (int v = 0; v < 2; v++)
+            acc[p][v] = _mm256_setzero_ps();
+    ptrdiff_t xo = 0;             /* i*sxh + j*sxw + c */
+    for (int t = 0, c = 0, j = 0; t < taps; t++, wt += cout) {
+        __m256 wv[2];
+        for (int v = 0; v < 2; v++)
+            wv[v] = full ? _mm256_loadu_ps(wt + 8 * v) : _mm256_maskload_ps(wt + 8 * v, lm[v]);
+        for (int p = 0; p < BNN_FP; p++) {
+            const __m256 xb = _mm256_broadcast_ss(xp[p] + xo);
+            for (int v = 0; v < 2; v++)
+                acc[p][v] = _mm256_add_ps(acc[p][v], _mm256_mul_ps(xb, wv[v]));
+        }
+        xo++;
+        if (++c == cin) {         /* next j */
+            c = 0;
+            xo += sxw - cin;
+            if (++j == kw) {      /* next i */
+                j = 0;
+                xo += sxh - kw * sxw;
+            }
+        }
+    }
+    for (int p = 0; p < BNN_FP; p++)
+        for (int v = 0; v < 2; v++)
+            _mm256_storeu_ps(ybuf[p] + 8 * v, acc[p][v]);
+}
+#endif
+
 /* One output row of a valid float conv over an already zero-padded input:
  *   acc = 0; for (i, j, c) in row-major order: acc = acc + x[ho*s+i, wo*s+j, c] * w[i, j, c, co]
  *   y = acc + bias[co];  if relu: y = (y > 0 || y != y) ? y : 0
@@ -586,6 +865,57 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                 if (bits_row)
                     bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = bits;
             }
+#elif BNN_AVX2
+            /* Register tiles of BNN_FP pixels x 16 channels (2 ymm), the
+             * 16-channel slices of the 64-channel word. */
+            const float *xp[BNN_FP];
+            bnn_word_t bits[BNN_FP] = {0};
+            for (int p = 0; p < BNN_FP; p++)   /* past the row end: the last pixel again (discarded) */
+                xp[p] = xrow + (wo0 + bnn_min(p, np - 1)) * pstep;
+            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            for (int c16 = 0; c16 < nco; c16 += 16) {
+                const int co = co0 + c16;
+                float ybuf[BNN_FP][16];
+                __m256i lm[2];                 /* lanes with a channel < cout */
+                for (int v = 0; v < 2; v++)
+                    lm[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nco - c16 - 8 * v), lane);
+                if (nco - c16 >= 16)
+                    bnn_fconv_acc_avx2(fp, xp, fp->w + co, lm, 1, ybuf);
+                else
+                    bnn_fconv_acc_avx2(fp, xp, fp->w + co, lm, 0, ybuf);
+                for (int p = 0; p < np; p++)
+                    for (int v = 0; v < 2 && c16 + 8 * v < nco; v++) {
+                        const int cv = co + 8 * v, full = nco - c16 - 8 * v >= 8;
+                        /* masked loads/stores only for a last partial vector
+                         * (vmaskmovps stores are slow on some CPUs) */
+                        __m256 y = _mm256_add_ps(_mm256_loadu_ps(ybuf[p] + 8 * v),
+                                                 full ? _mm256_loadu_ps(fp->bias + cv)
+                                                      : _mm256_maskload_ps(fp->bias + cv, lm[v]));
+                        if (fp->relu) {
+                            const __m256 z = _mm256_setzero_ps();
+                            const __m256 keep = _mm256_or_ps(_mm256_cmp_ps(y, z, _CMP_GT_OQ),
+                                                             _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+                            y = _mm256_blendv_ps(z, y, keep);
+                        }
+                        if (out_row) {
+                            float *o = out_row + (wo0 + p) * s_out_w + cv;
+                            if (full)
+                                _mm256_storeu_ps(o, y);
+                            else
+                                _mm256_maskstore_ps(o, lm[v], y);
+                        }
+                        if (fp->thr) {
+                            const __m256 t = full ? _mm256_loadu_ps(fp->thr + cv)
+                                                  : _mm256_maskload_ps(fp->thr + cv, lm[v]);
+                            const __m256 lt = _mm256_and_ps(_mm256_cmp_ps(y, t, _CMP_LT_OQ),
+                                                            _mm256_castsi256_ps(lm[v]));
+                            bits[p] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << (c16 + 8 * v);
+                        }
+                    }
+            }
+            if (bits_row)
+                for (int p = 0; p < np; p++)
+                    bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = bits[p];
 #else
             for (int p = 0; p < np; p++) {
                 const float *xq = xrow + (wo0 + p) * pstep;

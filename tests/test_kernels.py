@@ -6,6 +6,7 @@ popcount formula) and (b) bnnlite.reference, bit for bit.  Backends that are
 not built here are skipped with the reason.  Outputs are pre-filled with
 garbage so any element a kernel forgets to write is caught.
 """
+import importlib.util
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ SETTINGS = settings(derandomize=True, max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])
 CHANNELS = [1, 3, 63, 64, 65, 127, 128, 130, 200]
-ALL = ["cython-avx512", "cython-generic", "numba", "numpy"]
+ALL = ["cython-avx512", "cython-avx2", "cython-generic", "numba", "numpy"]
 GARBAGE_WORD = np.iinfo(WORD_DTYPE).max
 
 
@@ -493,7 +494,42 @@ class TestSelector:
             pytest.skip("Cython extension not built")
         be = B.get_backend()
         assert be.name == "cython"
-        assert be.variant == ("avx512" if B._cpu_has_avx512() else "generic")
+        # The best variant this CPU runs, among those that are built.
+        want = "generic"
+        for variant, has in (("avx512", B._cpu_has_avx512), ("avx2", B._cpu_has_avx2)):
+            if has() and importlib.util.find_spec(f"bnnlite._bconv_{variant}") is not None:
+                want = variant
+                break
+        assert be.variant == want
+
+    @pytest.mark.parametrize("has512, has2, built, want", [
+        (True, True, ("avx512", "avx2", "generic"), "avx512"),
+        (False, True, ("avx512", "avx2", "generic"), "avx2"),
+        (False, True, ("avx512", "generic"), "generic"),      # avx2 not built
+        (False, False, ("avx512", "avx2", "generic"), "generic"),
+        (True, True, ("avx2", "generic"), "avx2"),            # avx512 not built
+    ])
+    def test_cython_picks_best_built_variant(self, monkeypatch, has512, has2, built, want):
+        class Fake:
+            def __init__(self, module_name, variant):
+                if variant not in built:
+                    raise ImportError(f"No module named {module_name!r}")
+                self.variant = variant
+
+        monkeypatch.setattr(B, "_CythonImpl", Fake)
+        monkeypatch.setattr(B, "_CACHE", {})
+        monkeypatch.setattr(B, "_cpu_has_avx512", lambda: has512)
+        monkeypatch.setattr(B, "_cpu_has_avx2", lambda: has2)
+        be = B.get_backend("cython")
+        assert (be.name, be.variant) == ("cython", want)
+        if not has2:
+            with pytest.raises(RuntimeError, match="cython-avx2 needs a CPU with AVX2"):
+                B.get_backend("cython-avx2")
+        elif "avx2" not in built:
+            with pytest.raises(ImportError, match="_bconv_avx2 is not built"):
+                B.get_backend("cython-avx2")
+        else:
+            assert B.get_backend("cython-avx2").variant == "avx2"
 
     def test_fallback_to_numba_warns_once(self, monkeypatch):
         pytest.importorskip("numba")
@@ -518,7 +554,8 @@ class TestSelector:
         code = ("import sys, time, numpy; t = time.perf_counter(); import bnnlite.backend; "
                 "dt = time.perf_counter() - t; "
                 "bad = [m for m in ('numba', 'bnnlite._numba_kernels', "
-                "'bnnlite._bconv_avx512') if m in sys.modules]; print(dt, bad)")
+                "'bnnlite._bconv_avx512', 'bnnlite._bconv_avx2') if m in sys.modules]; "
+                "print(dt, bad)")
         env = dict(os.environ)
         env.pop(B.ENV_VAR, None)
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
