@@ -134,6 +134,21 @@ class TestConvIntegers:
         np.testing.assert_array_equal(got, pack_bits(c.oracle_acc(), thr))
         np.testing.assert_array_equal(got, _bits_out(ref, c, ref.prepare_weights(c.w), thr))
 
+    @pytest.mark.parametrize("k", [1, 3])
+    def test_long_runs_and_saturated_words(self, be, ref, k):
+        """More than 31 words per kernel row (Cin = 2100: 33 words) and
+        all-ones XOR words for half the channels: every partial-sum flush of
+        the AVX2 byte counters happens, at their largest values."""
+        c = Case(n=2, h=3, w=4, k=k, pad=1, cin=2100, cout=40, stride=1, seed=9)
+        c.x[0, 1:-1, 1:-1] = pack_bits(-np.ones((3, 4, c.cin)))   # all -1
+        c.w[:20] = 0                                              # all +1
+        ones, zeros = np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32)
+        out, _ = _float_out(be, c, be.prepare_weights(c.w), ones, zeros)
+        np.testing.assert_array_equal(out, c.oracle_acc().astype(np.float32))
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
+        np.testing.assert_array_equal(_bits_out(be, c, be.prepare_weights(c.w), thr),
+                                      _bits_out(ref, c, ref.prepare_weights(c.w), thr))
+
     def test_all_backends_agree_on_integers(self):
         names = [n for n in ALL if n in B.available_backends()]
         assert "numpy" in names
