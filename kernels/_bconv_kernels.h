@@ -380,8 +380,9 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
  * weight words wg[s*wstep + l], l < 8, of step s) and P <= BNN_PA pixels,
  * it computes the same integers as the portable core:
  *   tile[p*BNN_CO_BLOCK + l] = sum over steps s of popcount(x_p[s] XOR wg[s*wstep + l])
- * where the steps s run over (i, j, c) in the order of the weight layout
- * (kernel row i, then the kw*cw words of that row, fused when sxw == cw).
+ * where the steps s = (i, j, c) run in the order of the weight layout
+ * (kernel row i, then the kw*cw words of that row, one run when sxw == cw)
+ * and x_p[s] = x0[p*pstep + i*sxh + j*sxw + c].
  *
  * popcount of a 64-bit lane t = sum over its 8 bytes b of
  *   LUT[b & 15] + LUT[b >> 4],   LUT[n] = popcount(n) for n < 16 (0..4),
