@@ -521,7 +521,8 @@ class TestDatasets:
 # ---------------------------------------------------------------- inputs to predict
 class TestInputErrors:
     @pytest.fixture(scope="class")
-    def model(self, tiny_bundles):
+    @classmethod
+    def model(cls, tiny_bundles):
         return bnnlite.Model.load(tiny_bundles["birealnet"])
 
     @pytest.mark.parametrize("shape", [(16, 16), (2, 16, 16), (2, 16, 16, 4), (2, 15, 16, 3), (2, 3, 16, 16),
