@@ -107,7 +107,7 @@ class TestParsedConfig:
         assert _run(["--model", "xnor", "--data", str(data), "--out", str(tmp_path / "o")]).exit_code == 0
         (cfg,) = captured
         assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.val_size, cfg.seed) == ("xnor", 10, 64, 5000, 0)
-        assert cfg.bf16 is True and cfg.channels_last is True and cfg.compile is None
+        assert cfg.bf16 is None and cfg.channels_last is True and cfg.compile is None
         assert cfg.kd is False and cfg.resume is False and cfg.progress is True
         assert cfg.lr is None and cfg.optimizer is None and cfg.model_overrides is None
 

@@ -28,7 +28,8 @@ from .models import ARCHS
 @click.option("--temperature", "-T", type=click.FloatRange(min=0, min_open=True), default=3.0)
 @click.option("--val-size", type=click.IntRange(0), default=5000, help="Training images held out for validation.")
 @click.option("--seed", type=int, default=0)
-@click.option("--bf16/--no-bf16", default=True, help="bfloat16 autocast on CPU.")
+@click.option("--bf16/--no-bf16", default=None,
+              help="bfloat16 autocast on CPU [default: on where the CPU has native bf16].")
 @click.option("--channels-last/--no-channels-last", default=True)
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="torch.compile the model [default: on for binary models].")

@@ -28,11 +28,10 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +76,7 @@ class TrainConfig:
     temperature: float = 3.0
     val_size: int = 5000
     seed: int = 0
-    bf16: bool = True
+    bf16: bool | None = None  # None: bf16 autocast where the CPU computes bf16 natively
     channels_last: bool = True
     compile: bool | None = None
     threads: int | None = None
@@ -246,9 +245,31 @@ def _step_generator(seed, epoch, step):
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
+def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo") -> bool:
+    """True where bf16 math runs natively (x86: AVX512_BF16 or AMX-BF16; Arm: BF16).
+
+    Elsewhere PyTorch emulates bf16 and autocast is many times slower than FP32
+    (measured on a Zen 3: 40 s vs 2.7 s per step).  Unknown platforms: True.
+    """
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                key, _, val = line.partition(":")
+                if key.strip() in ("flags", "Features"):
+                    flags = set(val.split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    except OSError:
+        pass
+    return True
+
+
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also in model.pth)."""
     rank, world = _dist_setup()
+    if cfg.bf16 is None:
+        cfg = replace(cfg, bf16=cpu_has_native_bf16())
+        if not cfg.bf16 and rank == 0:
+            print("this CPU has no native bf16: training in FP32 (--bf16 forces autocast)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif world > 1:
