@@ -40,7 +40,7 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpR
            "write_bundle", "read_bundle", "seal", "MAX_BUNDLE_BYTES"]
 
 FORMAT = "bnnlite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2                       # 2: strings are fixed-length (1 used variable-length)
 USERBLOCK = 512
 SEAL_MAGIC = b"BNNLITE-SEAL\x00\x01"
 SEAL_STRUCT = struct.Struct("<14sQ32s")  # magic, total file bytes, sha256(file[USERBLOCK:])
@@ -48,6 +48,7 @@ MAX_BUNDLE_BYTES = 1 << 30               # refuse to read more than 1 GiB
 MAX_DIM = 1 << 16                        # any declared channel count / side
 MAX_OPS = 4096
 MAX_JSON = 1 << 20
+MAX_ATTR_ELEMENTS = 1 << 16               # numbers in one root attribute
 INPUT = "input"                          # the normalised float32 NHWC image batch
 OUTPUT = "logits"
 
@@ -115,23 +116,29 @@ def seal(path) -> None:
         f.write(SEAL_STRUCT.pack(SEAL_MAGIC, len(data), digest))
 
 
+def _fixed_str(text: str) -> np.bytes_:
+    """UTF-8 text as a fixed-length HDF5 string (its size sits in the type: no heap to follow)."""
+    return np.bytes_(text.encode("utf-8"))
+
+
 def write_bundle(path, header: dict, ops: list[OpRecord]) -> None:
     """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename)."""
     import h5py
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
-            f.attrs["format"] = FORMAT
+        # libver v110: dense attribute storage, so a root attribute may exceed 64 KiB.
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="v110") as f:
+            f.attrs["format"] = _fixed_str(FORMAT)
             f.attrs["format_version"] = FORMAT_VERSION
             for key in ("producer", "architecture", "input_layout"):
-                f.attrs[key] = str(header[key])
+                f.attrs[key] = _fixed_str(str(header[key]))
             f.attrs["input_shape"] = np.asarray(header["input_shape"], np.int64)
             f.attrs["normalization_mean"] = np.asarray(header["normalization_mean"], np.float32)
             f.attrs["normalization_std"] = np.asarray(header["normalization_std"], np.float32)
             for key in ("config", "class_names", "metrics"):
-                f.attrs[key] = json.dumps(header[key])
+                f.attrs[key] = _fixed_str(json.dumps(header[key]))
             graph = [{"op": o.op, "name": o.name, "inputs": o.inputs, "outputs": o.outputs,
                       "attrs": o.attrs} for o in ops]
-            f.attrs["graph"] = json.dumps(graph)
+            f.attrs["graph"] = _fixed_str(json.dumps(graph))
             g_ops = f.create_group("ops")
             for o in ops:
                 g = g_ops.create_group(o.name)
@@ -172,18 +179,31 @@ def _read_sealed(path) -> bytes:
 
 
 def _attr(attrs, key, path, default=None):
-    """``attrs[key]`` (``default`` if absent), read only if stored as a string or plain numbers.
+    """``attrs[key]`` (``default`` if absent), read only once its type and size are known safe.
 
-    The type is checked before the value is read: reading some corrupt types (e.g. a
-    variable-length *sequence*, which a two-byte change turns a string into) crashes
-    libhdf5 itself, and no bnnlite attribute is of any other type.
+    Checked before the value is read: the class (fixed-length string or plain
+    numbers; no bnnlite attribute is anything else), and the size. Reading some
+    corrupt types makes libhdf5 itself crash, allocate gigabytes or loop: a
+    variable-length *sequence* (a two-byte change turns a string into one) and
+    variable-length strings, whose heap references a file can point anywhere.
+    Format version 1 stored strings that way; such bundles must be re-exported.
     """
     import h5py
     if key not in attrs:
         return default
-    cls = attrs.get_id(key).get_type().get_class()
+    aid = attrs.get_id(key)
+    tid = aid.get_type()
+    cls = tid.get_class()
     if cls not in (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT):
         raise BundleError(f"{path}: root attribute {key!r} is not stored as a string or numbers")
+    if cls == h5py.h5t.STRING:
+        if tid.is_variable_str():
+            raise BundleError(f"{path}: root attribute {key!r} is a variable-length string (format version 1?); "
+                              f"this bnnlite reads fixed-length strings only: re-export the bundle")
+        if aid.shape != () or tid.get_size() > MAX_JSON:
+            raise BundleError(f"{path}: root attribute {key!r} should be one string of at most {MAX_JSON} bytes")
+    elif len(aid.shape) > 1 or int(np.prod(aid.shape)) > MAX_ATTR_ELEMENTS or tid.get_size() > 8:
+        raise BundleError(f"{path}: root attribute {key!r} should be at most {MAX_ATTR_ELEMENTS} plain numbers")
     return attrs[key]
 
 

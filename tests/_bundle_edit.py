@@ -31,8 +31,13 @@ def get_graph(f) -> list:
     return json.loads(f.attrs["graph"])
 
 
+def set_attr(f, key, value) -> None:
+    """Set a root attribute as the writer would: text as a fixed-length string."""
+    f.attrs[key] = np.bytes_(value.encode("utf-8")) if isinstance(value, str) else value
+
+
 def set_graph(f, graph) -> None:
-    f.attrs["graph"] = graph if isinstance(graph, str) else json.dumps(graph)
+    set_attr(f, "graph", graph if isinstance(graph, str) else json.dumps(graph))
 
 
 def edit_graph(f, fn) -> None:

@@ -24,14 +24,11 @@ their bytes -- and therefore every seeded case -- are the same on every
 machine.
 
 Known limits of libhdf5 itself (2.0, found by longer campaigns of this
-fuzzer, reachable only by *re-sealed*, i.e. deliberately crafted, files --
-the seal rejects accidental damage before HDF5 parses anything): a corrupt
-length in a variable-length string descriptor makes HDF5 allocate and zero
-up to 4 GiB before it fails (bnnlite then raises BundleError), and one
-corrupt global-heap object header made it loop forever.  About 1 case in
-2,000 re-sealed byte mutations hits one of them; the committed seed does
-not.  Removing them needs a format change (fixed-length string attributes,
-variable-length ones refused), so it is not done here.
+fuzzer on format version 1, reachable only by *re-sealed*, i.e. deliberately
+crafted, files): a corrupt variable-length string descriptor made HDF5
+allocate up to 4 GiB, and a corrupt global-heap object made it loop forever.
+Format version 2 stores only fixed-length strings and the reader refuses
+variable-length ones unread, which removes that path (docs/format.md).
 """
 import collections
 import json
@@ -138,7 +135,9 @@ class TestFuzz:
         assert counts["loaded"] >= 0.03 * PLAN[family], counts
         deep = {r["error"].split(": ", 1)[-1][:50] for r in results if r["outcome"] == "rejected"
                 and "seal" not in r["error"] and "SHA-256" not in r["error"]}
-        assert len(deep) >= 20, sorted(deep)
+        # Raw byte damage of a format-2 file (fixed-length strings) reaches fewer
+        # distinct checks than h5py edits do; both must still reach many.
+        assert len(deep) >= (12 if family == "raw" else 20), sorted(deep)
         if family == "raw":
             resealed_parsed = [r for r in results if "+reseal" in r["desc"] and r["outcome"] == "rejected"
                                and "unreadable bundle" in r["error"]]
