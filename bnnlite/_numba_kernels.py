@@ -166,8 +166,13 @@ def _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
                     for l in range(nco):
                         y32[l] = y32[l] + bias[co0 + l]
                     if has_res:
-                        for l in range(nco):
-                            y32[l] = y32[l] + res[n, ho, wo, ridx[co0 + l]]
+                        cres = res.shape[3]
+                        if cres == cout:  # no channel repeat: a contiguous, vectorisable read
+                            for l in range(nco):
+                                y32[l] = y32[l] + res[n, ho, wo, co0 + l]
+                        else:
+                            for l in range(nco):
+                                y32[l] = y32[l] + res[n, ho, wo, ridx[co0 + l]]
                     if has_rp:
                         for l in range(nco):
                             y = y32[l]
