@@ -157,6 +157,17 @@ class TestBatchingAndThreads:
         assert m.threads == 2
         np.testing.assert_array_equal(m.logits(images), logits_by_backend[(arch, backend)])
 
+    def test_default_chunk_follows_threads(self, tiny_bundles):
+        m = bnnlite.Model.load(tiny_bundles["xnor"])
+        assert m.chunk == 2
+        m.threads = 2
+        assert m.chunk == 16          # 8 per thread by default
+        m.chunk = 5                   # an explicit chunk stays
+        m.threads = 1
+        assert m.chunk == 5
+        with pytest.raises(ValueError, match="chunk"):
+            m.chunk = 0
+
     def test_threads_setter_validates(self, models):
         m = models["fp32"]
         with pytest.raises(ValueError, match="threads"):
