@@ -193,6 +193,13 @@ def _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
                     bits[out_n, out_h, wo0 + p, co0 // WORD_BITS] = wbits[p]
 
 
+@njit(inline="always")
+def _row_scratch():
+    """Per-row (per-thread) scratch of _conv_row: accumulators, packed words, floats."""
+    return (np.empty((P, CO_BLOCK), np.int64), np.empty(P, np.uint64),
+            np.empty(CO_BLOCK, np.float32))
+
+
 @njit(types.void(_W4R, _W1R, types.int64, types.int64, types.int64, types.int64,
                  types.int64, types.int64, types.int64,
                  _F1R, _F1R, types.int64, _F4R, types.int64, _F1R, _F1R, _F1R,
@@ -221,9 +228,7 @@ def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
         for r in prange(n_img * ho_n):
             n = r // ho_n
             ho = r - n * ho_n
-            acc = np.empty((P, CO_BLOCK), np.int64)
-            wbits = np.empty(P, np.uint64)
-            y32 = np.empty(CO_BLOCK, np.float32)
+            acc, wbits, y32 = _row_scratch()
             _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
                       mult, bias, has_res, res, has_rp, gamma, beta, zeta,
                       has_out, out, has_bits, bits, nthr, ithr, n, ho, wo_n, ridx,
@@ -234,9 +239,7 @@ def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
     for r in prange(n_img * hp_n):
         n = r // hp_n
         i = r - n * hp_n
-        acc = np.empty((P, CO_BLOCK), np.int64)
-        wbits = np.empty(P, np.uint64)
-        y32 = np.empty(CO_BLOCK, np.float32)
+        acc, wbits, y32 = _row_scratch()
         rows = np.empty((1, 2, 2 * wp_n, cout), np.float32)  # conv rows 2i, 2i+1
         for rr in range(2):
             _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, 0,

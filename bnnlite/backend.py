@@ -255,6 +255,20 @@ def _int(name, v, lo):
     return int(v)
 
 
+def _check_float_outputs(out, out_bits, next_thr, nhw, cout):
+    """The outputs of a float-mode conv: floats, packed bits (with their thresholds), or both."""
+    if out is None and out_bits is None:
+        raise ValueError("out: expected a float32 (N,Ho,Wo,Cout) array (None is "
+                         "allowed only when out_bits is given)")
+    if out is not None:
+        _arr("out", out, _F32, (*nhw, cout), writeable=True)
+    if out_bits is not None:
+        _arr("out_bits", out_bits, WORD_DTYPE, (*nhw, words_for(cout)), writeable=True)
+        if next_thr is None:
+            raise ValueError("next_thr: expected float32 (Cout,) with out_bits, got None")
+        _arr("next_thr", next_thr, _F32, (cout,), contiguous=True)
+
+
 def _no_overlap(outputs, inputs):
     for on, o in outputs:
         if o is None:
@@ -409,17 +423,7 @@ class Backend:
             rprelu = tuple(rprelu)
             for nm, a in zip(("gamma", "beta", "zeta"), rprelu):
                 _arr(f"rprelu.{nm}", a, _F32, (cout,), contiguous=True)
-        if out is None and out_bits is None:
-            raise ValueError("out: expected a float32 (N,Ho,Wo,Cout) array (None is "
-                             "allowed only when out_bits is given)")
-        if out is not None:
-            _arr("out", out, _F32, (n, oh, ow, cout), writeable=True)
-        if out_bits is not None:
-            _arr("out_bits", out_bits, WORD_DTYPE, (n, oh, ow, words_for(cout)),
-                 writeable=True)
-            if next_thr is None:
-                raise ValueError("next_thr: expected float32 (Cout,) with out_bits, got None")
-            _arr("next_thr", next_thr, _F32, (cout,), contiguous=True)
+        _check_float_outputs(out, out_bits, next_thr, (n, oh, ow), cout)
         threads = _int("threads", threads, 1)
         ins = [("x", x), ("residual", residual), ("mult", mult), ("bias", bias)]
         _no_overlap([("out", out), ("out_bits", out_bits)], ins)
@@ -487,17 +491,7 @@ class Backend:
         _arr("bias", bias, _F32, (cout,), contiguous=True)
         if not isinstance(relu, (bool, np.bool_)):
             raise ValueError(f"relu: expected True or False, got {relu!r}")
-        if out is None and out_bits is None:
-            raise ValueError("out: expected a float32 (N,Ho,Wo,Cout) array (None is "
-                             "allowed only when out_bits is given)")
-        if out is not None:
-            _arr("out", out, _F32, (n, ho, wo, cout), writeable=True)
-        if out_bits is not None:
-            _arr("out_bits", out_bits, WORD_DTYPE, (n, ho, wo, words_for(cout)),
-                 writeable=True)
-            if next_thr is None:
-                raise ValueError("next_thr: expected float32 (Cout,) with out_bits, got None")
-            _arr("next_thr", next_thr, _F32, (cout,), contiguous=True)
+        _check_float_outputs(out, out_bits, next_thr, (n, ho, wo), cout)
         threads = _int("threads", threads, 1)
         _no_overlap([("out", out), ("out_bits", out_bits)],
                     [("x", x), ("w", w), ("bias", bias)])
@@ -547,22 +541,36 @@ _CACHE: dict[str, Backend] = {}
 _warned_fallback = False
 
 
-def _cpu_has_avx512() -> bool:
-    """AVX512F + AVX512BW + AVX512VPOPCNTDQ, as numpy's own dispatcher sees it."""
+#: Compiled variants, fastest first, with the CPU features (numpy's names) each needs.
+_CYTHON_VARIANTS = {"avx512": ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ"),
+                    "avx2": ("AVX2", "POPCNT"),
+                    "generic": ()}
+
+
+def _cpu_has(features) -> bool:
+    """All of ``features``, as numpy's own dispatcher sees them."""
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as feats
     except Exception:  # private numpy API: be conservative if it moves
-        return False
-    return all(feats.get(f, False) for f in ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ"))
+        return not features
+    return all(feats.get(f, False) for f in features)
+
+
+def _cpu_has_avx512() -> bool:
+    return _cpu_has(_CYTHON_VARIANTS["avx512"])
 
 
 def _cpu_has_avx2() -> bool:
-    """AVX2 + POPCNT, as numpy's own dispatcher sees it."""
-    try:
-        from numpy._core._multiarray_umath import __cpu_features__ as feats
-    except Exception:  # private numpy API: be conservative if it moves
-        return False
-    return all(feats.get(f, False) for f in ("AVX2", "POPCNT"))
+    return _cpu_has(_CYTHON_VARIANTS["avx2"])
+
+
+def _cpu_supports(variant) -> bool:
+    # Through the module-level names, so tests can pretend to be another CPU.
+    return {"avx512": _cpu_has_avx512, "avx2": _cpu_has_avx2}.get(variant, lambda: True)()
+
+
+def _cython_variant(variant):
+    return _CythonImpl(f"bnnlite._bconv_{variant}", variant)
 
 
 def _load(name: str) -> Backend:
@@ -570,46 +578,28 @@ def _load(name: str) -> Backend:
         return _CACHE[name]
     if name == "cython":
         impl = None
-        if _cpu_has_avx512():
-            try:
-                impl = _CythonImpl("bnnlite._bconv_avx512", "avx512")
-            except ImportError:
-                impl = None
-        if impl is None and _cpu_has_avx2():
-            try:
-                impl = _CythonImpl("bnnlite._bconv_avx2", "avx2")
-            except ImportError:
-                impl = None
+        for variant in _CYTHON_VARIANTS:  # the fastest one the CPU runs and the build has
+            if impl is None and _cpu_supports(variant):
+                try:
+                    impl = _cython_variant(variant)
+                except ImportError as exc:
+                    missing = exc
         if impl is None:
-            try:
-                impl = _CythonImpl("bnnlite._bconv_generic", "generic")
-            except ImportError as exc:
-                raise ImportError(
-                    "bnnlite: the Cython kernels (bnnlite._bconv_generic / _bconv_avx2 "
-                    "/ _bconv_avx512) are not built; run `pip install -e .` or "
-                    "`python setup.py build_ext --inplace` with a C compiler, "
-                    f"or use BNNLITE_BACKEND=numba ({exc})") from exc
-    elif name == "cython-avx512":
-        if not _cpu_has_avx512():
-            raise RuntimeError("bnnlite: cython-avx512 needs a CPU with AVX512F, "
-                               "AVX512BW and AVX512VPOPCNTDQ; use 'cython'")
-        try:
-            impl = _CythonImpl("bnnlite._bconv_avx512", "avx512")
-        except ImportError as exc:
-            raise ImportError(f"bnnlite: bnnlite._bconv_avx512 is not built ({exc})") from exc
-    elif name == "cython-avx2":
-        if not _cpu_has_avx2():
-            raise RuntimeError("bnnlite: cython-avx2 needs a CPU with AVX2 and POPCNT; "
+            raise ImportError(
+                "bnnlite: the Cython kernels (bnnlite._bconv_generic / _bconv_avx2 "
+                "/ _bconv_avx512) are not built; run `pip install -e .` or "
+                "`python setup.py build_ext --inplace` with a C compiler, "
+                f"or use BNNLITE_BACKEND=numba ({missing})") from missing
+    elif name.startswith("cython-"):
+        variant = name[len("cython-"):]
+        if not _cpu_supports(variant):
+            feats = _CYTHON_VARIANTS[variant]
+            raise RuntimeError(f"bnnlite: {name} needs a CPU with {', '.join(feats[:-1])} and {feats[-1]}; "
                                "use 'cython'")
         try:
-            impl = _CythonImpl("bnnlite._bconv_avx2", "avx2")
+            impl = _cython_variant(variant)
         except ImportError as exc:
-            raise ImportError(f"bnnlite: bnnlite._bconv_avx2 is not built ({exc})") from exc
-    elif name == "cython-generic":
-        try:
-            impl = _CythonImpl("bnnlite._bconv_generic", "generic")
-        except ImportError as exc:
-            raise ImportError(f"bnnlite: bnnlite._bconv_generic is not built ({exc})") from exc
+            raise ImportError(f"bnnlite: bnnlite._bconv_{variant} is not built ({exc})") from exc
     elif name == "numba":
         try:
             impl = _NumbaImpl()

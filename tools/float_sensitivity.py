@@ -14,7 +14,7 @@ import torch
 
 from bnnlite.train.checkpoint import load_checkpoint
 from bnnlite.train.data import load_cifar, normalize
-from bnnlite.train.models import build_model
+from bnnlite.train.models import model_from_checkpoint
 
 
 @click.command()
@@ -29,9 +29,7 @@ def main(ckpt, data, tol):
         with resources.as_file(resources.files("bnnlite") / "data" / "cifar10_test_sample.npz") as p:
             images = np.load(p)["images"]
     ck = load_checkpoint(ckpt)
-    model = build_model(ck["config"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
-    model.eval()
+    model = model_from_checkpoint(ck)
     x = normalize(torch.from_numpy(images), ck["normalization"]["mean"], ck["normalization"]["std"])
     with torch.no_grad():
         l32 = torch.cat([model(x[i:i + 250]) for i in range(0, len(x), 250)]).numpy()

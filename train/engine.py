@@ -42,7 +42,7 @@ from tqdm import tqdm
 from . import checkpoint as ckpt_io
 from .data import augment_batch, channel_stats, load_cifar, normalize, train_val_split
 from .losses import kd_loss
-from .models import build_model, clip_latent_weights, default_config
+from .models import build_model, clip_latent_weights, default_config, model_from_checkpoint
 
 __all__ = ["TrainConfig", "train", "evaluate", "recipe_defaults"]
 
@@ -209,9 +209,7 @@ def _load_schedule(sched, saved, rank):
 
 def _load_teacher(path, mean, std):
     t = ckpt_io.load_checkpoint(path)
-    model = build_model(t["config"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in t["model"].items()})
-    model.eval()
+    model = model_from_checkpoint(t)
     for p in model.parameters():
         p.requires_grad_(False)
     tn = t["normalization"]

@@ -34,7 +34,7 @@ from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
 
 from .checkpoint import load_checkpoint
 from .data import load_cifar, normalize
-from .models import BinaryBlock, RealBlock, build_model
+from .models import BinaryBlock, RealBlock, model_from_checkpoint
 
 __all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
 
@@ -94,7 +94,6 @@ def _int_threshold(blk, t_next, flip, k_bits):
 def checkpoint_to_ops(model) -> list[OpRecord]:
     """The op list for a VGGSmall in eval mode (see module docstring for the maths)."""
     cfg = model.config
-    arch = cfg["arch"]
     ops: list[OpRecord] = []
     x = INPUT
     blocks = list(model.blocks)
@@ -188,9 +187,7 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
                       onnx_path=None, log=print) -> dict:
     """Export ``ckpt_path`` to ``out_path``; returns the metrics written into the bundle."""
     ckpt = load_checkpoint(ckpt_path)
-    model = build_model(ckpt["config"])
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
-    model.eval()
+    model = model_from_checkpoint(ckpt)
     norm = ckpt["normalization"]
     cfg = ckpt["config"]
     ops = checkpoint_to_ops(model)

@@ -174,6 +174,13 @@ def build_model(cfg: dict) -> VGGSmall:
     return VGGSmall(cfg)
 
 
+def model_from_checkpoint(ckpt: dict) -> VGGSmall:
+    """The checkpoint's network in FP32 and eval mode (weights may be stored in half precision)."""
+    model = build_model(ckpt["config"])
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
+    return model.eval()
+
+
 @torch.no_grad()
 def clip_latent_weights(model: nn.Module, bound: float = 1.0) -> None:
     """Keep the latent weights of binary convs in [-bound, bound] (after each step)."""
