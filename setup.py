@@ -3,10 +3,11 @@
 Three extensions come from the same source (kernels/_bconv.pxi +
 kernels/_bconv_kernels.h, included by three tiny .pyx files):
 
-* ``bnnlite._bconv_avx512``: -mavx512f/bw/vl/dq/vpopcntdq, used at run time
-  only when the CPU reports AVX512F + AVX512BW + AVX512VPOPCNTDQ;
-* ``bnnlite._bconv_avx2``: -mavx2 -mpopcnt (vpshufb nibble-lookup popcount),
-  used when the CPU has AVX2 + POPCNT but not the AVX-512 set above;
+* ``bnnlite._bconv_avx512``: -mavx512f/bw/vl/dq/vpopcntdq -mfma, used at run
+  time only when the CPU reports AVX512F + AVX512BW + AVX512VPOPCNTDQ + FMA3;
+* ``bnnlite._bconv_avx2``: -mavx2 -mpopcnt -mfma (vpshufb nibble-lookup
+  popcount), used when the CPU has AVX2 + POPCNT + FMA3 but not the AVX-512
+  set above;
 * ``bnnlite._bconv_generic``: portable (``__builtin_popcountll``).
 
 All are ``optional=True``: a compiler that lacks a flag (or no compiler)
@@ -45,16 +46,18 @@ def _extensions():
         return []
 
     # -ffp-contract=off: the float epilogue must round exactly like the
-    # NumPy reference and the numba backend (no mul+add fused into an FMA).
+    # NumPy reference, the numba backend and PyTorch, so only the explicit
+    # fma() / _mm*_fmadd_ps of the kernels are fused, never a mul + add the
+    # compiler happens to find.
     common = ["-O3", "-ffp-contract=off", "-fopenmp"]
     link = ["-fopenmp"]
     if sys.platform == "win32":  # MSVC spelling; no AVX-512/AVX2 build there
         common, link = ["/O2", "/fp:precise", "/openmp"], []
     avx512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq",
-              "-mavx512vpopcntdq"]
-    # No -mfma (nor -march=native): the float epilogue stays a separate
-    # multiply and add even where the compiler could contract them.
-    avx2 = ["-mavx2", "-mpopcnt"]
+              "-mavx512vpopcntdq", "-mfma"]
+    # -mfma for the explicit fused multiply-adds (no -march=native: the
+    # build must run on any CPU that has the listed features).
+    avx2 = ["-mavx2", "-mpopcnt", "-mfma"]
     flags = {"_bconv_avx512": common + avx512, "_bconv_avx2": common + avx2,
              "_bconv_generic": common}
     names = [n for n in NAMES if not (sys.platform == "win32" and n != "_bconv_generic")]

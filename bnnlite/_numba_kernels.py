@@ -8,10 +8,11 @@ Unchecked: ``bnnlite.backend`` validates every argument first.
 
 Formula (same as the Cython kernels and ``bnnlite.reference``):
     acc = k_bits - 2 * popcount(x XOR w) summed over (KH, KW, Cw)
-    float mode: y = float32(acc) * mult[co]; y = y + bias[co];
+    float mode: y = float32(acc) * scale[co]; y = fma(y, mult[co], bias[co]);
                 y = y + residual[..., co % Cres];
                 y = (y-gamma)+zeta if y >= gamma else beta*(y-gamma)+zeta
-                (numba does not contract these into FMAs without fastmath)
+                (numba contracts nothing into an FMA without fastmath; the
+                one fma is LLVM's llvm.fma intrinsic, see fma32)
     bits mode:  bit co = acc < thr[co]
 
 Weight layout (LAYOUT): Cout padded with zero words to a multiple of
@@ -19,8 +20,8 @@ CO_BLOCK, then blocks of CO_BLOCK output channels, each (KH, KW, Cw,
 CO_BLOCK) with the channels innermost, flattened, so the innermost loop
 reads CO_BLOCK consecutive words that LLVM turns into 512-bit vpopcntq.
 
-Public names: pack, bconv, conv_float, bmaxpool2, maxpool2, popcount, CO_BLOCK, P,
-LAYOUT.
+Public names: pack, bconv, conv_float, bmaxpool2, maxpool2, popcount, fma32,
+CO_BLOCK, P, LAYOUT.
 """
 from __future__ import annotations
 
@@ -31,8 +32,8 @@ from numba.extending import intrinsic
 
 from .bitpack import WORD_BITS
 
-__all__ = ["pack", "bconv", "conv_float", "bmaxpool2", "maxpool2", "popcount", "CO_BLOCK", "P",
-           "LAYOUT"]
+__all__ = ["pack", "bconv", "conv_float", "bmaxpool2", "maxpool2", "popcount", "fma32",
+           "CO_BLOCK", "P", "LAYOUT"]
 
 #: Output channels per weight block (innermost, contiguous).
 CO_BLOCK = 32
@@ -53,6 +54,17 @@ def popcount(typingctx, x):
         def codegen(context, builder, sig, args):
             return builder.ctpop(args[0])
         return types.int64(x), codegen
+    return None
+
+
+@intrinsic
+def fma32(typingctx, a, b, c):
+    """float32 a * b + c with one rounding (LLVM's llvm.fma: the vfmadd
+    instruction, or a correctly rounded libm call on a CPU without FMA)."""
+    if all(t == types.float32 for t in (a, b, c)):
+        def codegen(context, builder, sig, args):
+            return builder.fma(*args)
+        return types.float32(types.float32, types.float32, types.float32), codegen
     return None
 
 
@@ -128,7 +140,7 @@ def _tile1(x, wdata, acc, p, n, h0, w0, idx, kh, kw, cw):
 
 @njit(nogil=True, cache=True)
 def _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
-              mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+              scale, mult, bias, has_res, res, has_rp, gamma, beta, zeta,
               has_out, out, has_bits, bits, nthr, ithr, n, ho, wo_n, ridx,
               out_n, out_h, acc, wbits, y32):
     """One conv output row (n, ho), pixels 0 .. wo_n-1: floats to
@@ -162,9 +174,9 @@ def _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
                     # One short loop per step so LLVM vectorises each;
                     # the float32 order is the documented one.
                     for l in range(nco):
-                        y32[l] = np.float32(k_bits - 2 * acc[p, l]) * mult[co0 + l]
+                        y32[l] = np.float32(k_bits - 2 * acc[p, l]) * scale[co0 + l]
                     for l in range(nco):
-                        y32[l] = y32[l] + bias[co0 + l]
+                        y32[l] = fma32(y32[l], mult[co0 + l], bias[co0 + l])
                     if has_res:
                         cres = res.shape[3]
                         if cres == cout:  # no channel repeat: a contiguous, vectorisable read
@@ -202,15 +214,15 @@ def _row_scratch():
 
 @njit(types.void(_W4R, _W1R, types.int64, types.int64, types.int64, types.int64,
                  types.int64, types.int64, types.int64,
-                 _F1R, _F1R, types.int64, _F4R, types.int64, _F1R, _F1R, _F1R,
+                 _F1R, _F1R, _F1R, types.int64, _F4R, types.int64, _F1R, _F1R, _F1R,
                  types.int64, _F4, types.int64, _W4, _F1R, _I1R, types.int64), **_OPTS)
 def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
-           mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+           scale, mult, bias, has_res, res, has_rp, gamma, beta, zeta,
            has_out, out, has_bits, bits, nthr, ithr, pool):
     """acc = k_bits - 2 * popcount(x XOR w) over (KH, KW, Cw), valid conv.
 
-    mode_bits: bits[..., co] bit = acc < ithr[co].  Else y = f32(acc)*mult
-    + bias (+ res[..., co % Cres]) (-> rprelu), stored to out if has_out and
+    mode_bits: bits[..., co] bit = acc < ithr[co].  Else y = fma(f32(acc)*scale,
+    mult, bias) (+ res[..., co % Cres]) (-> rprelu), stored to out if has_out and
     packed as y < nthr into bits if has_bits.  pool (float mode only): y is
     max-pooled 2x2/2 first (max(max(y00, y01), max(y10, y11))), out/bits
     are (N,Ho//2,Wo//2,.) and res stays (N,Ho,Wo,Cres).  x word
@@ -230,7 +242,7 @@ def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
             ho = r - n * ho_n
             acc, wbits, y32 = _row_scratch()
             _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
-                      mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+                      scale, mult, bias, has_res, res, has_rp, gamma, beta, zeta,
                       has_out, out, has_bits, bits, nthr, ithr, n, ho, wo_n, ridx,
                       n, ho, acc, wbits, y32)
         return
@@ -243,7 +255,7 @@ def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
         rows = np.empty((1, 2, 2 * wp_n, cout), np.float32)  # conv rows 2i, 2i+1
         for rr in range(2):
             _conv_row(x, wdata, cout, kh, kw, cw, k_bits, stride, 0,
-                      mult, bias, has_res, res, has_rp, gamma, beta, zeta,
+                      scale, mult, bias, has_res, res, has_rp, gamma, beta, zeta,
                       1, rows, 0, bits, nthr, ithr, n, 2 * i + rr, 2 * wp_n, ridx,
                       0, rr, acc, wbits, y32)
         for j in range(wp_n):
@@ -258,12 +270,13 @@ def _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mode_bits,
                     bits[n, i, j, co // WORD_BITS] |= _ONE << np.uint64(co % WORD_BITS)
 
 
-@njit(types.void(_F4R, _arr(types.float32, 4, "C", readonly=True), _F1R, types.int64,
-                 types.int64, types.int64, _F4, types.int64, _W4, _F1R), **_OPTS)
-def _conv_float(x, w, bias, stride, relu, has_out, out, has_bits, bits, nthr):
-    """Valid float conv of a zero-padded input: acc = 0; acc = acc + x*w over
-    (i, j, c) in row-major order; y = acc + bias (relu: y > 0 or NaN ? y : 0);
-    out = y, bit co of bits = y < nthr[co] (see reference.conv_float)."""
+@njit(types.void(_F4R, _arr(types.float32, 4, "C", readonly=True), types.int64, _F1R, _F1R,
+                 types.int64, types.int64, types.int64, _F4, types.int64, _W4, _F1R), **_OPTS)
+def _conv_float(x, w, has_mult, mult, bias, stride, relu, has_out, out, has_bits, bits, nthr):
+    """Valid float conv of a zero-padded input: acc = 0; acc = fma(x, w, acc)
+    over (i, j, c) in row-major order; y = fma(acc, mult, bias) (acc + bias
+    without mult) (relu: y > 0 or NaN ? y : 0); out = y, bit co of bits =
+    y < nthr[co] (see reference.conv_float)."""
     n_img = x.shape[0]
     kh, kw, cin, cout = w.shape
     ho_n = (x.shape[1] - kh) // stride + 1
@@ -282,12 +295,15 @@ def _conv_float(x, w, bias, stride, relu, has_out, out, has_bits, bits, nthr):
                     for wo in range(wo_n):
                         xv = x[n, ho * stride + i, wo * stride + j, c]
                         for co in range(cout):
-                            acc[wo, co] = acc[wo, co] + xv * w[i, j, c, co]
+                            acc[wo, co] = fma32(xv, w[i, j, c, co], acc[wo, co])
         for wo in range(wo_n):
             for q in range(nw):
                 word = _ZERO  # assembled in a register, stored once
                 for co in range(q * WORD_BITS, min(cout, (q + 1) * WORD_BITS)):
-                    y = acc[wo, co] + bias[co]
+                    if has_mult:
+                        y = fma32(acc[wo, co], mult[co], bias[co])
+                    else:
+                        y = acc[wo, co] + bias[co]
                     if relu and not (y > 0 or y != y):
                         y = np.float32(0.0)
                     if has_out:
@@ -341,7 +357,7 @@ def pack(x, thr, out, threads):
     _pack(x, thr, out)
 
 
-def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rprelu,
+def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, scale, mult, bias, residual, rprelu,
           out, out_bits, next_thr, thr, threads, pool=False):
     """Valid binary conv; float mode if thr is None, else bits mode (see module doc).
 
@@ -353,7 +369,8 @@ def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rpre
     mode_bits = thr is not None
     g, b, z = rprelu if rprelu is not None else (_F1_DUMMY,) * 3
     _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, int(mode_bits),
-           _F1_DUMMY if mode_bits else mult, _F1_DUMMY if mode_bits else bias,
+           _F1_DUMMY if mode_bits else scale, _F1_DUMMY if mode_bits else mult,
+           _F1_DUMMY if mode_bits else bias,
            int(residual is not None), _F4_DUMMY if residual is None else residual,
            int(rprelu is not None), g, b, z,
            int(out is not None), _F4_DUMMY if out is None else out,
@@ -362,10 +379,10 @@ def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, mult, bias, residual, rpre
            thr if mode_bits else _I1_DUMMY, int(bool(pool)))
 
 
-def conv_float(x, w, bias, stride, relu, out, out_bits, next_thr, threads):
+def conv_float(x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
     """Valid float conv of a zero-padded input + fused pack (see _conv_float)."""
     _threads(threads)
-    _conv_float(x, w, bias, stride, int(bool(relu)), int(out is not None),
+    _conv_float(x, w, int(mult is not None), _F1_DUMMY if mult is None else mult, bias, stride, int(bool(relu)), int(out is not None),
                 _F4_DUMMY if out is None else out, int(out_bits is not None),
                 _W4_DUMMY if out_bits is None else out_bits,
                 _F1_DUMMY if next_thr is None else next_thr)

@@ -4,8 +4,8 @@
 same signatures for every implementation:
 
 * ``"cython"``: the compiled extension.  ``bnnlite._bconv_avx512`` when the CPU
-  has AVX512F + AVX512BW + AVX512VPOPCNTDQ, else ``bnnlite._bconv_avx2`` when
-  it has AVX2 + POPCNT, else ``bnnlite._bconv_generic`` (a variant that is not
+  has AVX512F + AVX512BW + AVX512VPOPCNTDQ + FMA3, else ``bnnlite._bconv_avx2``
+  when it has AVX2 + POPCNT + FMA3, else ``bnnlite._bconv_generic`` (a variant that is not
   built is skipped).  ``"cython-avx512"`` / ``"cython-avx2"`` /
   ``"cython-generic"`` force one build.
 * ``"numba"``: ``bnnlite._numba_kernels`` (numba is imported only then).
@@ -139,16 +139,16 @@ class _CythonImpl:
     def pack(self, x, thr, out, threads):
         self.mod.pack_raw(x, thr, out, threads)
 
-    def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
+    def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
               out_bits, next_thr, thr, threads, pool=False):
         g, b, z = rprelu if rprelu is not None else (None, None, None)
         self.mod.bconv_raw(x, pw.data, pw.kh, pw.kw, pw.cw, pw.cout, k_bits, stride,
-                           mult, bias, residual, g, b, z, out, out_bits, next_thr,
+                           scale, mult, bias, residual, g, b, z, out, out_bits, next_thr,
                            thr, threads, pool)
 
-    def conv_float(self, x, w, bias, stride, relu, out, out_bits, next_thr, threads):
+    def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
         kh, kw, cin, cout = w.shape
-        self.mod.fconv_raw(x, w.reshape(-1), kh, kw, cin, cout, stride, bias, relu, out,
+        self.mod.fconv_raw(x, w.reshape(-1), kh, kw, cin, cout, stride, mult, bias, relu, out,
                            out_bits, next_thr, threads)
 
     def bmaxpool2(self, x, out, threads):
@@ -172,14 +172,14 @@ class _NumbaImpl:
     def pack(self, x, thr, out, threads):
         self.mod.pack(x, thr, out, threads)
 
-    def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
+    def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
               out_bits, next_thr, thr, threads, pool=False):
         self.mod.bconv(x, pw.data, pw.cout, pw.kh, pw.kw, pw.cw, k_bits, stride,
-                       mult, bias, residual, rprelu, out, out_bits, next_thr, thr,
+                       scale, mult, bias, residual, rprelu, out, out_bits, next_thr, thr,
                        threads, pool)
 
-    def conv_float(self, x, w, bias, stride, relu, out, out_bits, next_thr, threads):
-        self.mod.conv_float(x, w, bias, stride, relu, out, out_bits, next_thr, threads)
+    def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
+        self.mod.conv_float(x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out, threads)
@@ -201,7 +201,7 @@ class _NumpyImpl:
     def pack(self, x, thr, out, threads):
         self.mod.pack(x, thr, out)
 
-    def bconv(self, x, pw, k_bits, stride, mult, bias, residual, rprelu, out,
+    def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
               out_bits, next_thr, thr, threads, pool=False):
         w = pw.data.reshape(pw.shape)
         if thr is not None:
@@ -210,10 +210,10 @@ class _NumpyImpl:
         if out is None:  # the reference always produces the floats
             out = np.empty(out_bits.shape[:3] + (pw.cout,), np.float32)
         self.mod.bconv_float(x, w, k_bits, stride, mult, bias, residual, rprelu,
-                             out, out_bits, next_thr, pool=pool)
+                             out, out_bits, next_thr, pool=pool, scale=scale)
 
-    def conv_float(self, x, w, bias, stride, relu, out, out_bits, next_thr, threads):
-        self.mod.conv_float(x, w, bias, stride, relu, out, out_bits, next_thr)
+    def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
+        self.mod.conv_float(x, w, bias, stride, relu, out, out_bits, next_thr, mult=mult)
 
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out)
@@ -373,13 +373,13 @@ class Backend:
 
     # ---- convolutions ----------------------------------------------------
     def bconv_float(self, x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
-                    out_bits=None, next_thr=None, threads=1, pool=False):
+                    out_bits=None, next_thr=None, threads=1, pool=False, scale=None):
         """Valid binary conv with a float32 epilogue (+ optional fused pool, pack).
 
         acc[n,ho,wo,co] = k_bits - 2 * popcount(x[n, ho*s+i, wo*s+j, :] XOR w[co,i,j,:])
         summed over (i, j) < (KH, KW) and the Cw words; then, in float32, in
-        this order and without FMA:
-            y = float(acc) * mult[co];  y = y + bias[co]
+        this order (PyTorch's: conv * alpha, then batch-norm as one FMA):
+            y = float(acc) * scale[co];  y = fma(y, mult[co], bias[co])
             y = y + residual[n,ho,wo, co % Cres]                  (if residual)
             y = (y-gamma)+zeta if y >= gamma else beta*(y-gamma)+zeta  (if rprelu)
         out[n,ho,wo,co] = y, and out_bits bit co = y < next_thr[co].
@@ -396,6 +396,7 @@ class Backend:
         wp: PreparedWeights from this backend's prepare_weights.
         k_bits: int, KH*KW*Cin (real bits).   stride: int >= 1.
         mult, bias: float32 (Cout,) contiguous.
+        scale: float32 (Cout,) contiguous, or None for all ones.
         residual: None or float32 (N,Ho,Wo,Cres) with Cout % Cres == 0.
         rprelu: None or a tuple (gamma, beta, zeta) of float32 (Cout,).
         out: float32 (N,Ho,Wo,Cout), writeable; may be None if out_bits is given.
@@ -412,6 +413,9 @@ class Backend:
         cout = wp.cout
         _arr("mult", mult, _F32, (cout,), contiguous=True)
         _arr("bias", bias, _F32, (cout,), contiguous=True)
+        if scale is None:
+            scale = np.ones(cout, np.float32)
+        _arr("scale", scale, _F32, (cout,), contiguous=True)
         if residual is not None:
             _arr("residual", residual, _F32, (n, ho, wo, None))
             cres = residual.shape[3]
@@ -425,13 +429,13 @@ class Backend:
                 _arr(f"rprelu.{nm}", a, _F32, (cout,), contiguous=True)
         _check_float_outputs(out, out_bits, next_thr, (n, oh, ow), cout)
         threads = _int("threads", threads, 1)
-        ins = [("x", x), ("residual", residual), ("mult", mult), ("bias", bias)]
+        ins = [("x", x), ("residual", residual), ("scale", scale), ("mult", mult), ("bias", bias)]
         _no_overlap([("out", out), ("out_bits", out_bits)], ins)
         if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
             raise ValueError("out overlaps out_bits: expected separate buffers")
         if n * oh * ow == 0:
             return
-        self._impl.bconv(x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
+        self._impl.bconv(x, wp, k_bits, stride, scale, mult, bias, residual, rprelu, out,
                          out_bits, next_thr if out_bits is not None else None, None,
                          threads, pool)
 
@@ -455,23 +459,24 @@ class Backend:
         threads = _int("threads", threads, 1)
         if n * ho * wo == 0:
             return
-        self._impl.bconv(x, wp, k_bits, stride, None, None, None, None, None, out,
+        self._impl.bconv(x, wp, k_bits, stride, None, None, None, None, None, None, out,
                          None, thr, threads)
 
     # ---- real-valued first layer -------------------------------------------
     def conv_float(self, x, w, bias, stride, relu, out, out_bits=None, next_thr=None,
-                   threads=1):
+                   threads=1, mult=None):
         """Valid real-valued conv (direct, for a few input channels) + fused pack.
 
         acc = 0; for (i, j, c) in row-major order:
-            acc = acc + x[n, ho*stride+i, wo*stride+j, c] * w[i, j, c, co]
-        (float32, a multiply then an add, no FMA: every backend rounds the
-        same way; BLAS-based convs may differ in the last bits); then
-        y = acc + bias[co]; relu: y = y if (y > 0 or y is NaN) else 0.
+            acc = fma(x[n, ho*stride+i, wo*stride+j, c], w[i, j, c, co], acc)
+        (float32, one rounding per tap: every backend rounds the same way, as
+        does PyTorch's oneDNN conv on an FMA CPU; BLAS-based convs may differ
+        in the last bits); then y = fma(acc, mult[co], bias[co]) (y = acc +
+        bias[co] when mult is None); relu: y = y if (y > 0 or y is NaN) else 0.
         out[n,ho,wo,co] = y; out_bits bit co = y < next_thr[co].
 
         x: float32 (N,Hp,Wp,Cin), zero padding already in place.
-        w: float32 (KH,KW,Cin,Cout), C-contiguous.  bias: float32 (Cout,).
+        w: float32 (KH,KW,Cin,Cout), C-contiguous.  bias, mult: float32 (Cout,).
         stride: int >= 1.  relu: bool.
         out: float32 (N,Ho,Wo,Cout), writeable, or None if out_bits is given.
         out_bits: None or word (N,Ho,Wo,words_for(Cout)); next_thr float32
@@ -489,17 +494,19 @@ class Backend:
                              f"got {hp}x{wp_}")
         ho, wo = (hp - kh) // stride + 1, (wp_ - kw) // stride + 1
         _arr("bias", bias, _F32, (cout,), contiguous=True)
+        if mult is not None:
+            _arr("mult", mult, _F32, (cout,), contiguous=True)
         if not isinstance(relu, (bool, np.bool_)):
             raise ValueError(f"relu: expected True or False, got {relu!r}")
         _check_float_outputs(out, out_bits, next_thr, (n, ho, wo), cout)
         threads = _int("threads", threads, 1)
         _no_overlap([("out", out), ("out_bits", out_bits)],
-                    [("x", x), ("w", w), ("bias", bias)])
+                    [("x", x), ("w", w), ("bias", bias), ("mult", mult)])
         if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
             raise ValueError("out overlaps out_bits: expected separate buffers")
         if n * ho * wo == 0:
             return
-        self._impl.conv_float(x, w, bias, stride, bool(relu), out, out_bits,
+        self._impl.conv_float(x, w, mult, bias, stride, bool(relu), out, out_bits,
                               next_thr if out_bits is not None else None, threads)
 
     # ---- pooling ---------------------------------------------------------
@@ -542,8 +549,8 @@ _warned_fallback = False
 
 
 #: Compiled variants, fastest first, with the CPU features (numpy's names) each needs.
-_CYTHON_VARIANTS = {"avx512": ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ"),
-                    "avx2": ("AVX2", "POPCNT"),
+_CYTHON_VARIANTS = {"avx512": ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ", "FMA3"),
+                    "avx2": ("AVX2", "POPCNT", "FMA3"),
                     "generic": ()}
 
 

@@ -40,7 +40,10 @@ __all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpR
            "write_bundle", "read_bundle", "seal", "MAX_BUNDLE_BYTES"]
 
 FORMAT = "bnnlite"
-FORMAT_VERSION = 2                       # 2: strings are fixed-length (1 used variable-length)
+# 3: conv2d has a BN multiplier (y = fma(conv, multiplier, bias)) and float
+#    bconv2d a scale (y = fma(acc * scale, multiplier, bias)): PyTorch's rounding;
+# 2: strings are fixed-length (1 used variable-length).
+FORMAT_VERSION = 3
 USERBLOCK = 512
 SEAL_MAGIC = b"BNNLITE-SEAL\x00\x01"
 SEAL_STRUCT = struct.Struct("<14sQ32s")  # magic, total file bytes, sha256(file[USERBLOCK:])
@@ -63,13 +66,15 @@ OP_SPECS: dict[str, dict] = {
     "conv2d": {"inputs": (1, 1), "attrs": ("cin", "cout", "kh", "kw", "stride", "padding"),
                "str_attrs": {"activation": ("none", "relu")},
                "datasets": {"weight": ("float32", ("kh", "kw", "cin", "cout")),
-                            "bias": ("float32", ("cout",))}},
+                            "bias": ("float32", ("cout",))},
+               "v3_datasets": {"multiplier": ("float32", ("cout",))}},
     "sign_pack": {"inputs": (1, 1), "attrs": ("channels",),
                   "datasets": {"threshold": ("float32", ("channels",))}},
     "bconv2d": {"inputs": (1, 2), "attrs": ("cin", "cout", "kh", "kw", "stride", "padding"),
                 "str_attrs": {"output": ("float", "bits")},
                 "datasets": {"weight": (WORD_DTYPE.name, ("cout", "kh", "kw", "cw"))},
                 "float_datasets": {"multiplier": ("float32", ("cout",)), "bias": ("float32", ("cout",))},
+                "v3_float_datasets": {"scale": ("float32", ("cout",))},
                 "rprelu_datasets": {"rprelu_gamma": ("float32", ("cout",)),
                                     "rprelu_beta": ("float32", ("cout",)),
                                     "rprelu_zeta": ("float32", ("cout",))},
@@ -312,7 +317,7 @@ def _read_dataset(group, name, dtype, shape, where):
     return arr
 
 
-def _infer(rec: dict, in_shapes, in_kinds, where):
+def _infer(rec: dict, in_shapes, in_kinds, where, version=FORMAT_VERSION):
     """Check one op against the shapes flowing in; return (attrs, out_shape, out_kind, datasets)."""
     op = rec["op"]
     spec = OP_SPECS[op]
@@ -324,6 +329,8 @@ def _infer(rec: dict, in_shapes, in_kinds, where):
         attrs[k] = v
     shape, kind = in_shapes[0], in_kinds[0]
     datasets = dict(spec["datasets"])
+    if version >= 3:
+        datasets.update(spec.get("v3_datasets", {}))
 
     def need(kind_wanted):
         if kind != kind_wanted:
@@ -343,6 +350,8 @@ def _infer(rec: dict, in_shapes, in_kinds, where):
             attrs["cw"] = words_for(attrs["cin"])
             if attrs["output"] == "float":
                 datasets.update(spec["float_datasets"])
+                if version >= 3:
+                    datasets.update(spec["v3_float_datasets"])
                 if rec["attrs"].get("rprelu", False) is True:
                     attrs["rprelu"] = True
                     datasets.update(spec["rprelu_datasets"])
@@ -413,7 +422,8 @@ def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
                 raise BundleError(f"{where}: input {s!r} is not produced by an earlier op")
         if outs[0] in shapes:
             raise BundleError(f"{where}: output {outs[0]!r} is produced twice")
-        attrs, out_shape, out_kind, datasets = _infer(rec, [shapes[s] for s in ins], [kinds[s] for s in ins], where)
+        attrs, out_shape, out_kind, datasets = _infer(rec, [shapes[s] for s in ins], [kinds[s] for s in ins], where,
+                                                      header["format_version"])
         if np.prod(out_shape, dtype=np.int64) > (1 << 26):
             raise BundleError(f"{where}: output of shape {out_shape} is implausibly large")
         group = g_ops.get(name) if g_ops is not None else None

@@ -27,6 +27,7 @@ import numpy as np
 
 from .bitpack import WORD_DTYPE, words_for
 from .bundle import INPUT, OUTPUT, Bundle
+from .reference import fma32
 
 SCRATCH_BYTES = 16 << 20
 
@@ -59,12 +60,14 @@ class RuntimeOp:
 
 
 class Conv2D(RuntimeOp):
-    """Real-valued conv, folded BN in weight/bias, optional ReLU.
+    """Real-valued conv, then BN folded into a per-channel multiplier and bias
+    (y = fma(conv, multiplier, bias), as PyTorch rounds conv -> BatchNorm;
+    bundles of format 2 have no multiplier: y = conv + bias), optional ReLU.
 
     With at most DIRECT_MAX_CIN input channels (the first layer) it runs the
     backend's direct kernel (``Backend.conv_float``: fixed float order, the
-    same bits on every backend, and a following sign_pack fused in);
-    otherwise im2col + BLAS."""
+    same bits on every backend, PyTorch's on an FMA CPU, and a following
+    sign_pack fused in); otherwise im2col + BLAS (BLAS's summation order)."""
     kind = "float"
     DIRECT_MAX_CIN = 4
 
@@ -74,6 +77,7 @@ class Conv2D(RuntimeOp):
         self.w2d = np.ascontiguousarray(self.arrays["weight"].reshape(a["kh"] * a["kw"] * a["cin"], a["cout"]))
         self.w4d = self.w2d.reshape(a["kh"], a["kw"], a["cin"], a["cout"])
         self.bias = self.arrays["bias"]
+        self.mult = self.arrays.get("multiplier")  # None in format-2 bundles
         self.direct = a["cin"] <= self.DIRECT_MAX_CIN
         self.fused_pack = None  # (tensor name, thresholds) once a sign_pack is fused in
 
@@ -111,7 +115,8 @@ class Conv2D(RuntimeOp):
             if self.fused_pack is not None:
                 out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
             ctx.backend.conv_float(pad, self.w4d, self.bias, s, a["activation"] == "relu",
-                                   t[self.outputs[0]], out_bits, next_thr, ctx.threads)
+                                   t[self.outputs[0]], out_bits, next_thr, ctx.threads,
+                                   mult=self.mult)
             return
         cols = ctx.scratch[self.name]["cols"]
         for i in range(a["kh"]):
@@ -123,7 +128,10 @@ class Conv2D(RuntimeOp):
         # depend on the batch it came in (BLAS picks different kernels for other M).
         np.matmul(cols.reshape(n, ho * wo, -1), self.w2d, out=out.reshape(n, ho * wo, cout))
         out2d = out.reshape(-1, cout)
-        out2d += self.bias
+        if self.mult is None:
+            out2d += self.bias
+        else:
+            out2d[...] = fma32(out2d, self.mult, self.bias)
         if a["activation"] == "relu":
             np.maximum(out2d, 0, out=out2d)
 
@@ -138,7 +146,9 @@ class SignPack(RuntimeOp):
 
 
 class BConv2D(RuntimeOp):
-    """XNOR-popcount conv: acc = K - 2*popcount(x XOR w), then the folded output transform."""
+    """XNOR-popcount conv: acc = K - 2*popcount(x XOR w), then the folded output transform
+    (float: y = fma(acc * scale, multiplier, bias) [+ residual] [-> RPReLU];
+    bits: acc < threshold)."""
     kind = "?"
     bits = 1
 
@@ -148,6 +158,11 @@ class BConv2D(RuntimeOp):
         self.kind = "bits" if a["output"] == "bits" else "float"
         self.k_bits = a["kh"] * a["kw"] * a["cin"]
         self.prepared = backend.prepare_weights(self.arrays["weight"], cin=a["cin"])
+        if self.kind == "float" and "scale" not in self.arrays:
+            # Format 2: y = acc * multiplier + bias, two roundings; the same floats
+            # as fma(acc * scale, 1, bias) with scale = that multiplier.
+            self.arrays = {**self.arrays, "scale": self.arrays["multiplier"],
+                           "multiplier": np.ones_like(self.arrays["multiplier"])}
         self.rprelu = None
         if a.get("rprelu"):
             self.rprelu = (self.arrays["rprelu_gamma"], self.arrays["rprelu_beta"], self.arrays["rprelu_zeta"])
@@ -181,7 +196,7 @@ class BConv2D(RuntimeOp):
         ctx.backend.bconv_float(x, self.prepared, self.k_bits, self.attrs["stride"],
                                 self.arrays["multiplier"], self.arrays["bias"], res, self.rprelu,
                                 t[self.outputs[0]], out_bits, next_thr, ctx.threads,
-                                pool=self.pool)
+                                pool=self.pool, scale=self.arrays["scale"])
 
 
 class MaxPool2D(RuntimeOp):

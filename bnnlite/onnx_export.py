@@ -6,7 +6,8 @@ The ONNX graph takes the *normalised* float32 NCHW batch ``input`` and gives
 ``logits``.  Binary layers become what a generic engine can run -- the
 prototype's "ONNX BNN": ``Sign`` on the (thresholded) activations, a
 ``Pad`` with +1 (our padding convention), and a float ``Conv`` whose weights
-are the +-1 values times the folded multiplier, plus the folded bias.  Bits
+are the +-1 values times scale * multiplier, plus the folded bias (one
+rounding fewer than bnnlite's fma(acc * scale, multiplier, bias)).  Bits
 produced by an integer threshold (XNOR-Net layers) become
 ``Sign(acc - thr + 0.5)``, exact because acc and thr are integers.
 
@@ -47,6 +48,8 @@ def bundle_to_onnx_model(bundle, opset: int = 17):
         x, out = rec.inputs[0], rec.outputs[0]
         if rec.op == "conv2d":
             w = ar["weight"].transpose(3, 2, 0, 1)  # (KH,KW,Cin,Cout) -> OIHW
+            if "multiplier" in ar:  # format 3: y = fma(conv, multiplier, bias)
+                w = w * ar["multiplier"][:, None, None, None]
             p = a["padding"]
             y = node("Conv", [x, const(n + "_w", w), const(n + "_b", ar["bias"])], [out if a["activation"] == "none" else n + "_pre"],
                      kernel_shape=[a["kh"], a["kw"]], strides=[a["stride"]] * 2, pads=[p] * 4)
@@ -71,7 +74,8 @@ def bundle_to_onnx_model(bundle, opset: int = 17):
                 d = node("Add", [acc, shift], [n + "_d"])
                 pm1[out] = node("Sign", [d], [out])
                 continue
-            wf = (w * ar["multiplier"][:, None, None, None]).astype(np.float32)
+            m = ar["multiplier"] * ar.get("scale", 1.0)
+            wf = (w * m[:, None, None, None]).astype(np.float32)
             y = node("Conv", [xin, const(n + "_w", wf), const(n + "_b", ar["bias"])], [n + "_y"],
                      kernel_shape=[a["kh"], a["kw"]], strides=[a["stride"]] * 2)
             if len(rec.inputs) > 1:

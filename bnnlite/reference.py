@@ -6,14 +6,17 @@ the float32 operations are done in exactly the order the compiled kernels
 use, so results agree bit for bit:
 
     acc = K - 2 * popcount(x XOR w)        (int, summed over KH, KW, Cw)
-    t = float32(acc) * mult[co]
-    t = t + bias[co]
+    t = float32(acc) * scale[co]
+    t = fma(t, mult[co], bias[co])                  (one rounding: fma32)
     t = t + residual[n, ho, wo, co % Cres]          (if residual)
     t = (t - gamma) + zeta  if t >= gamma  else  beta * (t - gamma) + zeta
                                                     (if rprelu)
 
+which is also PyTorch's own float32 order for alpha * conv -> BatchNorm ->
++ shortcut -> RPReLU (docs/conventions.md).
+
 Public names: pack, prepare_weights, bconv_popcount, bconv_float,
-bconv_bits, conv_float, bmaxpool2, maxpool2, LAYOUT.
+bconv_bits, conv_float, bmaxpool2, maxpool2, fma32, LAYOUT.
 """
 from __future__ import annotations
 
@@ -22,11 +25,34 @@ import numpy as np
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 
 __all__ = ["pack", "prepare_weights", "bconv_popcount", "bconv_float",
-           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "LAYOUT"]
+           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "fma32", "LAYOUT"]
 
 #: Name of the prepared-weight layout of this backend: the bitpack layout
 #: (Cout, KH, KW, Cw) itself, C-contiguous.
 LAYOUT = "numpy-ohwc"
+
+
+def fma32(a, b, c) -> np.ndarray:
+    """float32 ``a * b + c`` rounded once, like the C ``fmaf`` (NumPy has no fma).
+
+    In float64 the product of two float32 is exact; the sum is rounded to
+    float64 *to odd* (its exact error e comes from TwoSum: if e != 0 and the
+    last bit is even, step one ulp towards e), and rounding that to float32
+    is then correctly rounded (Boldo & Melquiond: to-odd with >= 2 extra bits
+    makes the double rounding innocuous; 53 >= 24 + 2).  Broadcasts like a ufunc.
+    """
+    a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
+    p = a * b                      # exact
+    s = p + c
+    with np.errstate(invalid="ignore"):  # inf - inf when s is inf: handled below
+        bp = s - p
+        e = (p - (s - bp)) + (c - bp)  # TwoSum: p + c == s + e exactly
+    bits = np.ascontiguousarray(s).view(np.int64).reshape(s.shape)
+    even = (bits & 1) == 0
+    step = np.where((e > 0) == (s > 0), 1, -1)   # away from / towards zero
+    inexact = (e != 0) & np.isfinite(e)          # e is NaN when s is inf or NaN
+    odd = np.where(inexact & even, bits + step, bits).view(np.float64)
+    return odd.astype(np.float32)
 
 
 def _pack_words(bits: np.ndarray) -> np.ndarray:
@@ -76,11 +102,11 @@ def bconv_popcount(x, w, stride):
     return pop
 
 
-def _float_chain(acc, mult, bias, residual, rprelu):
+def _float_chain(acc, scale, mult, bias, residual, rprelu):
     """The float32 epilogue, one operation at a time (see module docstring)."""
     cout = acc.shape[-1]
-    t = acc.astype(np.float32) * mult
-    t = t + bias
+    t = acc.astype(np.float32) * scale
+    t = fma32(t, mult, bias)
     if residual is not None:
         reps = cout // residual.shape[-1]
         t = t + np.tile(residual, (1,) * (residual.ndim - 1) + (reps,))
@@ -92,17 +118,19 @@ def _float_chain(acc, mult, bias, residual, rprelu):
 
 
 def bconv_float(x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
-                out_bits=None, next_thr=None, threads=1, pool=False):
+                out_bits=None, next_thr=None, threads=1, pool=False, scale=None):
     """Valid binary conv with the float epilogue (see module docstring).
 
     x word (N,Hp,Wp,Cw) (zero-word border = +1 padding already in place);
     wp prepared weights (Cout,KH,KW,Cw); out float32 (N,Ho,Wo,Cout);
     out_bits word (N,Ho,Wo,words_for(Cout)) gets bit co = y < next_thr[co].
     pool: y is max-pooled 2x2/2 (as maxpool2) before it is stored and
-    packed; out/out_bits are then (N,Ho//2,Wo//2,.).
+    packed; out/out_bits are then (N,Ho//2,Wo//2,.).  scale None: all ones.
     """
     acc = k_bits - 2 * bconv_popcount(x, wp, stride)
-    y = _float_chain(acc, mult, bias, residual, rprelu)
+    if scale is None:
+        scale = np.ones(wp.shape[0], np.float32)
+    y = _float_chain(acc, scale, mult, bias, residual, rprelu)
     if pool:
         yp = np.empty(out.shape, np.float32)
         maxpool2(y, yp)
@@ -118,12 +146,14 @@ def bconv_bits(x, wp, k_bits, stride, thr, out, threads=1):
     out[...] = _pack_words(acc < thr.astype(np.int64))
 
 
-def conv_float(x, w, bias, stride, relu, out, out_bits=None, next_thr=None, threads=1):
+def conv_float(x, w, bias, stride, relu, out, out_bits=None, next_thr=None, threads=1,
+               mult=None):
     """Valid real-valued conv of an already zero-padded input (first layer).
 
     acc = 0, then for (i, j, c) in row-major order
-    acc = acc + x[n, ho*s+i, wo*s+j, c] * w[i, j, c, co]  (float32, one
-    multiply and one add each, no FMA); y = acc + bias[co]; with relu
+    acc = fma(x[n, ho*s+i, wo*s+j, c], w[i, j, c, co], acc)  (float32, one
+    rounding per tap, as oneDNN's conv on an FMA CPU); y = fma(acc,
+    mult[co], bias[co]) (y = acc + bias[co] if mult is None); with relu
     y = y if (y > 0 or y is NaN) else 0.  out[...] = y (if out is not None);
     out_bits bit co = y < next_thr[co].
     x float32 (N,Hp,Wp,Cin); w float32 (KH,KW,Cin,Cout); bias (Cout,).
@@ -137,8 +167,8 @@ def conv_float(x, w, bias, stride, relu, out, out_bits=None, next_thr=None, thre
         for j in range(kw):
             patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
             for c in range(cin):
-                acc = acc + patch[..., c:c + 1] * w[i, j, c]
-    y = acc + bias
+                acc = fma32(patch[..., c:c + 1], w[i, j, c], acc)
+    y = acc + bias if mult is None else fma32(acc, mult, bias)
     if relu:
         y = np.where((y > 0) | (y != y), y, np.float32(0)).astype(np.float32)
     if out is not None:

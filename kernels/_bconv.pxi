@@ -33,6 +33,7 @@ cdef extern from "_bconv_kernels.h" nogil:
         Py_ssize_t sxh, sxw
         const bnn_word_t *w
         int64_t k_bits
+        const float *scale
         const float *mult
         const float *bias
         int cres
@@ -54,6 +55,7 @@ cdef extern from "_bconv_kernels.h" nogil:
         int kh, kw, cin, cout, stride, wo
         Py_ssize_t sxh, sxw
         const float *w
+        const float *mult
         const float *bias
         int relu
         const float *thr
@@ -110,10 +112,10 @@ def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
 
 def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
               int kh, int kw, int cw, int cout, long long k_bits, int stride,
-              mult, bias, residual, gamma, beta, zeta,
+              scale, mult, bias, residual, gamma, beta, zeta,
               out, out_bits, next_thr, thr, int threads, bint pool=False):
     """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
-    (mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
+    (scale/mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
     backend.bconv_bits (thr given)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
@@ -131,6 +133,7 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     prm.sxw = x.strides[2] // sizeof(word_t)
     prm.w = <const bnn_word_t *>&wdata[0]
     prm.k_bits = k_bits
+    prm.scale = NULL
     prm.mult = NULL
     prm.bias = NULL
     prm.cres = 1
@@ -141,7 +144,7 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     prm.thr = NULL
 
     # Typed views of the optional arrays; unused ones stay empty / NULL.
-    cdef const float[::1] mult_v, bias_v, gamma_v, beta_v, zeta_v, nthr_v
+    cdef const float[::1] scale_v, mult_v, bias_v, gamma_v, beta_v, zeta_v, nthr_v
     cdef const int32_t[::1] thr_v
     cdef const float[:, :, :, :] res_v
     cdef float[:, :, :, :] out_v
@@ -156,8 +159,10 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
         thr_v = thr
         prm.thr = &thr_v[0]
     else:
+        scale_v = scale
         mult_v = mult
         bias_v = bias
+        prm.scale = &scale_v[0]
         prm.mult = &mult_v[0]
         prm.bias = &bias_v[0]
         if gamma is not None:
@@ -227,7 +232,7 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
 
 
 def fconv_raw(const float[:, :, :, :] x, const float[::1] w, int kh, int kw, int cin,
-              int cout, int stride, const float[::1] bias, bint relu, out, out_bits,
+              int cout, int stride, mult, const float[::1] bias, bint relu, out, out_bits,
               next_thr, int threads):
     """Valid float conv of a zero-padded input (small Cin) + fused pack; see
     backend.conv_float."""
@@ -247,6 +252,11 @@ def fconv_raw(const float[:, :, :, :] x, const float[::1] w, int kh, int kw, int
     fp.sxw = x.strides[2] // sizeof(float)
     fp.w = &w[0]
     fp.bias = &bias[0]
+    fp.mult = NULL
+    cdef const float[::1] mult_v
+    if mult is not None:
+        mult_v = mult
+        fp.mult = &mult_v[0]
     fp.relu = 1 if relu else 0
     fp.thr = NULL
     cdef const float[::1] thr_v

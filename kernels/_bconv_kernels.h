@@ -20,10 +20,15 @@
  * channel axis, tail bits 0, zero word = +1 padding, and for K real bits
  * dot = K - 2 * popcount(a XOR w).
  *
- * Float order (must match reference.py and the numba backend bit for bit;
- * the build uses -ffp-contract=off so nothing is fused into an FMA):
- *   t = (float)acc * mult[co]; t = t + bias[co]; t = t + residual;
+ * Float order (must match reference.py and the numba backend bit for bit,
+ * and is PyTorch's own order, docs/conventions.md; the build uses
+ * -ffp-contract=off so only the fma() calls written below are fused):
+ *   t = (float)acc * scale[co]; t = fma(t, mult[co], bias[co]);
+ *   t = t + residual;
  *   rprelu: t >= gamma ? (t - gamma) + zeta : beta * (t - gamma) + zeta
+ * and for the direct float conv: acc = fma(x, w, acc) over (i, j, c) in
+ * row-major order, then y = fma(acc, mult[co], bias[co]) (acc + bias[co]
+ * without mult).
  *
  * Public (to the .pxi): bnn_word_t, BNN_WORD_BITS, BNN_LANES, BNN_CO_BLOCK,
  * BNN_HAVE_AVX512, BNN_HAVE_AVX2, bnn_conv_params, bnn_conv_row, bnn_conv_row_pool2,
@@ -32,6 +37,7 @@
 #ifndef BNNLITE_BCONV_KERNELS_H
 #define BNNLITE_BCONV_KERNELS_H
 
+#include <math.h>
 #include <stdint.h>
 #include <stddef.h>
 
@@ -101,7 +107,7 @@ typedef struct {
     ptrdiff_t sxh, sxw;      /* input strides in words (H and W axes) */
     const bnn_word_t *w;     /* prepared weights (see prepare_weights) */
     int64_t k_bits;          /* K real bits: acc = K - 2 * popcount */
-    const float *mult, *bias;            /* float mode (NULL in bits mode) */
+    const float *scale, *mult, *bias;    /* float mode (NULL in bits mode) */
     int cres;                            /* residual channels (co % cres) */
     const float *gamma, *beta, *zeta;    /* rprelu or NULL */
     const float *next_thr;               /* fused pack threshold or NULL */
@@ -188,8 +194,9 @@ BNN_INLINE void bnn_epilogue_regs(const bnn_conv_params *prm, const __m512i *pop
             const __m512i a1 = _mm512_sub_epi64(kv, _mm512_add_epi64(pop[v + 1], pop[v + 1]));
             y = _mm512_insertf32x8(y, _mm512_cvtepi64_ps(a1), 1);
         }
-        y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(lm, prm->mult + co));
-        y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(lm, prm->bias + co));
+        y = _mm512_mul_ps(y, _mm512_maskz_loadu_ps(lm, prm->scale + co));
+        y = _mm512_fmadd_ps(y, _mm512_maskz_loadu_ps(lm, prm->mult + co),
+                            _mm512_maskz_loadu_ps(lm, prm->bias + co));
         if (res_px) {
             __m512 r;
             const int cres = prm->cres;
@@ -283,8 +290,8 @@ BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
             *wbits |= (bnn_word_t)(a < (int64_t)prm->thr[co]) << sh;
             continue;
         }
-        float y = (float)a * prm->mult[co];
-        y = y + prm->bias[co];
+        float y = (float)a * prm->scale[co];
+        y = fmaf(y, prm->mult[co], prm->bias[co]);
         if (res_px)
             y = y + res_px[co % prm->cres];
         if (prm->gamma) {
@@ -302,8 +309,8 @@ BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
 
 #if BNN_AVX2
 /* The portable epilogue, 8 channels (one group) at a time: the same
- * per-channel integer and float32 operations in the same order (separate
- * vmulps / vaddps, no FMA), so the results are identical.  A last group of
+ * per-channel integer and float32 operations in the same order (vmulps,
+ * then one vfmadd for fmaf), so the results are identical.  A last group of
  * fewer than 8 channels goes through bnn_epilogue.  t: the int64 popcounts
  * of one pixel, channel co0 + l at t[l]. */
 BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
@@ -337,8 +344,8 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
         const __m256i lo = _mm256_permutevar8x32_epi32(a0, even);
         const __m256i hi = _mm256_permutevar8x32_epi32(a1, even);
         __m256 y = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x20));
-        y = _mm256_mul_ps(y, _mm256_loadu_ps(prm->mult + co));
-        y = _mm256_add_ps(y, _mm256_loadu_ps(prm->bias + co));
+        y = _mm256_mul_ps(y, _mm256_loadu_ps(prm->scale + co));
+        y = _mm256_fmadd_ps(y, _mm256_loadu_ps(prm->mult + co), _mm256_loadu_ps(prm->bias + co));
         if (res_px) {
             __m256 r;
             if (cres % BNN_LANES == 0) {
@@ -748,6 +755,7 @@ typedef struct {
     int kh, kw, cin, cout, stride, wo;
     ptrdiff_t sxh, sxw;      /* input strides in floats (H and W axes) */
     const float *w;          /* (kh, kw, cin, cout), C-contiguous */
+    const float *mult;       /* (cout,) folded BN multiplier, or NULL */
     const float *bias;       /* (cout,) */
     int relu;                /* y = y > 0 || y != y ? y : 0 (np.maximum(y, 0)) */
     const float *thr;        /* fused pack threshold or NULL */
@@ -758,7 +766,7 @@ typedef struct {
 
 #if BNN_AVX2
 /* ybuf[p][l] = acc of pixel p (input at xp[p]) and channel co + l, l < 16:
- *   acc = 0; for (i, j, c) in row-major order: acc = acc + x[i*sxh + j*sxw + c] * w[i, j, c, co + l]
+ *   acc = 0; for (i, j, c) in row-major order: acc = fma(x[i*sxh + j*sxw + c], w[i, j, c, co + l], acc)
  * with wt = &w[0, 0, 0, co] (taps cout floats apart).  One flat loop over
  * the taps and only constant indices into acc, so the 8 accumulators stay
  * in registers.  full: all 16 channels exist (plain loads); else only the
@@ -781,7 +789,7 @@ BNN_INLINE void bnn_fconv_acc_avx2(const bnn_fconv_params *fp, const float *cons
         for (int p = 0; p < BNN_FP; p++) {
             const __m256 xb = _mm256_broadcast_ss(xp[p] + xo);
             for (int v = 0; v < 2; v++)
-                acc[p][v] = _mm256_add_ps(acc[p][v], _mm256_mul_ps(xb, wv[v]));
+                acc[p][v] = _mm256_fmadd_ps(xb, wv[v], acc[p][v]);
         }
         xo++;
         if (++c == cin) {         /* next j */
@@ -800,10 +808,11 @@ BNN_INLINE void bnn_fconv_acc_avx2(const bnn_fconv_params *fp, const float *cons
 #endif
 
 /* One output row of a valid float conv over an already zero-padded input:
- *   acc = 0; for (i, j, c) in row-major order: acc = acc + x[ho*s+i, wo*s+j, c] * w[i, j, c, co]
- *   y = acc + bias[co];  if relu: y = (y > 0 || y != y) ? y : 0
- * (separate multiply and add, -ffp-contract=off, the order of
- * reference.conv_float), stored to out_row[wo*s_out_w + co] (if out_row)
+ *   acc = 0; for (i, j, c) in row-major order: acc = fma(x[ho*s+i, wo*s+j, c], w[i, j, c, co], acc)
+ *   y = fma(acc, mult[co], bias[co])  (y = acc + bias[co] if mult is NULL)
+ *   if relu: y = (y > 0 || y != y) ? y : 0
+ * (the order of reference.conv_float and of PyTorch's oneDNN conv + BN on
+ * an FMA CPU), stored to out_row[wo*s_out_w + co] (if out_row)
  * and packed as bit co = y < thr[co] into bits_row[wo*s_bits_w + co/64]
  * (if bits_row).  xrow = &x[n, ho*stride, 0, 0]. */
 BNN_CLONES
@@ -842,14 +851,16 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                         for (int p = 0; p < BNN_FP; p++) {
                             const __m512 xb = _mm512_set1_ps(xp[p][xo]);
                             for (int v = 0; v < 4; v++)
-                                acc[p][v] = _mm512_add_ps(acc[p][v], _mm512_mul_ps(xb, wv[v]));
+                                acc[p][v] = _mm512_fmadd_ps(xb, wv[v], acc[p][v]);
                         }
                     }
             for (int p = 0; p < np; p++) {
                 bnn_word_t bits = 0;
                 for (int v = 0; v < 4 && 16 * v < nco; v++) {
                     const int co = co0 + 16 * v;
-                    __m512 y = _mm512_add_ps(acc[p][v], _mm512_maskz_loadu_ps(lm[v], fp->bias + co));
+                    const __m512 b = _mm512_maskz_loadu_ps(lm[v], fp->bias + co);
+                    __m512 y = fp->mult ? _mm512_fmadd_ps(acc[p][v], _mm512_maskz_loadu_ps(lm[v], fp->mult + co), b)
+                                        : _mm512_add_ps(acc[p][v], b);
                     if (fp->relu) {
                         const __m512 z = _mm512_setzero_ps();
                         const __mmask16 keep = _mm512_cmp_ps_mask(y, z, _CMP_GT_OQ) |
@@ -889,9 +900,15 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                         const int cv = co + 8 * v, full = nco - c16 - 8 * v >= 8;
                         /* masked loads/stores only for a last partial vector
                          * (vmaskmovps stores are slow on some CPUs) */
-                        __m256 y = _mm256_add_ps(_mm256_loadu_ps(ybuf[p] + 8 * v),
-                                                 full ? _mm256_loadu_ps(fp->bias + cv)
-                                                      : _mm256_maskload_ps(fp->bias + cv, lm[v]));
+                        const __m256 a = _mm256_loadu_ps(ybuf[p] + 8 * v);
+                        const __m256 b = full ? _mm256_loadu_ps(fp->bias + cv)
+                                              : _mm256_maskload_ps(fp->bias + cv, lm[v]);
+                        __m256 y;
+                        if (fp->mult)
+                            y = _mm256_fmadd_ps(a, full ? _mm256_loadu_ps(fp->mult + cv)
+                                                        : _mm256_maskload_ps(fp->mult + cv, lm[v]), b);
+                        else
+                            y = _mm256_add_ps(a, b);
                         if (fp->relu) {
                             const __m256 z = _mm256_setzero_ps();
                             const __m256 keep = _mm256_or_ps(_mm256_cmp_ps(y, z, _CMP_GT_OQ),
@@ -929,11 +946,12 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                             const float xv = xq[i * fp->sxh + j * fp->sxw + c];
                             const float *wt = fp->w + (ptrdiff_t)t * cout + co0;
                             for (int l = 0; l < nco; l++)
-                                acc[l] = acc[l] + xv * wt[l];
+                                acc[l] = fmaf(xv, wt[l], acc[l]);
                         }
                 bnn_word_t bits = 0;
                 for (int l = 0; l < nco; l++) {
-                    float y = acc[l] + fp->bias[co0 + l];
+                    float y = fp->mult ? fmaf(acc[l], fp->mult[co0 + l], fp->bias[co0 + l])
+                                       : acc[l] + fp->bias[co0 + l];
                     if (fp->relu)
                         y = (y > 0.0f || y != y) ? y : 0.0f;
                     if (out_row)

@@ -648,8 +648,8 @@ class TestExportCli:
         ckpt = write_checkpoint(tiny_models["birealnet"], tmp_path / "b.pt")
         real = ex.checkpoint_to_ops
 
-        def broken(model):
-            ops = real(model)
+        def broken(model, log=None):
+            ops = real(model, log)
             rec = next(o for o in ops if o.name == "bconv3")
             rec.arrays["multiplier"] = -rec.arrays["multiplier"]
             return ops

@@ -99,11 +99,11 @@ class Case:
 
 
 def _float_out(be, c, wp, mult, bias, residual=None, rprelu=None, next_thr=None,
-               threads=1):
+               threads=1, scale=None):
     out = np.full(c.out_shape, np.nan, np.float32)
     bits = None if next_thr is None else np.full(c.bits_shape, GARBAGE_WORD, WORD_DTYPE)
     be.bconv_float(c.x, wp, c.k_bits, c.stride, mult, bias, residual, rprelu, out,
-                   bits, next_thr, threads)
+                   bits, next_thr, threads, scale=scale)
     return out, bits
 
 
@@ -172,7 +172,7 @@ class TestConvFloat:
     @SETTINGS
     def test_bit_identical_to_reference(self, be, ref, case, use_res, use_rp, res_div):
         c = Case(**case)
-        mult, bias = c.f32(c.cout) * 0.1, c.f32(c.cout)
+        scale, mult, bias = c.f32(c.cout) * 0.1, c.f32(c.cout), c.f32(c.cout)
         residual = None
         if use_res:
             cres = c.cout // res_div if c.cout % res_div == 0 else c.cout
@@ -180,9 +180,9 @@ class TestConvFloat:
         rprelu = (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)) if use_rp else None
         nthr = c.f32(c.cout)
         got, got_bits = _float_out(be, c, be.prepare_weights(c.w), mult, bias, residual,
-                                   rprelu, nthr)
+                                   rprelu, nthr, scale=scale)
         want, want_bits = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias,
-                                     residual, rprelu, nthr)
+                                     residual, rprelu, nthr, scale=scale)
         assert np.array_equal(got, want), np.abs(got - want).max()
         np.testing.assert_array_equal(got_bits, want_bits)
         # the fused "sign + pack" equals packing the float output
@@ -191,12 +191,12 @@ class TestConvFloat:
     def test_epilogue_formula_by_hand(self, be):
         c = Case(n=1, h=3, w=3, k=3, pad=1, cin=64, cout=16, stride=1, seed=3)
         acc = c.oracle_acc().astype(np.float32)
-        mult, bias = c.f32(c.cout), c.f32(c.cout)
+        scale, mult, bias = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
         res = c.f32(1, 3, 3, 8)
         gamma, beta, zeta = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
         out, _ = _float_out(be, c, be.prepare_weights(c.w), mult, bias, res,
-                            (gamma, beta, zeta))
-        y = acc * mult + bias + np.concatenate([res, res], axis=-1)
+                            (gamma, beta, zeta), scale=scale)
+        y = reference.fma32(acc * scale, mult, bias) + np.concatenate([res, res], axis=-1)
         want = np.where(y >= gamma, (y - gamma) + zeta, beta * (y - gamma) + zeta)
         np.testing.assert_array_equal(out, want.astype(np.float32))
 
@@ -232,12 +232,14 @@ class TestConvPool:
         c = Case(**case)
         assume(c.ho >= 2 and c.wo >= 2)
         mult, bias, nthr = c.f32(c.cout) * 0.1, c.f32(c.cout), c.f32(c.cout)
+        scale = c.f32(c.cout)
         residual = None
         if use_res:
             cres = c.cout // res_div if c.cout % res_div == 0 else c.cout
             residual = c.f32(c.n, c.ho, c.wo, cres)
         rprelu = (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)) if use_rp else None
-        full, _ = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias, residual, rprelu)
+        full, _ = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias, residual, rprelu,
+                             scale=scale)
         pshape = (c.n, c.ho // 2, c.wo // 2)
         want = np.empty(pshape + (c.cout,), np.float32)
         reference.maxpool2(full, want)
@@ -245,7 +247,7 @@ class TestConvPool:
             out = np.full(pshape + (c.cout,), np.nan, np.float32) if with_out else None
             bits = np.full(pshape + (words_for(c.cout),), GARBAGE_WORD, WORD_DTYPE)
             b.bconv_float(c.x, b.prepare_weights(c.w), c.k_bits, c.stride, mult, bias,
-                          residual, rprelu, out, bits, nthr, pool=True)
+                          residual, rprelu, out, bits, nthr, pool=True, scale=scale)
             if with_out:
                 assert np.array_equal(out, want), b.name
             np.testing.assert_array_equal(bits, pack_bits(want, nthr), err_msg=b.name)
@@ -291,22 +293,24 @@ class TestConvFloatReal:
     @given(n=st.integers(1, 3), h=st.integers(1, 9), w=st.integers(1, 9),
            cin=st.integers(1, 4), cout=st.sampled_from([1, 3, 16, 63, 64, 65, 128, 130]),
            k=st.sampled_from([1, 3]), stride=st.sampled_from([1, 2]),
-           relu=st.booleans(), with_out=st.booleans(), seed=st.integers(0, 2**32 - 1))
+           relu=st.booleans(), with_out=st.booleans(), with_mult=st.booleans(),
+           seed=st.integers(0, 2**32 - 1))
     @SETTINGS
     def test_equals_reference(self, be, ref, n, h, w, cin, cout, k, stride, relu,
-                              with_out, seed):
+                              with_out, with_mult, seed):
         rng = np.random.default_rng(seed)
         x = np.zeros((n, h + 2, w + 2, cin), np.float32)
         x[:, 1:-1, 1:-1] = rng.standard_normal((n, h, w, cin))
         wt = rng.standard_normal((k, k, cin, cout)).astype(np.float32)
-        bias, nthr = (rng.standard_normal(cout).astype(np.float32) for _ in range(2))
+        bias, nthr, mult = (rng.standard_normal(cout).astype(np.float32) for _ in range(3))
+        mult = mult if with_mult else None
         ho, wo = (h + 2 - k) // stride + 1, (w + 2 - k) // stride + 1
         res = []
         for b in (be, ref):
             out = np.full((n, ho, wo, cout), np.nan, np.float32)
             bits = np.full((n, ho, wo, words_for(cout)), GARBAGE_WORD, WORD_DTYPE)
             b.conv_float(x, wt, bias, stride, relu, out if with_out or b is ref else None,
-                         bits, nthr)
+                         bits, nthr, mult=mult)
             res.append((out, bits))
         if with_out:
             assert np.array_equal(res[0][0], res[1][0])
@@ -317,7 +321,7 @@ class TestConvFloatReal:
             for j in range(k):
                 patch = x[:, i:i + stride * (ho - 1) + 1:stride, j:j + stride * (wo - 1) + 1:stride]
                 want += np.einsum("nhwc,co->nhwo", patch.astype(np.float64), wt[i, j])
-        want += bias
+        want = want * (1.0 if mult is None else mult) + bias
         if relu:
             want = np.maximum(want, 0)
         np.testing.assert_allclose(res[1][0], want, rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ import sys
 import h5py
 
 from bnnlite._atomic import atomic_path
-from bnnlite.bundle import FORMAT_VERSION, _fixed_str, read_bundle, seal
+from bnnlite.bundle import _fixed_str, read_bundle, seal
 
 
 def upgrade(src, dst):
@@ -27,7 +27,7 @@ def upgrade(src, dst):
                     value = f.attrs[key]
                     del f.attrs[key]
                     f.attrs[key] = _fixed_str(value if isinstance(value, str) else value.decode("utf-8"))
-            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["format_version"] = 2  # what this tool produces; later versions add datasets
         seal(tmp)
         read_bundle(tmp)
 
