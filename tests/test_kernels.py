@@ -164,6 +164,63 @@ class TestConvIntegers:
             np.testing.assert_array_equal(res[n][1], res["numpy"][1], err_msg=n)
 
 
+def _fma_exact(a, b, c) -> np.float32:
+    """float32 a*b + c rounded once to nearest-even, from exact rational arithmetic."""
+    from fractions import Fraction
+    exact = Fraction(float(a)) * Fraction(float(b)) + Fraction(float(c))
+    if exact == 0:  # IEEE: -0 only for (-0) + (-0); an exact cancellation gives +0
+        neg = (a == 0 or b == 0) and c == 0 and (np.signbit(a) != np.signbit(b)) and np.signbit(c)
+        return np.float32(-0.0 if neg else 0.0)
+    near = np.float32(float(exact))          # within one float32 ulp of the answer
+    cands = [np.nextafter(near, np.float32(-np.inf)), near, np.nextafter(near, np.float32(np.inf))]
+    cands = [v for v in cands if np.isfinite(v)]
+    err = [abs(Fraction(float(v)) - exact) for v in cands]
+    best = min(err)
+    ties = [v for v, e in zip(cands, err) if e == best]
+    return min(ties, key=lambda v: int(np.float32(v).view(np.int32)) & 1)  # even mantissa wins
+
+
+class TestFma:
+    """reference.fma32 (and numba's) is the correctly rounded float32 fma."""
+
+    F32 = st.floats(width=32, allow_nan=False, allow_infinity=False, min_value=-2.0 ** 60, max_value=2.0 ** 60)
+
+    @given(a=F32, b=F32, c=F32, cancel=st.booleans())
+    @settings(derandomize=True, max_examples=400, deadline=None)
+    def test_equals_exact_rounding(self, a, b, c, cancel):
+        a, b, c = np.float32(a), np.float32(b), np.float32(c)
+        if cancel:  # c = -round(a*b): the result is the product's rounding error
+            c = -np.float32(np.float64(a) * np.float64(b))
+        assume(np.isfinite(np.float64(a) * np.float64(b) + np.float64(c)))
+        want = _fma_exact(a, b, c)
+        got = reference.fma32(a, b, c)
+        assert got.view(np.int32) == np.float32(want).view(np.int32), (a, b, c, got, want)
+
+    def test_numba_fma_is_the_same(self):
+        pytest.importorskip("numba")
+        from numba import njit
+        from bnnlite._numba_kernels import fma32
+
+        @njit
+        def many(a, b, c, out):
+            for i in range(a.size):
+                out[i] = fma32(a[i], b[i], c[i])
+        rng = np.random.default_rng(0)
+        a, b = (rng.standard_normal(100_000).astype(np.float32) for _ in range(2))
+        c = -(a.astype(np.float64) * b).astype(np.float32)  # worst case: exact cancellation
+        c[::2] = rng.standard_normal(50_000).astype(np.float32)
+        out = np.empty_like(a)
+        many(a, b, c, out)
+        np.testing.assert_array_equal(out.view(np.int32), reference.fma32(a, b, c).view(np.int32))
+
+    def test_not_a_mul_then_add(self):
+        """The test data above can tell fma from a rounded product plus c."""
+        a = b = np.float32(1 + 2 ** -12)      # a*b = 1 + 2^-11 + 2^-24 needs 25 bits
+        c = np.float32(-(1 + 2 ** -11))
+        assert reference.fma32(a, b, c) == np.float32(2 ** -24)
+        assert a * b + c == 0
+
+
 class TestConvFloat:
     """Full float epilogue: bit-identical to the reference, fused pack."""
 
@@ -325,6 +382,28 @@ class TestConvFloatReal:
         if relu:
             want = np.maximum(want, 0)
         np.testing.assert_allclose(res[1][0], want, rtol=1e-5, atol=1e-5)
+
+    def test_fma_order_by_hand(self, be):
+        """acc = fma(x, w, acc) over (i, j, c) in row-major order, then fma(acc, mult, bias),
+        from exact rational arithmetic one step at a time."""
+        rng = np.random.default_rng(5)
+        x = np.zeros((1, 4, 4, 3), np.float32)
+        x[:, 1:-1, 1:-1] = rng.standard_normal((1, 2, 2, 3))
+        wt = rng.standard_normal((3, 3, 3, 5)).astype(np.float32)
+        mult, bias = (rng.standard_normal(5).astype(np.float32) for _ in range(2))
+        out = np.empty((1, 2, 2, 5), np.float32)
+        be.conv_float(x, wt, bias, 1, False, out, mult=mult)
+        want = np.empty_like(out)
+        for ho in range(2):
+            for wo in range(2):
+                for co in range(5):
+                    acc = np.float32(0)
+                    for i in range(3):
+                        for j in range(3):
+                            for c in range(3):
+                                acc = _fma_exact(x[0, ho + i, wo + j, c], wt[i, j, c, co], acc)
+                    want[0, ho, wo, co] = _fma_exact(acc, mult[co], bias[co])
+        np.testing.assert_array_equal(out.view(np.int32), want.view(np.int32))
 
     def test_validation(self, be):
         x = np.zeros((1, 4, 4, 3), np.float32)
