@@ -8,7 +8,8 @@
  *   BNN_AVX512 == 1: 512-bit vpopcntq, register tile of BNN_P pixels x
  *                    BNN_CO_BLOCK output channels of int64 accumulators;
  *   BNN_AVX2 == 1:   (AVX2, no AVX-512) 256-bit vpshufb nibble-lookup
- *                    popcount with byte accumulators in ymm registers
+ *                    popcount, three steps at a time through a carry-save
+ *                    adder, with byte accumulators in ymm registers
  *                    (bnn_core_avx2) into an int64 tile, then the portable
  *                    epilogue's operations on 8 channels at a time;
  *   otherwise:       plain C with __builtin_popcountll.
@@ -381,7 +382,8 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
 
 #if BNN_AVX2
 /* ------------------------------------------------------------------ */
-/* AVX2 core (no vector popcount instruction): Mula's nibble lookup.
+/* AVX2 core (no vector popcount instruction): Mula's nibble lookup, with
+ * a 3-input carry-save adder in front of it.
  *
  * For one group of BNN_LANES = 8 output channels (two ymm of 4 words: the
  * weight words wg[s*wstep + l], l < 8, of step s) and P <= BNN_PA pixels,
@@ -393,24 +395,41 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
  *
  * popcount of a 64-bit lane t = sum over its 8 bytes b of
  *   LUT[b & 15] + LUT[b >> 4],   LUT[n] = popcount(n) for n < 16 (0..4),
- * where vpshufb does the 32 byte lookups of a ymm at once.  The two
- * lookups are added per byte (vpaddb) into a byte accumulator held in a
- * register: one step adds at most 4 + 4 = 8 to a byte, so BNN_AVX2_FLUSH =
- * 31 steps stay below 256 (8 * 31 = 248) without overflow.  Then vpsadbw
- * against zero sums the 8 bytes of each 64-bit lane (= one output channel)
- * into that lane's 64-bit total, which is added to the int64 tile and the
- * byte accumulators restart from 0.  So tile = exact popcount sum, and the
- * epilogue (bnn_epilogue_avx2 = bnn_epilogue on 8 lanes) turns it into
- * acc = K - 2 * popcount.
+ * where vpshufb does the 32 byte lookups of a ymm at once, added per byte
+ * (vpaddb) into a byte accumulator held in a register (bnn_popadd8).
  *
- * Registers (16 ymm): P x 2 byte accumulators (6) + 2 weight vectors + the
- * broadcast x word + LUT + nibble mask + temporaries.
+ * Steps are taken three at a time inside a run: with a, b, c the XOR
+ * words of steps s, s+1, s+2 (same pixel and channel), per bit
+ *   a + b + c = lo + 2*hi,  lo = a ^ b ^ c,  hi = (a & b) | ((a ^ b) & c)
+ * (a full adder, 5 logic ops), so the three popcounts are
+ * popcount(lo) + 2*popcount(hi): two nibble lookups instead of three, the
+ * second with LUT2[n] = 2*LUT[n].  Logic ops issue on all four vector
+ * pipes of Zen 3, vpshufb and vpsrlw only on two; per 3 steps this is 22
+ * vector ops instead of 24.  (Deeper Harley-Seal trees, with 7 or 15
+ * inputs or with ones/twos counters kept across steps, measured slower
+ * here: with 16 ymm registers their counters spill, and the 18-72 steps
+ * of one output leave little to amortise the final popcounts.)  The 1 or 2
+ * steps left before a flush or the end of a run go one at a time.
+ *
+ * Byte bound: a step adds at most 8 to a byte (4 + 4, or 24 for a group
+ * of 3), so BNN_AVX2_FLUSH = 30 steps stay below 256 (8 * 30 = 240).  Then
+ * vpsadbw against zero sums the 8 bytes of each 64-bit lane (= one output
+ * channel) into that lane's 64-bit total, which is added to the int64 tile
+ * and the byte accumulators restart from 0.  30 is a multiple of 3, so
+ * runs of kw*cw = 3*cw words (3x3 kernels) are cut into whole groups.  So
+ * tile = exact popcount sum, and the epilogue (bnn_epilogue_avx2 =
+ * bnn_epilogue on 8 lanes) turns it into acc = K - 2 * popcount.
+ *
+ * Registers (16 ymm): P x 2 byte accumulators (6) + LUT, LUT2, nibble
+ * mask + broadcast x words + temporaries (the weights are memory operands
+ * of vpxor in the 3-step loop).
  * ------------------------------------------------------------------ */
 #define BNN_PA 3              /* pixels per AVX2 register tile */
-#define BNN_AVX2_FLUSH 31     /* steps per byte-accumulator flush (8*31 < 256) */
+#define BNN_AVX2_FLUSH 30     /* steps per byte-accumulator flush (8*30 < 256; a multiple of 3) */
 typedef char bnn_avx2_group_is_2_ymm[(BNN_LANES == 8 && sizeof(bnn_word_t) == 8) ? 1 : -1];
+typedef char bnn_avx2_flush_fits_bytes[(8 * BNN_AVX2_FLUSH < 256 && BNN_AVX2_FLUSH % 3 == 0) ? 1 : -1];
 
-/* acc (bytes) += popcount of each byte of t, by two nibble lookups. */
+/* acc (bytes) += lut[nibble] for both nibbles of each byte of t. */
 BNN_INLINE __m256i bnn_popadd8(__m256i acc, __m256i t, __m256i lut, __m256i low4)
 {
     const __m256i lo = _mm256_and_si256(t, low4);
@@ -442,6 +461,7 @@ BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
 {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i lut2 = _mm256_add_epi8(lut, lut);     /* 2 * popcount(n) */
     const __m256i low4 = _mm256_set1_epi8(0x0f);
     __m256i acc[BNN_PA][2];
     for (int p = 0; p < P; p++)
@@ -460,6 +480,28 @@ BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
             for (int q = 0; q < nq;) {
                 const int e = q + bnn_min(nq - q, BNN_AVX2_FLUSH - cnt);
                 cnt += e - q;
+                /* Steps q, q+1, q+2 through one full adder. */
+                for (; q + 3 <= e; q += 3, wg += 3 * wstep) {
+                    for (int p = 0; p < P; p++) {
+                        const bnn_word_t *xq = xp + p * pstep + q;
+                        const __m256i x1 = _mm256_set1_epi64x((long long)xq[0]);
+                        const __m256i x2 = _mm256_set1_epi64x((long long)xq[1]);
+                        const __m256i x3 = _mm256_set1_epi64x((long long)xq[2]);
+                        for (int v = 0; v < 2; v++) {
+                            const bnn_word_t *w = wg + 4 * v;
+                            const __m256i a = _mm256_xor_si256(x1, _mm256_loadu_si256((const __m256i *)w));
+                            const __m256i b = _mm256_xor_si256(x2, _mm256_loadu_si256((const __m256i *)(w + wstep)));
+                            const __m256i c = _mm256_xor_si256(x3, _mm256_loadu_si256((const __m256i *)(w + 2 * wstep)));
+                            const __m256i u = _mm256_xor_si256(a, b);
+                            const __m256i lo = _mm256_xor_si256(u, c);
+                            const __m256i hi = _mm256_or_si256(_mm256_and_si256(a, b),
+                                                               _mm256_and_si256(u, c));
+                            acc[p][v] = bnn_popadd8(acc[p][v], lo, lut, low4);
+                            acc[p][v] = bnn_popadd8(acc[p][v], hi, lut2, low4);
+                        }
+                    }
+                }
+                /* The 1 or 2 steps left before e (flush or end of run). */
                 for (; q < e; q++, wg += wstep) {
                     /* 2 weight vectors feed all P pixels (register reuse). */
                     const __m256i w0 = _mm256_loadu_si256((const __m256i *)wg);

@@ -149,6 +149,36 @@ class TestConvIntegers:
         np.testing.assert_array_equal(_bits_out(be, c, be.prepare_weights(c.w), thr),
                                       _bits_out(ref, c, ref.prepare_weights(c.w), thr))
 
+    @pytest.mark.parametrize("k,cw", [(1, 1), (1, 2), (1, 4), (1, 29), (1, 30), (1, 31),
+                                      (1, 32), (1, 59), (1, 60), (1, 61),
+                                      (3, 1), (3, 3), (3, 10), (3, 11)])
+    @pytest.mark.parametrize("strided", [False, True])
+    def test_step_groups_and_flush_boundaries(self, be, ref, k, cw, strided):
+        """Runs of kw*cw steps (or cw when the input is a strided view) just
+        below, at and above the AVX2 core's boundaries: groups of 3 steps
+        through the carry-save adder, 1 or 2 steps left over, and the
+        byte-counter flush every 30 steps.  No padding and all-ones XOR
+        words for half the channels, so every byte counter reaches its
+        largest value (8 per step) at each flush."""
+        cin = WORD_BITS * cw                                       # no tail bits
+        c = Case(n=1, h=k + 1, w=k + 7, k=k, pad=0, cin=cin, cout=40, stride=1, seed=13)
+        c.x[:] = pack_bits(-np.ones(c.x.shape[:3] + (cin,)))     # all -1
+        c.w[:20] = 0                                              # all +1
+        x = c.x
+        if strided:  # sxw != cw: the core walks kw runs of cw words per row
+            big = np.zeros(c.x.shape[:3] + (cw + 2,), WORD_DTYPE)
+            big[..., 1:1 + cw] = c.x
+            x = big[..., 1:1 + cw]
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
+        ones, zeros = np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32)
+        out = np.full(c.out_shape, np.nan, np.float32)
+        be.bconv_float(x, be.prepare_weights(c.w), c.k_bits, 1, ones, zeros, None, None,
+                       out, None, None, 1)
+        np.testing.assert_array_equal(out, c.oracle_acc().astype(np.float32))
+        bits = np.full(c.bits_shape, GARBAGE_WORD, WORD_DTYPE)
+        be.bconv_bits(x, be.prepare_weights(c.w), c.k_bits, 1, thr, bits, 1)
+        np.testing.assert_array_equal(bits, _bits_out(ref, c, ref.prepare_weights(c.w), thr))
+
     def test_all_backends_agree_on_integers(self):
         names = [n for n in ALL if n in B.available_backends()]
         assert "numpy" in names
