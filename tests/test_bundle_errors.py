@@ -658,3 +658,51 @@ class TestExportCli:
         assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
         assert "refusing to write" in r.output and "disagrees with PyTorch" in r.output
         assert sorted(os.listdir(tmp_path)) == ["b.pt"]
+
+
+# ---------------------------------------------------------------- format versions
+def _as_format_2(f):
+    """Rewrite a format-3 bundle as format 2 wrote it: BN folded into the conv weights,
+    one multiplier (alpha * a) for binary convs, no 'scale' datasets."""
+    for op in f["ops"]:
+        g = f["ops"][op]
+        if "scale" in g:
+            m = (g["scale"][()] * g["multiplier"][()]).astype(np.float32)
+            del g["scale"]
+            g["multiplier"][...] = m
+        elif "weight" in g and g["weight"].dtype == np.float32 and "multiplier" in g:
+            g["weight"][...] = g["weight"][()] * g["multiplier"][()]
+            del g["multiplier"]
+    set_attr(f, "format_version", 2)
+
+
+class TestFormatVersions:
+    def test_writer_writes_the_current_version(self, bireal):
+        assert FORMAT_VERSION == 3
+        assert read_bundle(bireal).header["format_version"] == 3
+
+    def test_format_2_bundle_loads_with_its_own_formula(self, bireal, tmp_path):
+        from bnnlite import reference
+        from _models import random_images
+        p = edit(bireal, tmp_path / "v2.h5", _as_format_2)
+        m2 = bnnlite.Model.load(p, backend="numpy")
+        conv0 = m2.graph.ops[0]
+        assert conv0.mult is None               # y = conv + bias
+        b = next(op for op in m2.graph.ops if op.name == "bconv1")
+        v2 = read_bundle(p).ops
+        rec = next(r for r in v2 if r.name == "bconv1")
+        # y = multiplier*acc + bias (two roundings) == fma(acc * multiplier, 1, bias)
+        np.testing.assert_array_equal(b.arrays["scale"], rec.arrays["multiplier"])
+        np.testing.assert_array_equal(b.arrays["multiplier"], np.ones_like(rec.arrays["multiplier"]))
+        acc = np.arange(-50, 51, dtype=np.float32)[:, None]
+        old = acc * rec.arrays["multiplier"] + rec.arrays["bias"]
+        new = reference.fma32(acc * b.arrays["scale"], b.arrays["multiplier"], b.arrays["bias"])
+        np.testing.assert_array_equal(old, new)
+        # ... and the format-2 model is the same network, within float rounding
+        x = random_images(16, seed=3)
+        np.testing.assert_allclose(m2.logits(x), bnnlite.Model.load(bireal).logits(x), atol=0.05)
+
+    @pytest.mark.parametrize("path", ["ops/bconv1/scale", "ops/conv0/multiplier"])
+    def test_format_3_needs_its_new_datasets(self, bireal, tmp_path, path):
+        p = edit(bireal, tmp_path / "m.h5", lambda f: f.__delitem__(path))
+        load_fails(p, f"dataset '{path.rsplit('/', 1)[1]}' is missing")
