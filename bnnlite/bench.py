@@ -102,7 +102,10 @@ def _torch_from_bundle(bundle):
         a, ar = rec.attrs, rec.arrays
         if rec.op == "conv2d":
             conv = nn.Conv2d(a["cin"], a["cout"], (a["kh"], a["kw"]), a["stride"], a["padding"])
-            conv.weight.data = torch.from_numpy(ar["weight"].transpose(3, 2, 0, 1).copy())
+            w = ar["weight"].transpose(3, 2, 0, 1)  # (KH,KW,Cin,Cout) -> OIHW
+            if "multiplier" in ar:  # format 3: y = fma(conv, multiplier, bias); fold it in
+                w = w * ar["multiplier"][:, None, None, None]
+            conv.weight.data = torch.from_numpy(np.ascontiguousarray(w, np.float32))
             conv.bias.data = torch.from_numpy(ar["bias"].copy())
             layers.append(conv)
             if a["activation"] == "relu":

@@ -41,3 +41,26 @@ def test_layers_run_per_chunk():
 def test_unknown_engine_is_a_usage_error():
     res = CliRunner().invoke(main, ["--engines", "bnnlite,nope"])
     assert res.exit_code == 2 and "nope" in res.output
+
+
+@pytest.mark.parametrize("path", ["tiny", "shipped"])
+def test_torch_engine_is_the_bundles_network(tiny_bundles, path):
+    """The PyTorch FP32 engine rebuilt from an fp32 bundle gives bnnlite's logits."""
+    import numpy as np
+    import torch
+
+    import bnnlite
+    from bnnlite.bench import _torch_from_bundle
+    from bnnlite.bundle import read_bundle
+    from bnnlite.bench import _data_file
+
+    bundle_path = tiny_bundles["fp32"] if path == "tiny" else _data_file("fp32.h5")
+    model = bnnlite.Model.load(bundle_path)
+    h, w, c = model.header["input_shape"]
+    x = np.random.default_rng(0).integers(0, 256, (8, h, w, c), dtype=np.uint8)
+    net = _torch_from_bundle(read_bundle(bundle_path))
+    mean, std = model.header["normalization_mean"], model.header["normalization_std"]
+    xt = torch.from_numpy(((x / np.float32(255) - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        got = net(xt).numpy()
+    np.testing.assert_allclose(got, model.logits(x), atol=1e-3)
