@@ -97,15 +97,14 @@ def _torch_from_bundle(bundle):
     """A plain torch.nn.Sequential with the bundle's folded float weights (fp32 models)."""
     import torch
     from torch import nn
+
+    from .bundle import folded_conv_weight
     layers = []
     for rec in bundle.ops:
         a, ar = rec.attrs, rec.arrays
         if rec.op == "conv2d":
             conv = nn.Conv2d(a["cin"], a["cout"], (a["kh"], a["kw"]), a["stride"], a["padding"])
-            w = ar["weight"].transpose(3, 2, 0, 1)  # (KH,KW,Cin,Cout) -> OIHW
-            if "multiplier" in ar:  # format 3: y = fma(conv, multiplier, bias); fold it in
-                w = w * ar["multiplier"][:, None, None, None]
-            conv.weight.data = torch.from_numpy(np.ascontiguousarray(w, np.float32))
+            conv.weight.data = torch.from_numpy(folded_conv_weight(rec))
             conv.bias.data = torch.from_numpy(ar["bias"].copy())
             layers.append(conv)
             if a["activation"] == "relu":

@@ -36,7 +36,7 @@ import numpy as np
 from ._atomic import atomic_path
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord",
+__all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord", "folded_conv_weight",
            "write_bundle", "read_bundle", "seal", "MAX_BUNDLE_BYTES"]
 
 FORMAT = "bnnlite"
@@ -109,6 +109,16 @@ class Bundle:
 
 
 # ---------------------------------------------------------------- writing
+def folded_conv_weight(rec: OpRecord) -> np.ndarray:
+    """A ``conv2d`` op's weight as float32 OIHW with its multiplier folded in, for engines
+    that compute ``conv + bias`` (ONNX, ``torch.nn.Conv2d``): the maths of
+    ``fma(conv, multiplier, bias)`` with one rounding more.  Format 2 has no multiplier."""
+    w = rec.arrays["weight"].transpose(3, 2, 0, 1)  # (KH,KW,Cin,Cout) -> OIHW
+    if "multiplier" in rec.arrays:
+        w = w * rec.arrays["multiplier"][:, None, None, None]
+    return np.ascontiguousarray(w, np.float32)
+
+
 def seal(path) -> None:
     """(Re)compute the user-block seal of an HDF5 file written with a 512-byte user block."""
     path = Path(path)

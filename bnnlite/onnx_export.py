@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from .bitpack import unpack_bits
-from .bundle import INPUT, OUTPUT, read_bundle
+from .bundle import INPUT, OUTPUT, folded_conv_weight, read_bundle
 
 __all__ = ["bundle_to_onnx", "bundle_to_onnx_model"]
 
@@ -47,11 +47,8 @@ def bundle_to_onnx_model(bundle, opset: int = 17):
         a, ar, n = rec.attrs, rec.arrays, rec.name
         x, out = rec.inputs[0], rec.outputs[0]
         if rec.op == "conv2d":
-            w = ar["weight"].transpose(3, 2, 0, 1)  # (KH,KW,Cin,Cout) -> OIHW
-            if "multiplier" in ar:  # format 3: y = fma(conv, multiplier, bias)
-                w = w * ar["multiplier"][:, None, None, None]
             p = a["padding"]
-            y = node("Conv", [x, const(n + "_w", w), const(n + "_b", ar["bias"])], [out if a["activation"] == "none" else n + "_pre"],
+            y = node("Conv", [x, const(n + "_w", folded_conv_weight(rec)), const(n + "_b", ar["bias"])], [out if a["activation"] == "none" else n + "_pre"],
                      kernel_shape=[a["kh"], a["kw"]], strides=[a["stride"]] * 2, pads=[p] * 4)
             if a["activation"] == "relu":
                 node("Relu", [y], [out])

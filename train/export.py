@@ -59,14 +59,18 @@ def _np(t):
     return t.detach().to(torch.float64).cpu().numpy()
 
 
+def _f32(t):
+    """PyTorch's own float32 values (what its eval forward computes with)."""
+    return t.detach().to(torch.float32).cpu().numpy()
+
+
 @torch.no_grad()
 def _bn_as_fma(bn, log=None):
     """float32 (a, b) with PyTorch's eval BatchNorm == fma(y, a, b) (its CPU kernel's own
     arithmetic); checked on a probe, with a note if this PyTorch build rounds otherwise."""
-    f32 = lambda t: t.detach().to(torch.float32).cpu().numpy()  # noqa: E731
-    inv = (np.float32(1) / np.sqrt(f32(bn.running_var) + np.float32(bn.eps))).astype(np.float32)
-    a = (f32(bn.weight) * inv).astype(np.float32)
-    b = fma32(-f32(bn.running_mean), a, f32(bn.bias))
+    inv = (np.float32(1) / np.sqrt(_f32(bn.running_var) + np.float32(bn.eps))).astype(np.float32)
+    a = (_f32(bn.weight) * inv).astype(np.float32)
+    b = fma32(-_f32(bn.running_mean), a, _f32(bn.bias))
     probe = torch.randn(2, a.size, 8, 8, generator=torch.Generator().manual_seed(0)) * 4
     got = bn(probe).numpy()
     want = fma32(probe.numpy(), a.reshape(1, -1, 1, 1), b.reshape(1, -1, 1, 1))
@@ -120,7 +124,7 @@ def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
     for i, blk in enumerate(blocks):
         last = i == len(blocks) - 1
         if isinstance(blk, RealBlock):
-            w = blk.conv.weight.detach().float().numpy()
+            w = _f32(blk.conv.weight)
             a, b = _bn_as_fma(blk.bn, log)
             cout, cin, kh, kw = w.shape
             ops.append(OpRecord("conv2d", f"conv{i}", [x], [f"conv{i}"],
@@ -136,7 +140,7 @@ def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
             cout, cin, kh, kw = w.shape
             k_bits = kh * kw * cin
             a, b = _bn_as_fma(blk.bn, log)
-            alpha = conv.scale().detach().float().numpy()
+            alpha = _f32(conv.scale())
             thr_in = _np(conv.threshold) if conv.threshold is not None else np.zeros(cin)
             if not ops or ops[-1].outputs[0] != f"bits{i}":
                 ops.append(OpRecord("sign_pack", f"sign{i}", [x], [f"bits{i}"], {"channels": cin},
