@@ -25,6 +25,7 @@ BACKEND_NAMES, ENV_VAR.
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import warnings
@@ -298,6 +299,10 @@ def _conv_geometry(x, pw, k_bits, stride):
     return n, (hp - pw.kh) // stride + 1, (wp_ - pw.kw) // stride + 1, k_bits, stride
 
 
+def _nothing():
+    pass
+
+
 # --------------------------------------------------------------------------
 # The public object
 # --------------------------------------------------------------------------
@@ -308,6 +313,11 @@ class Backend:
     must be contiguous; other axes may be strided views (e.g. the interior of
     a padded buffer).  ``threads`` is an int >= 1.  Bit conventions are those
     of :mod:`bnnlite.bitpack` (bit 1 = -1, LSB first, tail bits 0).
+
+    Every kernel method takes ``bind=False``; ``bind=True`` checks the
+    arguments and returns the kernel call as a zero-argument callable instead
+    of running it (see ``_call``).  The callable keeps references to the
+    arrays: call it only while they keep their shape, dtype and memory.
     """
 
     def __init__(self, name: str, impl):
@@ -318,8 +328,22 @@ class Backend:
     def __repr__(self):
         return f"<bnnlite Backend {self.name!r} ({self.variant})>"
 
+    @staticmethod
+    def _call(bind, fn, *args):
+        """Run the kernel ``fn(*args)`` now, or with ``bind=True`` return it as a
+        zero-argument callable: the arguments were checked once, and a caller that
+        keeps these very buffers (a graph plan) calls it again without re-checking
+        (the checks are tens of microseconds per call: with them, 0.2-0.3 ms of
+        Python per batch-1 prediction, 5-8% of it; docs/benchmarks.md).
+        ``fn`` None: nothing to compute (an empty output)."""
+        call = _nothing if fn is None else functools.partial(fn, *args)
+        if bind:
+            return call
+        call()
+        return None
+
     # ---- packing ---------------------------------------------------------
-    def pack(self, x, thr, out, threads=1):
+    def pack(self, x, thr, out, threads=1, *, bind=False):
         """Pack channels: bit c of pixel = ``x[..., c] < thr[c]``, tail bits 0.
 
         x: float32 (N,H,W,C), last axis contiguous.
@@ -335,7 +359,8 @@ class Backend:
         _no_overlap([("out", out)], [("x", x), ("thr", thr)])
         threads = _int("threads", threads, 1)
         if out.size:
-            self._impl.pack(x, thr, out, threads)
+            return self._call(bind, self._impl.pack, x, thr, out, threads)
+        return self._call(bind, None)
 
     # ---- weights ---------------------------------------------------------
     def prepare_weights(self, w_packed, cin=None) -> PreparedWeights:
@@ -373,7 +398,7 @@ class Backend:
 
     # ---- convolutions ----------------------------------------------------
     def bconv_float(self, x, wp, k_bits, stride, mult, bias, residual, rprelu, out,
-                    out_bits=None, next_thr=None, threads=1, pool=False, scale=None):
+                    out_bits=None, next_thr=None, threads=1, pool=False, scale=None, *, bind=False):
         """Valid binary conv with a float32 epilogue (+ optional fused pool, pack).
 
         acc[n,ho,wo,co] = k_bits - 2 * popcount(x[n, ho*s+i, wo*s+j, :] XOR w[co,i,j,:])
@@ -434,12 +459,12 @@ class Backend:
         if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
             raise ValueError("out overlaps out_bits: expected separate buffers")
         if n * oh * ow == 0:
-            return
-        self._impl.bconv(x, wp, k_bits, stride, scale, mult, bias, residual, rprelu, out,
-                         out_bits, next_thr if out_bits is not None else None, None,
-                         threads, pool)
+            return self._call(bind, None)
+        return self._call(bind, self._impl.bconv, x, wp, k_bits, stride, scale, mult, bias,
+                          residual, rprelu, out, out_bits,
+                          next_thr if out_bits is not None else None, None, threads, pool)
 
-    def bconv_bits(self, x, wp, k_bits, stride, thr, out, threads=1):
+    def bconv_bits(self, x, wp, k_bits, stride, thr, out, threads=1, *, bind=False):
         """Valid binary conv producing only packed bits.
 
         acc = k_bits - 2 * popcount(x XOR w) as in bconv_float;
@@ -458,13 +483,13 @@ class Backend:
         _no_overlap([("out", out)], [("x", x), ("thr", thr)])
         threads = _int("threads", threads, 1)
         if n * ho * wo == 0:
-            return
-        self._impl.bconv(x, wp, k_bits, stride, None, None, None, None, None, None, out,
-                         None, thr, threads)
+            return self._call(bind, None)
+        return self._call(bind, self._impl.bconv, x, wp, k_bits, stride, None, None, None, None,
+                          None, None, out, None, thr, threads)
 
     # ---- real-valued first layer -------------------------------------------
     def conv_float(self, x, w, bias, stride, relu, out, out_bits=None, next_thr=None,
-                   threads=1, mult=None):
+                   threads=1, mult=None, *, bind=False):
         """Valid real-valued conv (direct, for a few input channels) + fused pack.
 
         acc = 0; for (i, j, c) in row-major order:
@@ -505,12 +530,12 @@ class Backend:
         if out is not None and out_bits is not None and np.may_share_memory(out, out_bits):
             raise ValueError("out overlaps out_bits: expected separate buffers")
         if n * ho * wo == 0:
-            return
-        self._impl.conv_float(x, w, mult, bias, stride, bool(relu), out, out_bits,
-                              next_thr if out_bits is not None else None, threads)
+            return self._call(bind, None)
+        return self._call(bind, self._impl.conv_float, x, w, mult, bias, stride, bool(relu), out,
+                          out_bits, next_thr if out_bits is not None else None, threads)
 
     # ---- pooling ---------------------------------------------------------
-    def bmaxpool2(self, x, out, threads=1):
+    def bmaxpool2(self, x, out, threads=1, *, bind=False):
         """2x2 stride-2 max-pool on packed bits: out = AND of the four words.
 
         (bit 1 = -1, so the max is -1 only when all four are -1.)
@@ -523,9 +548,10 @@ class Backend:
         _no_overlap([("out", out)], [("x", x)])
         threads = _int("threads", threads, 1)
         if out.size:
-            self._impl.bmaxpool2(x, out, threads)
+            return self._call(bind, self._impl.bmaxpool2, x, out, threads)
+        return self._call(bind, None)
 
-    def maxpool2(self, x, out, threads=1):
+    def maxpool2(self, x, out, threads=1, *, bind=False):
         """2x2 stride-2 max-pool, float32 NHWC, ``np.maximum`` semantics.
 
         out = max(max(x[2i,2j], x[2i,2j+1]), max(x[2i+1,2j], x[2i+1,2j+1])).
@@ -538,7 +564,8 @@ class Backend:
         _no_overlap([("out", out)], [("x", x)])
         threads = _int("threads", threads, 1)
         if out.size:
-            self._impl.maxpool2(x, out, threads)
+            return self._call(bind, self._impl.maxpool2, x, out, threads)
+        return self._call(bind, None)
 
 
 # --------------------------------------------------------------------------

@@ -53,6 +53,15 @@ class RuntimeOp:
     def describe(self) -> str:
         return ""
 
+    def bind(self, t, ctx):
+        """This op on the plan's buffers ``t`` as a zero-argument callable.
+        Kernel ops check their arguments here, once per plan, not per call."""
+        raise NotImplementedError
+
+    def run(self, t, ctx):
+        """Bind and call once."""
+        self.bind(t, ctx)()
+
     def __repr__(self):
         extra = self.describe()
         return (f"{type(self).__name__}({self.name!r}, {self.in_shape} -> {self.out_shape}"
@@ -104,20 +113,30 @@ class Conv2D(RuntimeOp):
             sc["cols"] = np.empty((n, ho, wo, a["kh"], a["kw"], c), np.float32)
         return sc
 
-    def run(self, t, ctx):
+    def bind(self, t, ctx):
+        if not self.direct:
+            return lambda: self._run_im2col(t, ctx)
+        a, (h, w, _) = self.attrs, self.in_shape
+        pad = ctx.scratch[self.name]["pad"]
+        interior, src = pad[:, a["padding"]:a["padding"] + h, a["padding"]:a["padding"] + w], t[self.inputs[0]]
+        out_bits = next_thr = None
+        if self.fused_pack is not None:
+            out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
+        conv = ctx.backend.conv_float(pad, self.w4d, self.bias, a["stride"], a["activation"] == "relu",
+                                      t[self.outputs[0]], out_bits, next_thr, ctx.threads,
+                                      mult=self.mult, bind=True)
+
+        def call():
+            interior[...] = src
+            conv()
+        return call
+
+    def _run_im2col(self, t, ctx):
         a, (h, w, _) = self.attrs, self.in_shape
         p, s = a["padding"], a["stride"]
         ho, wo, cout = self.out_shape
         pad = ctx.scratch[self.name]["pad"]
         pad[:, p:p + h, p:p + w] = t[self.inputs[0]]
-        if self.direct:
-            out_bits = next_thr = None
-            if self.fused_pack is not None:
-                out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
-            ctx.backend.conv_float(pad, self.w4d, self.bias, s, a["activation"] == "relu",
-                                   t[self.outputs[0]], out_bits, next_thr, ctx.threads,
-                                   mult=self.mult)
-            return
         cols = ctx.scratch[self.name]["cols"]
         for i in range(a["kh"]):
             for j in range(a["kw"]):
@@ -141,8 +160,9 @@ class SignPack(RuntimeOp):
     kind = "bits"
     bits = 1
 
-    def run(self, t, ctx):
-        ctx.backend.pack(t[self.inputs[0]], self.arrays["threshold"], t[self.outputs[0]], ctx.threads)
+    def bind(self, t, ctx):
+        return ctx.backend.pack(t[self.inputs[0]], self.arrays["threshold"], t[self.outputs[0]],
+                                ctx.threads, bind=True)
 
 
 class BConv2D(RuntimeOp):
@@ -183,27 +203,27 @@ class BConv2D(RuntimeOp):
             s += f", fused sign_pack -> {self.fused_pack[0]!r}"
         return s
 
-    def run(self, t, ctx):
+    def bind(self, t, ctx):
         x = ctx.padded(self.inputs[0], self.attrs["padding"])
         if self.kind == "bits":
-            ctx.backend.bconv_bits(x, self.prepared, self.k_bits, self.attrs["stride"],
-                                   self.arrays["threshold"], t[self.outputs[0]], ctx.threads)
-            return
+            return ctx.backend.bconv_bits(x, self.prepared, self.k_bits, self.attrs["stride"],
+                                          self.arrays["threshold"], t[self.outputs[0]], ctx.threads,
+                                          bind=True)
         res = t[self.inputs[1]] if len(self.inputs) > 1 else None
         out_bits = next_thr = None
         if self.fused_pack is not None:
             out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]
-        ctx.backend.bconv_float(x, self.prepared, self.k_bits, self.attrs["stride"],
-                                self.arrays["multiplier"], self.arrays["bias"], res, self.rprelu,
-                                t[self.outputs[0]], out_bits, next_thr, ctx.threads,
-                                pool=self.pool, scale=self.arrays["scale"])
+        return ctx.backend.bconv_float(x, self.prepared, self.k_bits, self.attrs["stride"],
+                                       self.arrays["multiplier"], self.arrays["bias"], res, self.rprelu,
+                                       t[self.outputs[0]], out_bits, next_thr, ctx.threads,
+                                       pool=self.pool, scale=self.arrays["scale"], bind=True)
 
 
 class MaxPool2D(RuntimeOp):
     kind = "float"
 
-    def run(self, t, ctx):
-        ctx.backend.maxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads)
+    def bind(self, t, ctx):
+        return ctx.backend.maxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads, bind=True)
 
 
 class BMaxPool2D(RuntimeOp):
@@ -211,26 +231,31 @@ class BMaxPool2D(RuntimeOp):
     kind = "bits"
     bits = 1
 
-    def run(self, t, ctx):
-        ctx.backend.bmaxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads)
+    def bind(self, t, ctx):
+        return ctx.backend.bmaxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads, bind=True)
 
 
 class Flatten(RuntimeOp):
     """NHWC flatten: a view, no copy (its buffer is planned as a reshape)."""
     kind = "float"
 
-    def run(self, t, ctx):
-        pass
+    def bind(self, t, ctx):
+        return lambda: None
 
 
 class Dense(RuntimeOp):
     kind = "float"
 
-    def run(self, t, ctx):
+    def bind(self, t, ctx):
         out = t[self.outputs[0]]
         # Per image (a stack of 1 x units_in rows): batch-size independent, as in Conv2D.
-        np.matmul(t[self.inputs[0]][:, None, :], self.arrays["weight"].T, out=out[:, None, :])
-        out += self.arrays["bias"]
+        rows, out_rows = t[self.inputs[0]][:, None, :], out[:, None, :]
+        wt, bias = self.arrays["weight"].T, self.arrays["bias"]
+
+        def call():
+            np.matmul(rows, wt, out=out_rows)
+            np.add(out, bias, out=out)
+        return call
 
 
 _OP_CLASSES = {"conv2d": Conv2D, "sign_pack": SignPack, "bconv2d": BConv2D, "maxpool2d": MaxPool2D,
@@ -261,6 +286,15 @@ class _Plan:
         for op in graph.ops:
             if isinstance(op, Conv2D):
                 self.scratch[op.name] = op.scratch(n)
+        self._calls: dict[int, list] = {}
+
+    def calls(self, graph: "Graph", threads: int) -> list:
+        """Every op bound to these buffers (checked once), per thread count."""
+        calls = self._calls.get(threads)
+        if calls is None:
+            ctx = _Context(self, graph.backend, threads)
+            calls = self._calls[threads] = [op.bind(self.tensors, ctx) for op in graph.ops]
+        return calls
 
 
 class _Context:
@@ -345,10 +379,10 @@ class Graph:
     def run(self, x: np.ndarray, threads: int) -> np.ndarray:
         """x: normalised float32 (n, H, W, C) -> logits (n, K), a view into the plan's buffer."""
         plan = self.plan(len(x))
-        plan.tensors[INPUT][...] = x
-        ctx = _Context(plan, self.backend, threads)
-        for op in self.ops:
-            op.run(plan.tensors, ctx)
+        if x is not plan.tensors[INPUT]:
+            plan.tensors[INPUT][...] = x
+        for call in plan.calls(self, threads):
+            call()
         return plan.tensors[OUTPUT]
 
     def input_buffer(self, n: int) -> np.ndarray:

@@ -543,6 +543,45 @@ class TestPackAndPool:
         np.testing.assert_array_equal(out, want)
 
 
+class TestBind:
+    """bind=True checks the arguments at once and returns the kernel call."""
+
+    def test_bound_call_equals_direct_call_and_sees_new_input(self, be):
+        c = Case(n=2, h=5, w=5, k=3, pad=1, cin=64, cout=40, stride=1, seed=3)
+        wp = be.prepare_weights(c.w)
+        mult, bias, thr = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        res = c.f32(*c.out_shape)
+        want, want_bits = _float_out(be, c, wp, mult, bias, res, next_thr=thr)
+        out = np.full(c.out_shape, np.nan, np.float32)
+        bits = np.full(c.bits_shape, GARBAGE_WORD, WORD_DTYPE)
+        call = be.bconv_float(c.x, wp, c.k_bits, 1, mult, bias, res, None, out, bits, thr, bind=True)
+        assert np.isnan(out).all() and (bits == GARBAGE_WORD).all()  # nothing ran yet
+        call()
+        np.testing.assert_array_equal(out, want)
+        np.testing.assert_array_equal(bits, want_bits)
+        # The call reads the buffers each time: new input values, new result.
+        c.x[:, 1:-1, 1:-1] = ~c.x[:, 1:-1, 1:-1] & WORD_DTYPE.type((1 << 64) - 1)
+        call()
+        again, again_bits = _float_out(be, c, wp, mult, bias, res, next_thr=thr)
+        np.testing.assert_array_equal(out, again)
+        np.testing.assert_array_equal(bits, again_bits)
+        assert not np.array_equal(out, want)
+
+    def test_errors_are_raised_when_binding(self, be):
+        c = Case(n=1, h=4, w=4, k=3, pad=1, cin=64, cout=8, stride=1, seed=1)
+        wp = be.prepare_weights(c.w)
+        out = np.empty(c.bits_shape, WORD_DTYPE)
+        with pytest.raises(ValueError, match="thr: expected dtype int32"):
+            be.bconv_bits(c.x, wp, c.k_bits, 1, np.zeros(8, np.float32), out, bind=True)
+        with pytest.raises(ValueError, match="out: expected dtype float32"):
+            be.maxpool2(np.zeros((1, 4, 4, 3), np.float32), np.zeros((1, 2, 2, 3)), bind=True)
+
+    def test_empty_output_binds_to_a_no_op(self, be):
+        x = np.zeros((1, 1, 1, 1), WORD_DTYPE)   # a 1x1 image pools to 0x0
+        call = be.bmaxpool2(x, np.zeros((1, 0, 0, 1), WORD_DTYPE), bind=True)
+        assert call() is None
+
+
 class TestValidation:
     """The Python layer rejects bad arguments with a ValueError naming them."""
 
