@@ -323,8 +323,11 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
     const int cres = prm->cres;
     /* The int32 shortcut below needs K < 2^31 (always so in practice). */
     const int nvec = prm->k_bits > INT32_MAX ? 0 : nco;
+    /* Residual channel of co0 + l, stepped without a division per group
+     * (an idiv per 8 channels measured as a visible share of the layer). */
+    int rc = res_px ? co0 % cres : 0;
     int l = 0;
-    for (; l + BNN_LANES <= nvec; l += BNN_LANES) {
+    for (; l + BNN_LANES <= nvec; l += BNN_LANES, rc = rc + BNN_LANES < cres ? rc + BNN_LANES : rc + BNN_LANES - cres) {
         const int co = co0 + l;
         const int sh = co % BNN_WORD_BITS;
         const __m256i p0 = _mm256_loadu_si256((const __m256i *)(t + l));
@@ -350,8 +353,8 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
         if (res_px) {
             __m256 r;
             if (cres % BNN_LANES == 0) {
-                /* co % cres .. +8 is contiguous inside one residual copy. */
-                r = _mm256_loadu_ps(res_px + (co % cres));
+                /* rc .. rc+7 is contiguous inside one residual copy. */
+                r = _mm256_loadu_ps(res_px + rc);
             } else {
                 float tmp[BNN_LANES];
                 for (int k = 0; k < BNN_LANES; k++)
