@@ -323,11 +323,13 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
     const int cres = prm->cres;
     /* The int32 shortcut below needs K < 2^31 (always so in practice). */
     const int nvec = prm->k_bits > INT32_MAX ? 0 : nco;
-    /* Residual channel of co0 + l, stepped without a division per group
-     * (an idiv per 8 channels measured as a visible share of the layer). */
+    /* rc = (co0 + l) % cres, the residual channel, stepped along with l:
+     * perf showed an idiv per 8 channels, and the residual load waiting on
+     * it, among the epilogue's hottest instructions.  Used only when cres
+     * is a multiple of 8, so rc + 8 never passes cres. */
     int rc = res_px ? co0 % cres : 0;
     int l = 0;
-    for (; l + BNN_LANES <= nvec; l += BNN_LANES, rc = rc + BNN_LANES < cres ? rc + BNN_LANES : rc + BNN_LANES - cres) {
+    for (; l + BNN_LANES <= nvec; l += BNN_LANES, rc = (rc + BNN_LANES == cres) ? 0 : rc + BNN_LANES) {
         const int co = co0 + l;
         const int sh = co % BNN_WORD_BITS;
         const __m256i p0 = _mm256_loadu_si256((const __m256i *)(t + l));
