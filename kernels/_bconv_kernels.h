@@ -328,6 +328,7 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
      * it, among the epilogue's hottest instructions.  Used only when cres
      * is a multiple of 8, so rc + 8 never passes cres. */
     int rc = res_px ? co0 % cres : 0;
+    bnn_word_t bits = 0;      /* ORed into *wbits once, at the end */
     int l = 0;
     for (; l + BNN_LANES <= nvec; l += BNN_LANES, rc = (rc + BNN_LANES == cres) ? 0 : rc + BNN_LANES) {
         const int co = co0 + l;
@@ -342,7 +343,7 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
             const __m256i th1 = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(prm->thr + co + 4)));
             const unsigned m0 = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(th0, a0)));
             const unsigned m1 = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(th1, a1)));
-            *wbits |= (bnn_word_t)(m0 | (m1 << 4)) << sh;
+            bits |= (bnn_word_t)(m0 | (m1 << 4)) << sh;
             continue;
         }
         /* |acc| <= K < 2^31: the low dwords are the values, and the
@@ -377,9 +378,10 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
             _mm256_storeu_ps(out_px + (co - ocol), y);
         if (prm->next_thr) {
             const __m256 lt = _mm256_cmp_ps(y, _mm256_loadu_ps(prm->next_thr + co), _CMP_LT_OQ);
-            *wbits |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << sh;
+            bits |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << sh;
         }
     }
+    *wbits |= bits;
     if (l < nco)
         bnn_epilogue(prm, t + l, co0 + l, nco - l, res_px, out_px, ocol, wbits);
 }
@@ -576,6 +578,23 @@ BNN_INLINE void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
 }
 #endif
 
+/* Ask for the residual floats the epilogue of this block will add (np
+ * pixels from res_px, W stride s_res_w, channels rc0 .. rc0+nco-1, wrapping
+ * at cres is ignored: a hint only) before the core starts: the residual is
+ * the previous layer's float output, often in L3 only, and perf showed the
+ * epilogue's residual add waiting on it; the popcount core hides the fetch. */
+BNN_INLINE void bnn_prefetch_residual(const float *res_px, ptrdiff_t s_res_w, int np,
+                                      int rc0, int nco)
+{
+#if defined(__GNUC__)
+    for (int p = 0; p < np; p++)
+        for (int l = 0; l < nco; l += 16)      /* one 64-byte line per 16 floats */
+            __builtin_prefetch(res_px + p * s_res_w + rc0 + l, 0, 3);
+#else
+    (void)res_px; (void)s_res_w; (void)np; (void)rc0; (void)nco;
+#endif
+}
+
 /* Core + epilogue of np (<= BNN_P) pixels x one output-channel block
  * (channels co0 .. co0+nco-1, nv = ceil(nco/LANES) vectors, weights wb).
  * x0: first pixel, pixel p at x0 + p*pstep.  res_px/out_px: the first
@@ -588,6 +607,8 @@ BNN_INLINE void bnn_block(const bnn_conv_params *prm, const bnn_word_t *x0,
                           float *out_px, ptrdiff_t s_out_w, int ocol,
                           bnn_word_t *wbits)
 {
+    if (res_px)
+        bnn_prefetch_residual(res_px, s_res_w, np, co0 % prm->cres, nco);
 #if BNN_AVX512
     /* Constant P and NV so the accumulators live in registers. */
 #define BNN_TILE_(P_, NV_, x_, r_, o_, wb_) \
