@@ -808,6 +808,15 @@ typedef struct {
 #define BNN_FCO 64            /* output channels per tile (one output word) */
 
 #if BNN_AVX2
+/* Store the low nb (1, 2, 4 or 8) bytes of m at dst (any alignment). */
+BNN_INLINE void bnn_store_bytes(unsigned char *dst, uint64_t m, const int nb)
+{
+    if (nb == 1) { const uint8_t u = (uint8_t)m; memcpy(dst, &u, 1); }
+    else if (nb == 2) { const uint16_t u = (uint16_t)m; memcpy(dst, &u, 2); }
+    else if (nb == 4) { const uint32_t u = (uint32_t)m; memcpy(dst, &u, 4); }
+    else memcpy(dst, &m, 8);
+}
+
 /* AVX2 tiling of the direct float conv.  A register tile is P pixels x V
  * vectors of 8 output channels (P*V ymm accumulators, at most 12, plus V
  * weight vectors and one broadcast in the 16 ymm registers):
@@ -826,15 +835,6 @@ typedef struct {
  * full: all 8V channels exist; else lanes >= nco are masked (weights 0,
  * nothing stored, bit 0). */
 #define BNN_FP_AVX2 6         /* pixels of the main AVX2 tile */
-
-/* Store the low nb (1, 2, 4 or 8) bytes of m at dst (any alignment). */
-BNN_INLINE void bnn_store_bytes(unsigned char *dst, uint64_t m, const int nb)
-{
-    if (nb == 1) { const uint8_t u = (uint8_t)m; memcpy(dst, &u, 1); }
-    else if (nb == 2) { const uint16_t u = (uint16_t)m; memcpy(dst, &u, 2); }
-    else if (nb == 4) { const uint32_t u = (uint32_t)m; memcpy(dst, &u, 4); }
-    else memcpy(dst, &m, 8);
-}
 
 BNN_INLINE void bnn_fconv_tile_avx2(const float *x0, ptrdiff_t pstep, ptrdiff_t sxh,
                                     ptrdiff_t sxw, int kh, int kw, int cin, const int kwc9,
@@ -996,7 +996,7 @@ static void bnn_fconv_row_avx2(const bnn_fconv_params *fp, const float *xrow,
     const ptrdiff_t pstep = (ptrdiff_t)fp->stride * fp->sxw;
     unsigned char *bits = (unsigned char *)bits_row;
     const ptrdiff_t s_bits = s_bits_w * (ptrdiff_t)sizeof(bnn_word_t);
-    if (!fp->thr)
+    if (!fp->thr)   /* (the caller passes thr with bits_row) */
         bits = NULL;
     /* The tiles write only their channels' bytes: zero the last word of a
      * partial one (its bits past cout stay 0). */
@@ -1007,7 +1007,7 @@ static void bnn_fconv_row_avx2(const bnn_fconv_params *fp, const float *xrow,
 #define BNN_FCONV_PX(K, P, V)                                                          \
     bnn_fconv_pixels_avx2(fp, xrow + wo0 * pstep, pstep, K, P, V,                     \
                           out_row ? out_row + wo0 * s_out_w : NULL, s_out_w,          \
-                          bits ? bits + wo0 * s_bits : NULL, s_bits,              \
+                          bits ? bits + wo0 * s_bits : NULL, s_bits,               \
                           bnn_min(BNN_FP_AVX2, wo - wo0 - (P)))
 #define BNN_FCONV_ROW(K)                                                               \
     do {                                                                               \
