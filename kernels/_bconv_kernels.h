@@ -69,6 +69,7 @@ typedef uint64_t bnn_word_t;
 #if !BNN_AVX512 && defined(__AVX2__)
 #define BNN_AVX2 1
 #include <immintrin.h>
+#include <string.h>
 #else
 #define BNN_AVX2 0
 #endif
@@ -833,45 +834,232 @@ typedef struct {
 #define BNN_FCO 64            /* output channels per tile (one output word) */
 
 #if BNN_AVX2
-/* ybuf[p][l] = acc of pixel p (input at xp[p]) and channel co + l, l < 16:
- *   acc = 0; for (i, j, c) in row-major order: acc = fma(x[i*sxh + j*sxw + c], w[i, j, c, co + l], acc)
- * with wt = &w[0, 0, 0, co] (taps cout floats apart).  One flat loop over
- * the taps and only constant indices into acc, so the 8 accumulators stay
- * in registers.  full: all 16 channels exist (plain loads); else only the
- * lanes of lm are loaded (the others compute garbage, never stored). */
-BNN_INLINE void bnn_fconv_acc_avx2(const bnn_fconv_params *fp, const float *const *xp,
-                                   const float *wt, const __m256i *lm, const int full,
-                                   float ybuf[BNN_FP][16])
+/* Store the low nb (1, 2, 4 or 8) bytes of m at dst (any alignment). */
+BNN_INLINE void bnn_store_bytes(unsigned char *dst, uint64_t m, const int nb)
 {
-    const int taps = fp->kh * fp->kw * fp->cin, kw = fp->kw, cin = fp->cin, cout = fp->cout;
-    const ptrdiff_t sxh = fp->sxh, sxw = fp->sxw;
-    __m256 acc[BNN_FP][2];
-    for (int p = 0; p < BNN_FP; p++)
-        for (int v = 0; v < 2; v++)
+    if (nb == 1) { const uint8_t u = (uint8_t)m; memcpy(dst, &u, 1); }
+    else if (nb == 2) { const uint16_t u = (uint16_t)m; memcpy(dst, &u, 2); }
+    else if (nb == 4) { const uint32_t u = (uint32_t)m; memcpy(dst, &u, 4); }
+    else memcpy(dst, &m, 8);
+}
+
+/* AVX2 tiling of the direct float conv.  A register tile is P pixels x V
+ * vectors of 8 output channels (P*V ymm accumulators, at most 12, plus V
+ * weight vectors and one broadcast in the 16 ymm registers):
+ *   acc[p][v] lane l = 0; for (i, j, c) in row-major order:
+ *       acc = fma(x0[p*pstep + i*sxh + j*sxw + c], w[i, j, c, co + 8v + l], acc)
+ * then the epilogue runs on the registers (no round trip through memory):
+ *   y = fma(acc, mult, bias) (acc + bias without mult), relu, store,
+ *   bits = y < thr (the 8V bits of the tile's channels, written as V bytes
+ *   of the pixel's output word; 8V divides 64 and co is a multiple of 8V).
+ * FMA latency 4 x 2 pipes: >= 8 independent accumulators keep both pipes
+ * busy, so the main tile is 6 x 2 (12 chains) and the row-end tiles trade
+ * pixels for channels (2 x 4, 1 x 8).  When neighbouring pixels are
+ * adjacent in memory (sxw == cin, the normal case) the kw*cin taps of
+ * kernel row i are one contiguous run of x and of w, one loop of kwc steps
+ * (9 for 3x3 RGB, then fully unrolled: kwc9 is the constant 9 or 0).
+ * full: all 8V channels exist; else lanes >= nco are masked (weights 0,
+ * nothing stored, bit 0). */
+#define BNN_FP_AVX2 6         /* pixels of the main AVX2 tile */
+
+BNN_INLINE void bnn_fconv_tile_avx2(const float *x0, ptrdiff_t pstep, ptrdiff_t sxh,
+                                    ptrdiff_t sxw, int kh, int kw, int cin, const int kwc9,
+                                    const float *wt, ptrdiff_t cout, const int P, const int V,
+                                    const int full, int nco, const float *mult,
+                                    const float *bias, int relu, const float *thr,
+                                    float *out, ptrdiff_t s_out_w, unsigned char *bits,
+                                    ptrdiff_t s_bits)
+{
+    __m256 acc[BNN_FP_AVX2][8];
+    __m256i lm[8];
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+#pragma GCC unroll 8
+    for (int v = 0; v < V; v++)
+        lm[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nco - 8 * v), lane);
+#pragma GCC unroll 8
+    for (int p = 0; p < P; p++)
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++)
             acc[p][v] = _mm256_setzero_ps();
-    ptrdiff_t xo = 0;             /* i*sxh + j*sxw + c */
-    for (int t = 0, c = 0, j = 0; t < taps; t++, wt += cout) {
-        __m256 wv[2];
-        for (int v = 0; v < 2; v++)
-            wv[v] = full ? _mm256_loadu_ps(wt + 8 * v) : _mm256_maskload_ps(wt + 8 * v, lm[v]);
-        for (int p = 0; p < BNN_FP; p++) {
-            const __m256 xb = _mm256_broadcast_ss(xp[p] + xo);
-            for (int v = 0; v < 2; v++)
-                acc[p][v] = _mm256_fmadd_ps(xb, wv[v], acc[p][v]);
+    /* One tap: x broadcast per pixel, V weight vectors, P*V FMAs. */
+#define BNN_FCONV_TAP(xo, wp)                                                         \
+    do {                                                                              \
+        __m256 wv[8];                                                                 \
+        _Pragma("GCC unroll 8") for (int v = 0; v < V; v++)                           \
+            wv[v] = full ? _mm256_loadu_ps((wp) + 8 * v)                              \
+                         : _mm256_maskload_ps((wp) + 8 * v, lm[v]);                   \
+        _Pragma("GCC unroll 8") for (int p = 0; p < P; p++) {                         \
+            const __m256 xb = _mm256_broadcast_ss(x0 + p * pstep + (xo));             \
+            _Pragma("GCC unroll 8") for (int v = 0; v < V; v++)                       \
+                acc[p][v] = _mm256_fmadd_ps(xb, wv[v], acc[p][v]);                    \
+        }                                                                             \
+    } while (0)
+    if (sxw == cin) {
+        const int kwc = kwc9 ? kwc9 : kw * cin;
+        for (int i = 0; i < kh; i++) {
+            const ptrdiff_t xi = i * sxh;
+            const float *wi = wt + (ptrdiff_t)i * kwc * cout;
+#pragma GCC unroll 9
+            for (int t = 0; t < kwc; t++)
+                BNN_FCONV_TAP(xi + t, wi + t * cout);
         }
-        xo++;
-        if (++c == cin) {         /* next j */
-            c = 0;
-            xo += sxw - cin;
-            if (++j == kw) {      /* next i */
-                j = 0;
-                xo += sxh - kw * sxw;
-            }
+    } else {
+        for (int i = 0; i < kh; i++)
+            for (int j = 0; j < kw; j++)
+                for (int c = 0; c < cin; c++)
+                    BNN_FCONV_TAP(i * sxh + j * sxw + c, wt + ((ptrdiff_t)(i * kw + j) * cin + c) * cout);
+    }
+#undef BNN_FCONV_TAP
+    /* Epilogue in passes, so each optional step is one branch per tile. */
+    if (mult) {
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++) {
+            const __m256 m = full ? _mm256_loadu_ps(mult + 8 * v) : _mm256_maskload_ps(mult + 8 * v, lm[v]);
+            const __m256 b = full ? _mm256_loadu_ps(bias + 8 * v) : _mm256_maskload_ps(bias + 8 * v, lm[v]);
+#pragma GCC unroll 8
+            for (int p = 0; p < P; p++)
+                acc[p][v] = _mm256_fmadd_ps(acc[p][v], m, b);
+        }
+    } else {
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++) {
+            const __m256 b = full ? _mm256_loadu_ps(bias + 8 * v) : _mm256_maskload_ps(bias + 8 * v, lm[v]);
+#pragma GCC unroll 8
+            for (int p = 0; p < P; p++)
+                acc[p][v] = _mm256_add_ps(acc[p][v], b);
         }
     }
-    for (int p = 0; p < BNN_FP; p++)
-        for (int v = 0; v < 2; v++)
-            _mm256_storeu_ps(ybuf[p] + 8 * v, acc[p][v]);
+    if (relu) {
+        const __m256 z = _mm256_setzero_ps();
+#pragma GCC unroll 8
+        for (int p = 0; p < P; p++)
+#pragma GCC unroll 8
+            for (int v = 0; v < V; v++) {
+                const __m256 y = acc[p][v];
+                const __m256 keep = _mm256_or_ps(_mm256_cmp_ps(y, z, _CMP_GT_OQ),
+                                                 _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
+                acc[p][v] = _mm256_blendv_ps(z, y, keep);
+            }
+    }
+    if (out)
+#pragma GCC unroll 8
+        for (int p = 0; p < P; p++)
+#pragma GCC unroll 8
+            for (int v = 0; v < V; v++) {
+                /* masked stores only for a partial tile (vmaskmovps stores are slow) */
+                if (full)
+                    _mm256_storeu_ps(out + p * s_out_w + 8 * v, acc[p][v]);
+                else
+                    _mm256_maskstore_ps(out + p * s_out_w + 8 * v, lm[v], acc[p][v]);
+            }
+    if (thr) {
+        __m256 t[8];
+#pragma GCC unroll 8
+        for (int v = 0; v < V; v++)
+            t[v] = full ? _mm256_loadu_ps(thr + 8 * v) : _mm256_maskload_ps(thr + 8 * v, lm[v]);
+#pragma GCC unroll 8
+        for (int p = 0; p < P; p++) {
+            uint64_t m = 0;
+#pragma GCC unroll 8
+            for (int v = 0; v < V; v++) {
+                __m256 lt = _mm256_cmp_ps(acc[p][v], t[v], _CMP_LT_OQ);
+                if (!full)
+                    lt = _mm256_and_ps(lt, _mm256_castsi256_ps(lm[v]));
+                m |= (uint64_t)(unsigned)_mm256_movemask_ps(lt) << (8 * v);
+            }
+            /* little-endian: bits 8v.. of the word are its byte v (x86 only) */
+            bnn_store_bytes(bits + p * s_bits, m, V);
+        }
+    }
+}
+
+/* Prefetch the output lines of nc floats from out, for n pixels s_out_w
+ * apart: the lines the next tile will store to.  When the output is not in
+ * L2 (it usually is not: the rest of the network ran in between), the
+ * stores' misses otherwise stall the tiles instead of overlapping them. */
+BNN_INLINE void bnn_fconv_prefetch_avx2(const float *out, ptrdiff_t s_out_w, int n, int nc)
+{
+    for (int q = 0; q < n; q++)
+        for (int c = 0; c < nc; c += 16)
+            _mm_prefetch((const char *)(out + q * s_out_w + c), _MM_HINT_T0);
+}
+
+/* The channel slices of P pixels starting at x0 / out / bits (the byte
+ * pointers address the pixel's first output word). */
+BNN_INLINE void bnn_fconv_pixels_avx2(const bnn_fconv_params *fp, const float *x0,
+                                      ptrdiff_t pstep, const int kwc9, const int P,
+                                      const int V, float *out, ptrdiff_t s_out_w,
+                                      unsigned char *bits, ptrdiff_t s_bits, int npf)
+{
+    const int cout = fp->cout, kh = fp->kh, kw = fp->kw, cin = fp->cin, relu = fp->relu;
+    const ptrdiff_t sxh = fp->sxh, sxw = fp->sxw;
+    const float *const w = fp->w, *const mult = fp->mult, *const bias = fp->bias,
+                *const thr = fp->thr;
+    int co = 0;
+    for (; co + 8 * V <= cout; co += 8 * V) {
+        if (out)
+            bnn_fconv_prefetch_avx2(out + P * s_out_w + co, s_out_w, npf, 8 * V);
+        bnn_fconv_tile_avx2(x0, pstep, sxh, sxw, kh, kw, cin, kwc9, w + co, cout, P, V, 1,
+                            8 * V, mult ? mult + co : NULL, bias + co, relu,
+                            bits ? thr + co : NULL, out ? out + co : NULL, s_out_w,
+                            bits ? bits + co / 8 : NULL, s_bits);
+    }
+    if (co < cout)
+        bnn_fconv_tile_avx2(x0, pstep, sxh, sxw, kh, kw, cin, kwc9, w + co, cout, P, V, 0,
+                            cout - co, mult ? mult + co : NULL, bias + co, relu,
+                            bits ? thr + co : NULL, out ? out + co : NULL, s_out_w,
+                            bits ? bits + co / 8 : NULL, s_bits);
+}
+
+/* bnn_fconv_row for AVX2: tiles of BNN_FP_AVX2 pixels, then the rest of
+ * the row with a smaller tile of more channels. */
+static void bnn_fconv_row_avx2(const bnn_fconv_params *fp, const float *xrow,
+                               float *out_row, ptrdiff_t s_out_w,
+                               bnn_word_t *bits_row, ptrdiff_t s_bits_w)
+{
+    const int wo = fp->wo, cout = fp->cout;
+    const int kwc9 = (fp->kw * fp->cin == 9) ? 9 : 0;
+    const ptrdiff_t pstep = (ptrdiff_t)fp->stride * fp->sxw;
+    unsigned char *bits = (unsigned char *)bits_row;
+    const ptrdiff_t s_bits = s_bits_w * (ptrdiff_t)sizeof(bnn_word_t);
+    if (!fp->thr)   /* (the caller passes thr with bits_row) */
+        bits = NULL;
+    /* The tiles write only their channels' bytes: zero the last word of a
+     * partial one (its bits past cout stay 0). */
+    if (bits && cout % BNN_WORD_BITS)
+        for (int q = 0; q < wo; q++)
+            bits_row[q * s_bits_w + cout / BNN_WORD_BITS] = 0;
+    /* main tiles, then the rest of the row (>= 8 accumulators where possible) */
+#define BNN_FCONV_PX(K, P, V)                                                          \
+    bnn_fconv_pixels_avx2(fp, xrow + wo0 * pstep, pstep, K, P, V,                     \
+                          out_row ? out_row + wo0 * s_out_w : NULL, s_out_w,          \
+                          bits ? bits + wo0 * s_bits : NULL, s_bits,               \
+                          bnn_min(BNN_FP_AVX2, wo - wo0 - (P)))
+#define BNN_FCONV_ROW(K)                                                               \
+    do {                                                                               \
+        int wo0 = 0;                                                                   \
+        for (; wo0 + BNN_FP_AVX2 <= wo; wo0 += BNN_FP_AVX2)                            \
+            BNN_FCONV_PX(K, BNN_FP_AVX2, 2);                                           \
+        switch (wo - wo0) {                                                            \
+        case 5: BNN_FCONV_PX(K, 5, 2); break;                                          \
+        case 4: BNN_FCONV_PX(K, 4, 2); break;                                          \
+        case 3: BNN_FCONV_PX(K, 3, 2); break;                                          \
+        case 2: BNN_FCONV_PX(K, 2, 4); break;                                          \
+        case 1: BNN_FCONV_PX(K, 1, 8); break;                                          \
+        default: break;                                                                \
+        }                                                                              \
+    } while (0)
+    if (out_row)   /* the first tile's lines (the tiles prefetch the next one's) */
+        bnn_fconv_prefetch_avx2(out_row, s_out_w, bnn_min(BNN_FP_AVX2, wo), cout);
+    if (bits)      /* the row's output words (a few lines) */
+        for (ptrdiff_t b = 0; b < wo * s_bits; b += 64)
+            _mm_prefetch((const char *)(bits + b), _MM_HINT_T0);
+    if (kwc9)
+        BNN_FCONV_ROW(9);   /* the 3x3 RGB layer: its own copy, taps unrolled */
+    else
+        BNN_FCONV_ROW(0);
+#undef BNN_FCONV_ROW
+#undef BNN_FCONV_PX
 }
 #endif
 
@@ -888,6 +1076,9 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                           float *out_row, ptrdiff_t s_out_w,
                           bnn_word_t *bits_row, ptrdiff_t s_bits_w)
 {
+#if BNN_AVX2
+    bnn_fconv_row_avx2(fp, xrow, out_row, s_out_w, bits_row, s_bits_w);
+#else
     const int cout = fp->cout, taps = fp->kh * fp->kw * fp->cin;
     const ptrdiff_t pstep = (ptrdiff_t)fp->stride * fp->sxw;
     for (int wo0 = 0; wo0 < fp->wo; wo0 += BNN_FP) {
@@ -945,63 +1136,6 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                 if (bits_row)
                     bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = bits;
             }
-#elif BNN_AVX2
-            /* Register tiles of BNN_FP pixels x 16 channels (2 ymm), the
-             * 16-channel slices of the 64-channel word. */
-            const float *xp[BNN_FP];
-            bnn_word_t bits[BNN_FP] = {0};
-            for (int p = 0; p < BNN_FP; p++)   /* past the row end: the last pixel again (discarded) */
-                xp[p] = xrow + (wo0 + bnn_min(p, np - 1)) * pstep;
-            const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-            for (int c16 = 0; c16 < nco; c16 += 16) {
-                const int co = co0 + c16;
-                float ybuf[BNN_FP][16];
-                __m256i lm[2];                 /* lanes with a channel < cout */
-                for (int v = 0; v < 2; v++)
-                    lm[v] = _mm256_cmpgt_epi32(_mm256_set1_epi32(nco - c16 - 8 * v), lane);
-                if (nco - c16 >= 16)
-                    bnn_fconv_acc_avx2(fp, xp, fp->w + co, lm, 1, ybuf);
-                else
-                    bnn_fconv_acc_avx2(fp, xp, fp->w + co, lm, 0, ybuf);
-                for (int p = 0; p < np; p++)
-                    for (int v = 0; v < 2 && c16 + 8 * v < nco; v++) {
-                        const int cv = co + 8 * v, full = nco - c16 - 8 * v >= 8;
-                        /* masked loads/stores only for a last partial vector
-                         * (vmaskmovps stores are slow on some CPUs) */
-                        const __m256 a = _mm256_loadu_ps(ybuf[p] + 8 * v);
-                        const __m256 b = full ? _mm256_loadu_ps(fp->bias + cv)
-                                              : _mm256_maskload_ps(fp->bias + cv, lm[v]);
-                        __m256 y;
-                        if (fp->mult)
-                            y = _mm256_fmadd_ps(a, full ? _mm256_loadu_ps(fp->mult + cv)
-                                                        : _mm256_maskload_ps(fp->mult + cv, lm[v]), b);
-                        else
-                            y = _mm256_add_ps(a, b);
-                        if (fp->relu) {
-                            const __m256 z = _mm256_setzero_ps();
-                            const __m256 keep = _mm256_or_ps(_mm256_cmp_ps(y, z, _CMP_GT_OQ),
-                                                             _mm256_cmp_ps(y, y, _CMP_UNORD_Q));
-                            y = _mm256_blendv_ps(z, y, keep);
-                        }
-                        if (out_row) {
-                            float *o = out_row + (wo0 + p) * s_out_w + cv;
-                            if (full)
-                                _mm256_storeu_ps(o, y);
-                            else
-                                _mm256_maskstore_ps(o, lm[v], y);
-                        }
-                        if (fp->thr) {
-                            const __m256 t = full ? _mm256_loadu_ps(fp->thr + cv)
-                                                  : _mm256_maskload_ps(fp->thr + cv, lm[v]);
-                            const __m256 lt = _mm256_and_ps(_mm256_cmp_ps(y, t, _CMP_LT_OQ),
-                                                            _mm256_castsi256_ps(lm[v]));
-                            bits[p] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << (c16 + 8 * v);
-                        }
-                    }
-            }
-            if (bits_row)
-                for (int p = 0; p < np; p++)
-                    bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = bits[p];
 #else
             for (int p = 0; p < np; p++) {
                 const float *xq = xrow + (wo0 + p) * pstep;
@@ -1034,6 +1168,7 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
         }
     }
     (void)taps;
+#endif
 }
 
 /* Pack one row of w pixels: bit c of word c / WORD_BITS = x[c] < thr[c]
