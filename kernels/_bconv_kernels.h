@@ -414,8 +414,10 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
  * 16 ymm registers while the 18-72 steps of one output leave little to
  * amortise their final popcounts; tiles of 3 pixels x 2 ymm; scalar popcnt
  * on the integer ALUs for some of the channels, which costs 4 macro-ops per
- * word against ~2 in the vector loop.)  The 1 or 2 steps left before a
- * flush or the end of a run go one at a time.
+ * word against ~2 in the vector loop.)  When runs are whole 3-step groups
+ * (3x3 kernels: kw*cw = 3*cw) a loop without per-run bookkeeping takes
+ * them; otherwise the 1 or 2 steps left before a flush or the end of a run
+ * go one at a time.
  *
  * Byte bound: a step adds at most 8 to a byte (4 + 4, or 24 for a group
  * of 3), so BNN_AVX2_FLUSH = 30 steps stay below 256 (8 * 30 = 240).  Then
@@ -461,6 +463,24 @@ BNN_INLINE void bnn_flush_avx2(__m256i acc[BNN_NY_MAX], const int NY, int64_t *t
     }
 }
 
+/* Steps s, s+1, s+2 (x words x1, x2, x3; weights w, w + wstep, w + 2*wstep)
+ * through one full adder into the NY byte accumulators. */
+BNN_INLINE void bnn_step3_avx2(__m256i acc[BNN_NY_MAX], const int NY, __m256i x1, __m256i x2,
+                               __m256i x3, const bnn_word_t *w, ptrdiff_t wstep,
+                               __m256i lut, __m256i lut2, __m256i low4)
+{
+    for (int v = 0; v < NY; v++, w += 4) {
+        const __m256i a = _mm256_xor_si256(x1, _mm256_loadu_si256((const __m256i *)w));
+        const __m256i b = _mm256_xor_si256(x2, _mm256_loadu_si256((const __m256i *)(w + wstep)));
+        const __m256i c = _mm256_xor_si256(x3, _mm256_loadu_si256((const __m256i *)(w + 2 * wstep)));
+        const __m256i u = _mm256_xor_si256(a, b);
+        const __m256i lo = _mm256_xor_si256(u, c);
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(u, c));
+        acc[v] = bnn_popadd8(acc[v], lo, lut, low4);
+        acc[v] = bnn_popadd8(acc[v], hi, lut2, low4);
+    }
+}
+
 /* x0: the pixel's first word; wb: the block's first weight word, wstep
  * words between steps (NV*LANES of the block); tile: the pixel's tile row
  * (4*NY channels, overwritten). */
@@ -481,6 +501,27 @@ BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
     const int nq = fused ? kw * cw : cw;
     int cnt = 0;              /* steps in the byte accumulators */
     int first = 1;            /* no flush yet: the tile is not written */
+#define BNN_X3_(xq) _mm256_set1_epi64x((long long)(xq)[0]), _mm256_set1_epi64x((long long)(xq)[1]), \
+                    _mm256_set1_epi64x((long long)(xq)[2])
+    if (nq % 3 == 0) {
+        /* Whole 3-step groups (3x3 kernels): no steps left over, and a
+         * flush falls between groups (BNN_AVX2_FLUSH % 3 == 0), so the
+         * loop needs no bookkeeping per run. */
+        for (int i = 0; i < kh; i++)
+            for (int j = 0; j < nj; j++) {
+                const bnn_word_t *xp = x0 + i * sxh + j * sxw;
+                for (int q = 0; q < nq; q += 3, wb += 3 * wstep) {
+                    bnn_step3_avx2(acc, NY, BNN_X3_(xp + q), wb, wstep, lut, lut2, low4);
+                    if ((cnt += 3) == BNN_AVX2_FLUSH) {
+                        bnn_flush_avx2(acc, NY, tile, first);
+                        first = cnt = 0;
+                    }
+                }
+            }
+        if (cnt)
+            bnn_flush_avx2(acc, NY, tile, first);
+        return;
+    }
     for (int i = 0; i < kh; i++) {
         for (int j = 0; j < nj; j++) {
             const bnn_word_t *xp = x0 + i * sxh + j * sxw;
@@ -488,23 +529,8 @@ BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
                 const int e = q + bnn_min(nq - q, BNN_AVX2_FLUSH - cnt);
                 cnt += e - q;
                 /* Steps q, q+1, q+2 through one full adder. */
-                for (; q + 3 <= e; q += 3, wb += 3 * wstep) {
-                    const __m256i x1 = _mm256_set1_epi64x((long long)xp[q]);
-                    const __m256i x2 = _mm256_set1_epi64x((long long)xp[q + 1]);
-                    const __m256i x3 = _mm256_set1_epi64x((long long)xp[q + 2]);
-                    for (int v = 0; v < NY; v++) {
-                        const bnn_word_t *w = wb + 4 * v;
-                        const __m256i a = _mm256_xor_si256(x1, _mm256_loadu_si256((const __m256i *)w));
-                        const __m256i b = _mm256_xor_si256(x2, _mm256_loadu_si256((const __m256i *)(w + wstep)));
-                        const __m256i c = _mm256_xor_si256(x3, _mm256_loadu_si256((const __m256i *)(w + 2 * wstep)));
-                        const __m256i u = _mm256_xor_si256(a, b);
-                        const __m256i lo = _mm256_xor_si256(u, c);
-                        const __m256i hi = _mm256_or_si256(_mm256_and_si256(a, b),
-                                                           _mm256_and_si256(u, c));
-                        acc[v] = bnn_popadd8(acc[v], lo, lut, low4);
-                        acc[v] = bnn_popadd8(acc[v], hi, lut2, low4);
-                    }
-                }
+                for (; q + 3 <= e; q += 3, wb += 3 * wstep)
+                    bnn_step3_avx2(acc, NY, BNN_X3_(xp + q), wb, wstep, lut, lut2, low4);
                 /* The 1 or 2 steps left before e (flush or end of run). */
                 for (; q < e; q++, wb += wstep) {
                     const __m256i xb = _mm256_set1_epi64x((long long)xp[q]);
@@ -521,6 +547,7 @@ BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
     }
     if (cnt)
         bnn_flush_avx2(acc, NY, tile, first);
+#undef BNN_X3_
 }
 #endif
 
