@@ -430,9 +430,8 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
  * acc = K - 2 * popcount.
  *
  * Registers (16 ymm): NY <= 8 byte accumulators + LUT, LUT2, nibble mask +
- * 3 broadcast x words + temporaries; GCC keeps one accumulator in L1 at
- * NY = 8 (an extra load/store per 3 steps: measured no slower than the
- * variants without it).
+ * 3 broadcast x words + temporaries (GCC 12 spills none in the whole-group
+ * loop; one accumulator spilled to L1 measured no slower either).
  * ------------------------------------------------------------------ */
 #define BNN_NY_MAX (BNN_CO_BLOCK / 4)   /* ymm of 4 words per block */
 #define BNN_AVX2_FLUSH 30     /* steps per byte-accumulator flush (8*30 < 256; a multiple of 3) */
