@@ -393,13 +393,13 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
 /* AVX2 core (no vector popcount instruction): Mula's nibble lookup, with
  * a 3-input carry-save adder in front of it.
  *
- * For one group of BNN_LANES = 8 output channels (two ymm of 4 words: the
- * weight words wg[s*wstep + l], l < 8, of step s) and P <= BNN_PA pixels,
- * it computes the same integers as the portable core:
- *   tile[p*BNN_CO_BLOCK + l] = sum over steps s of popcount(x_p[s] XOR wg[s*wstep + l])
+ * For one pixel and one block of NY = 2*nv ymm of 4 output channels (all
+ * the block's channels: the weight words wb[s*wstep + l], l < 4*NY, of step
+ * s), it computes the same integers as the portable core:
+ *   tile[l] = sum over steps s of popcount(x[s] XOR wb[s*wstep + l])
  * where the steps s = (i, j, c) run in the order of the weight layout
  * (kernel row i, then the kw*cw words of that row, one run when sxw == cw)
- * and x_p[s] = x0[p*pstep + i*sxh + j*sxw + c].
+ * and x[s] = x0[i*sxh + j*sxw + c].
  *
  * popcount of a 64-bit lane t = sum over its 8 bytes b of
  *   LUT[b & 15] + LUT[b >> 4],   LUT[n] = popcount(n) for n < 16 (0..4),
@@ -407,34 +407,45 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
  * (vpaddb) into a byte accumulator held in a register (bnn_popadd8).
  *
  * Steps are taken three at a time inside a run: with a, b, c the XOR
- * words of steps s, s+1, s+2 (same pixel and channel), per bit
+ * words of steps s, s+1, s+2 (same channel), per bit
  *   a + b + c = lo + 2*hi,  lo = a ^ b ^ c,  hi = (a & b) | ((a ^ b) & c)
  * (a full adder, 5 logic ops), so the three popcounts are
  * popcount(lo) + 2*popcount(hi): two nibble lookups instead of three, the
- * second with LUT2[n] = 2*LUT[n].  Logic ops issue on all four vector
- * pipes of Zen 3, vpshufb and vpsrlw only on two; per 3 steps this is 22
- * vector ops instead of 24.  (Deeper Harley-Seal trees, with 7 or 15
- * inputs or with ones/twos counters kept across steps, measured slower
- * here: with 16 ymm registers their counters spill, and the 18-72 steps
- * of one output leave little to amortise the final popcounts.)  The 1 or 2
- * steps left before a flush or the end of a run go one at a time.
+ * second with LUT2[n] = 2*LUT[n].  Per 3 steps and ymm this is 22 vector
+ * ops instead of 24, plus the 3 broadcasts of x, shared by the NY ymm.
+ * The loop is bound by this op count (removing ops speeds it up in
+ * proportion), so: one pixel with all NY <= 8 ymm of the block per call
+ * (the broadcasts shared 8 ways instead of 2; weights are memory operands
+ * of vpxor, loaded from L1 again for each pixel at no op cost).  (Measured
+ * slower or no faster here: deeper Harley-Seal trees with 7 or 15 inputs
+ * or ones/twos counters kept across steps, whose counters spill out of the
+ * 16 ymm registers while the 18-72 steps of one output leave little to
+ * amortise their final popcounts; tiles of 3 pixels x 2 ymm; scalar popcnt
+ * on the integer ALUs for some of the channels, which costs 4 macro-ops per
+ * word against ~2 in the vector loop.)  When runs are whole 3-step groups
+ * (3x3 kernels: kw*cw = 3*cw) a loop without per-run bookkeeping takes
+ * them; otherwise the 1 or 2 steps left before a flush or the end of a run
+ * go one at a time.
  *
  * Byte bound: a step adds at most 8 to a byte (4 + 4, or 24 for a group
  * of 3), so BNN_AVX2_FLUSH = 30 steps stay below 256 (8 * 30 = 240).  Then
  * vpsadbw against zero sums the 8 bytes of each 64-bit lane (= one output
- * channel) into that lane's 64-bit total, which is added to the int64 tile
- * and the byte accumulators restart from 0.  30 is a multiple of 3, so
- * runs of kw*cw = 3*cw words (3x3 kernels) are cut into whole groups.  So
- * tile = exact popcount sum, and the epilogue (bnn_epilogue_avx2 =
- * bnn_epilogue on 8 lanes) turns it into acc = K - 2 * popcount.
+ * channel) into that lane's 64-bit total, which is stored (first flush) or
+ * added to the int64 tile, and the byte accumulators restart from 0.  30
+ * is a multiple of 3, so runs of kw*cw = 3*cw words (3x3 kernels) are cut
+ * into whole groups.  So tile = exact popcount sum, and the epilogue
+ * (bnn_epilogue_avx2 = bnn_epilogue on 8 lanes) turns it into
+ * acc = K - 2 * popcount.
  *
- * Registers (16 ymm): P x 2 byte accumulators (6) + LUT, LUT2, nibble
- * mask + broadcast x words + temporaries (the weights are memory operands
- * of vpxor in the 3-step loop).
+ * Registers (16 ymm): NY <= 8 byte accumulators + LUT, LUT2, nibble mask +
+ * 3 broadcast x words + temporaries (GCC 12 spills none in the whole-group
+ * loop; one accumulator spilled to L1 measured no slower either).
  * ------------------------------------------------------------------ */
-#define BNN_PA 3              /* pixels per AVX2 register tile */
+#define BNN_NY_MAX (BNN_CO_BLOCK / 4)   /* ymm of 4 words per block */
 #define BNN_AVX2_FLUSH 30     /* steps per byte-accumulator flush (8*30 < 256; a multiple of 3) */
-typedef char bnn_avx2_group_is_2_ymm[(BNN_LANES == 8 && sizeof(bnn_word_t) == 8) ? 1 : -1];
+/* nv groups of 8 words = 2*nv ymm (the NY = 2*nv of bnn_core_dispatch). */
+typedef char bnn_avx2_group_is_2_ymm[(BNN_LANES == 8 && sizeof(bnn_word_t) == 8 &&
+                                      BNN_NY_MAX == 2 * BNN_NV_MAX) ? 1 : -1];
 typedef char bnn_avx2_flush_fits_bytes[(8 * BNN_AVX2_FLUSH < 256 && BNN_AVX2_FLUSH % 3 == 0) ? 1 : -1];
 
 /* acc (bytes) += lut[nibble] for both nibbles of each byte of t. */
@@ -446,42 +457,78 @@ BNN_INLINE __m256i bnn_popadd8(__m256i acc, __m256i t, __m256i lut, __m256i low4
     return _mm256_add_epi8(acc, _mm256_shuffle_epi8(lut, hi));
 }
 
-/* tile (int64, pixel p at tile + p*BNN_CO_BLOCK, 8 channels) += the
- * per-lane byte sums of the accumulators, which restart from 0. */
-BNN_INLINE void bnn_flush_avx2(__m256i acc[BNN_PA][2], const int P, int64_t *tile)
+/* tile (int64, channel 4v + l at tile[4v + l]) = (first) or += the
+ * per-lane byte sums of the NY accumulators, which restart from 0. */
+BNN_INLINE void bnn_flush_avx2(__m256i acc[BNN_NY_MAX], const int NY, int64_t *tile, int first)
 {
     const __m256i zero = _mm256_setzero_si256();
-    for (int p = 0; p < P; p++)
-        for (int v = 0; v < 2; v++) {
-            __m256i *t = (__m256i *)(tile + p * BNN_CO_BLOCK + 4 * v);
-            _mm256_storeu_si256(t, _mm256_add_epi64(_mm256_loadu_si256(t),
-                                                    _mm256_sad_epu8(acc[p][v], zero)));
-            acc[p][v] = zero;
-        }
+    for (int v = 0; v < NY; v++) {
+        __m256i *t = (__m256i *)(tile + 4 * v);
+        const __m256i sum = _mm256_sad_epu8(acc[v], zero);
+        _mm256_storeu_si256(t, first ? sum : _mm256_add_epi64(_mm256_loadu_si256(t), sum));
+        acc[v] = zero;
+    }
 }
 
-/* x0: first pixel (pixel p at x0 + p*pstep); wg: the group's first weight
- * word, wstep words between steps (NV*LANES of the block); tile: the
- * group's first channel of pixel 0 (overwritten). */
+/* Steps s, s+1, s+2 (x words x1, x2, x3; weights w, w + wstep, w + 2*wstep)
+ * through one full adder into the NY byte accumulators. */
+BNN_INLINE void bnn_step3_avx2(__m256i acc[BNN_NY_MAX], const int NY, __m256i x1, __m256i x2,
+                               __m256i x3, const bnn_word_t *w, ptrdiff_t wstep,
+                               __m256i lut, __m256i lut2, __m256i low4)
+{
+    for (int v = 0; v < NY; v++, w += 4) {
+        const __m256i a = _mm256_xor_si256(x1, _mm256_loadu_si256((const __m256i *)w));
+        const __m256i b = _mm256_xor_si256(x2, _mm256_loadu_si256((const __m256i *)(w + wstep)));
+        const __m256i c = _mm256_xor_si256(x3, _mm256_loadu_si256((const __m256i *)(w + 2 * wstep)));
+        const __m256i u = _mm256_xor_si256(a, b);
+        const __m256i lo = _mm256_xor_si256(u, c);
+        const __m256i hi = _mm256_or_si256(_mm256_and_si256(a, b), _mm256_and_si256(u, c));
+        acc[v] = bnn_popadd8(acc[v], lo, lut, low4);
+        acc[v] = bnn_popadd8(acc[v], hi, lut2, low4);
+    }
+}
+
+/* x0: the pixel's first word; wb: the block's first weight word, wstep
+ * words between steps (NV*LANES of the block); tile: the pixel's tile row
+ * (4*NY channels, overwritten). */
 BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw,
-                              ptrdiff_t pstep, const bnn_word_t *wg, ptrdiff_t wstep,
-                              int kh, int kw, int cw, const int P, int64_t *tile)
+                              const bnn_word_t *wb, ptrdiff_t wstep,
+                              int kh, int kw, int cw, const int NY, int64_t *tile)
 {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
                                          0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
     const __m256i lut2 = _mm256_add_epi8(lut, lut);     /* 2 * popcount(n) */
     const __m256i low4 = _mm256_set1_epi8(0x0f);
-    __m256i acc[BNN_PA][2];
-    for (int p = 0; p < P; p++)
-        for (int v = 0; v < 2; v++) {
-            acc[p][v] = _mm256_setzero_si256();
-            _mm256_storeu_si256((__m256i *)(tile + p * BNN_CO_BLOCK + 4 * v), acc[p][v]);
-        }
+    __m256i acc[BNN_NY_MAX];
+    for (int v = 0; v < NY; v++)
+        acc[v] = _mm256_setzero_si256();
     /* (j, c) fused into one run of kw*cw words when pixels are adjacent. */
     const int fused = (sxw == cw);
     const int nj = fused ? 1 : kw;
     const int nq = fused ? kw * cw : cw;
     int cnt = 0;              /* steps in the byte accumulators */
+    int first = 1;            /* no flush yet: the tile is not written */
+#define BNN_X3_(xq) _mm256_set1_epi64x((long long)(xq)[0]), _mm256_set1_epi64x((long long)(xq)[1]), \
+                    _mm256_set1_epi64x((long long)(xq)[2])
+    if (nq % 3 == 0) {
+        /* Whole 3-step groups (3x3 kernels): no steps left over, and a
+         * flush falls between groups (BNN_AVX2_FLUSH % 3 == 0), so the
+         * loop needs no bookkeeping per run. */
+        for (int i = 0; i < kh; i++)
+            for (int j = 0; j < nj; j++) {
+                const bnn_word_t *xp = x0 + i * sxh + j * sxw;
+                for (int q = 0; q < nq; q += 3, wb += 3 * wstep) {
+                    bnn_step3_avx2(acc, NY, BNN_X3_(xp + q), wb, wstep, lut, lut2, low4);
+                    if ((cnt += 3) == BNN_AVX2_FLUSH) {
+                        bnn_flush_avx2(acc, NY, tile, first);
+                        first = cnt = 0;
+                    }
+                }
+            }
+        if (cnt)
+            bnn_flush_avx2(acc, NY, tile, first);
+        return;
+    }
     for (int i = 0; i < kh; i++) {
         for (int j = 0; j < nj; j++) {
             const bnn_word_t *xp = x0 + i * sxh + j * sxw;
@@ -489,46 +536,25 @@ BNN_INLINE void bnn_core_avx2(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
                 const int e = q + bnn_min(nq - q, BNN_AVX2_FLUSH - cnt);
                 cnt += e - q;
                 /* Steps q, q+1, q+2 through one full adder. */
-                for (; q + 3 <= e; q += 3, wg += 3 * wstep) {
-                    for (int p = 0; p < P; p++) {
-                        const bnn_word_t *xq = xp + p * pstep + q;
-                        const __m256i x1 = _mm256_set1_epi64x((long long)xq[0]);
-                        const __m256i x2 = _mm256_set1_epi64x((long long)xq[1]);
-                        const __m256i x3 = _mm256_set1_epi64x((long long)xq[2]);
-                        for (int v = 0; v < 2; v++) {
-                            const bnn_word_t *w = wg + 4 * v;
-                            const __m256i a = _mm256_xor_si256(x1, _mm256_loadu_si256((const __m256i *)w));
-                            const __m256i b = _mm256_xor_si256(x2, _mm256_loadu_si256((const __m256i *)(w + wstep)));
-                            const __m256i c = _mm256_xor_si256(x3, _mm256_loadu_si256((const __m256i *)(w + 2 * wstep)));
-                            const __m256i u = _mm256_xor_si256(a, b);
-                            const __m256i lo = _mm256_xor_si256(u, c);
-                            const __m256i hi = _mm256_or_si256(_mm256_and_si256(a, b),
-                                                               _mm256_and_si256(u, c));
-                            acc[p][v] = bnn_popadd8(acc[p][v], lo, lut, low4);
-                            acc[p][v] = bnn_popadd8(acc[p][v], hi, lut2, low4);
-                        }
-                    }
-                }
+                for (; q + 3 <= e; q += 3, wb += 3 * wstep)
+                    bnn_step3_avx2(acc, NY, BNN_X3_(xp + q), wb, wstep, lut, lut2, low4);
                 /* The 1 or 2 steps left before e (flush or end of run). */
-                for (; q < e; q++, wg += wstep) {
-                    /* 2 weight vectors feed all P pixels (register reuse). */
-                    const __m256i w0 = _mm256_loadu_si256((const __m256i *)wg);
-                    const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wg + 4));
-                    for (int p = 0; p < P; p++) {
-                        const __m256i xb = _mm256_set1_epi64x((long long)xp[p * pstep + q]);
-                        acc[p][0] = bnn_popadd8(acc[p][0], _mm256_xor_si256(xb, w0), lut, low4);
-                        acc[p][1] = bnn_popadd8(acc[p][1], _mm256_xor_si256(xb, w1), lut, low4);
-                    }
+                for (; q < e; q++, wb += wstep) {
+                    const __m256i xb = _mm256_set1_epi64x((long long)xp[q]);
+                    for (int v = 0; v < NY; v++)
+                        acc[v] = bnn_popadd8(acc[v], _mm256_xor_si256(xb, _mm256_loadu_si256(
+                                                 (const __m256i *)(wb + 4 * v))), lut, low4);
                 }
                 if (cnt == BNN_AVX2_FLUSH) {
-                    bnn_flush_avx2(acc, P, tile);
-                    cnt = 0;
+                    bnn_flush_avx2(acc, NY, tile, first);
+                    first = cnt = 0;
                 }
             }
         }
     }
     if (cnt)
-        bnn_flush_avx2(acc, P, tile);
+        bnn_flush_avx2(acc, NY, tile, first);
+#undef BNN_X3_
 }
 #endif
 
@@ -541,19 +567,16 @@ BNN_INLINE void bnn_core_dispatch(const bnn_word_t *x0, ptrdiff_t sxh,
                                      int cw, int np, int nv, int64_t *tile)
 {
 #if BNN_AVX2
-    /* Groups of 8 channels outer, register tiles of BNN_PA pixels inner:
-     * the group's weights are reused from L1 by every pixel tile. */
+    /* One pixel x all the block's channels per call (see bnn_core_avx2). */
     const ptrdiff_t nl = (ptrdiff_t)nv * BNN_LANES;
-    for (int g = 0; g < nv; g++) {
-        const bnn_word_t *wg = wb + g * BNN_LANES;
-        for (int p0 = 0; p0 < np; p0 += BNN_PA) {
-            const bnn_word_t *xp = x0 + p0 * pstep;
-            int64_t *tp = tile + p0 * BNN_CO_BLOCK + g * BNN_LANES;
-            switch (bnn_min(BNN_PA, np - p0)) {
-            case 3: bnn_core_avx2(xp, sxh, sxw, pstep, wg, nl, kh, kw, cw, 3, tp); break;
-            case 2: bnn_core_avx2(xp, sxh, sxw, pstep, wg, nl, kh, kw, cw, 2, tp); break;
-            default: bnn_core_avx2(xp, sxh, sxw, pstep, wg, nl, kh, kw, cw, 1, tp); break;
-            }
+    for (int p = 0; p < np; p++) {
+        const bnn_word_t *xp = x0 + p * pstep;
+        int64_t *tp = tile + p * BNN_CO_BLOCK;
+        switch (nv) {
+        case 4: bnn_core_avx2(xp, sxh, sxw, wb, nl, kh, kw, cw, 8, tp); break;
+        case 3: bnn_core_avx2(xp, sxh, sxw, wb, nl, kh, kw, cw, 6, tp); break;
+        case 2: bnn_core_avx2(xp, sxh, sxw, wb, nl, kh, kw, cw, 4, tp); break;
+        default: bnn_core_avx2(xp, sxh, sxw, wb, nl, kh, kw, cw, 2, tp); break;
         }
     }
 #else

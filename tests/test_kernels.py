@@ -179,6 +179,23 @@ class TestConvIntegers:
         be.bconv_bits(x, be.prepare_weights(c.w), c.k_bits, 1, thr, bits, 1)
         np.testing.assert_array_equal(bits, _bits_out(ref, c, ref.prepare_weights(c.w), thr))
 
+    @pytest.mark.parametrize("cout", [3, 8, 16, 20, 24, 32, 40, 56, 61])
+    @pytest.mark.parametrize("cw", [1, 10, 11])
+    def test_channel_groups_per_block(self, be, ref, cout, cw):
+        """The AVX2 core takes all groups of 8 channels of a 32-channel block
+        at once (1 to 4 groups, last block partial), across flush
+        boundaries (3x3 kernel: 9, 90 and 99 steps), with saturated bytes."""
+        cin = WORD_BITS * cw
+        c = Case(n=1, h=4, w=9, k=3, pad=0, cin=cin, cout=cout, stride=1, seed=17)
+        c.x[:] = pack_bits(-np.ones(c.x.shape[:3] + (cin,)))     # all -1
+        c.w[: cout // 2] = 0                                      # all +1
+        ones, zeros = np.ones(cout, np.float32), np.zeros(cout, np.float32)
+        out, _ = _float_out(be, c, be.prepare_weights(c.w), ones, zeros)
+        np.testing.assert_array_equal(out, c.oracle_acc().astype(np.float32))
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, cout).astype(np.int32)
+        np.testing.assert_array_equal(_bits_out(be, c, be.prepare_weights(c.w), thr),
+                                      _bits_out(ref, c, ref.prepare_weights(c.w), thr))
+
     def test_all_backends_agree_on_integers(self):
         names = [n for n in ALL if n in B.available_backends()]
         assert "numpy" in names
