@@ -31,6 +31,15 @@ def test_engine_row_and_import_probe():
     assert imp["torch"] is False and imp["numba"] is False  # the default path imports neither
 
 
+@pytest.mark.skipif("cython" not in available_backends(), reason="the compiled extension is not built")
+def test_thread_scaling_is_timed_in_pairs():
+    out = json.loads(_run("--engines", "bnnlite", "--limit", "8", "--batch", "4", "--scaling", "2", "--json"))
+    sc = out["scaling"]
+    assert "error" not in sc, sc
+    assert sc["threads"] == 2 and sc["base_threads"] == 1 and sc["pairs"] >= 5
+    assert sc["throughput_ips"] > 0 and sc["base_ips"] > 0 and sc["speedup"] > 0
+
+
 def test_layers_run_per_chunk():
     rows = json.loads(_run("--layers", "--batch", "4", "--json"))
     assert [r["layer"] for r in rows] == ["bconv1", "bconv2", "bconv3", "bconv4", "bconv5"]
