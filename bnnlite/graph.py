@@ -331,7 +331,7 @@ class Graph:
         per_image = max([op.scratch_bytes_per_image() for op in self.ops if isinstance(op, Conv2D)] or [0])
         self.max_chunk = max(1, SCRATCH_BYTES // per_image) if per_image else None
         self.ops = [op for op in self.ops if not isinstance(op, Flatten)]
-        self._plans: dict[int, _Plan] = {}
+        self._plans: dict[int, dict[int, _Plan]] = {}  # slot -> batch size -> plan
 
     def _fuse_pool(self):
         readers = {}
@@ -367,23 +367,26 @@ class Graph:
             kept.append(op)
         self.ops = kept
 
-    def plan(self, n: int) -> _Plan:
-        """Buffers for batch size n, made on first use and kept (the two most recent sizes)."""
-        p = self._plans.get(n)
+    def plan(self, n: int, slot: int = 0) -> _Plan:
+        """Buffers for batch size n, made on first use and kept (the two most recent
+        sizes per slot).  Each slot has buffers of its own, so callers running the
+        graph at the same time from several threads use one slot each."""
+        plans = self._plans.setdefault(slot, {})
+        p = plans.get(n)
         if p is None:
-            if len(self._plans) >= 2:
-                self._plans.pop(next(iter(self._plans)))
-            p = self._plans[n] = _Plan(self, n)
+            if len(plans) >= 2:
+                plans.pop(next(iter(plans)))
+            p = plans[n] = _Plan(self, n)
         return p
 
-    def run(self, x: np.ndarray, threads: int) -> np.ndarray:
+    def run(self, x: np.ndarray, threads: int, slot: int = 0) -> np.ndarray:
         """x: normalised float32 (n, H, W, C) -> logits (n, K), a view into the plan's buffer."""
-        plan = self.plan(len(x))
+        plan = self.plan(len(x), slot)
         if x is not plan.tensors[INPUT]:
             plan.tensors[INPUT][...] = x
         for call in plan.calls(self, threads):
             call()
         return plan.tensors[OUTPUT]
 
-    def input_buffer(self, n: int) -> np.ndarray:
-        return self.plan(n).tensors[INPUT]
+    def input_buffer(self, n: int, slot: int = 0) -> np.ndarray:
+        return self.plan(n, slot).tensors[INPUT]

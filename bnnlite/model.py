@@ -32,11 +32,17 @@ class Model:
         backend: "cython", "numba" or "numpy" (default: best available, or
             $BNNLITE_BACKEND).
         chunk: images run through the graph at a time (buffers are planned
-            once per chunk size and reused).  Default (None): 2 with one
-            thread, which keeps every activation in L1/L2 (2 measured ~2x
-            faster than 16 on Zen 5), and 8 per thread with more, which
-            amortises starting the threads for every layer (2 threads on
-            Zen 3: 390 img/s at chunk 2, 512 at chunk 16).
+            once per chunk size and reused).  Default (None): 2, which keeps
+            every activation in L1/L2 (2 measured ~2x faster than 16 on Zen 5).
+
+    With ``threads`` > 1, a batch of several chunks is shared out chunk by
+    chunk: each of ``threads`` Python threads runs whole chunks through the
+    graph, with buffers of its own and one kernel thread (the kernels release
+    the GIL), so the threads never wait for each other between layers.  A
+    batch of one chunk (batch 1, say) instead splits each layer's rows
+    between ``threads`` OpenMP threads.  Either way an image's result does
+    not depend on the batch, the chunk or the thread count.  One Model is
+    not meant to be called from several threads at once (use one each).
     """
 
     def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int | None = None,
@@ -51,6 +57,7 @@ class Model:
         self._mean = np.asarray(self.header["normalization_mean"], np.float32)
         self._std = np.asarray(self.header["normalization_std"], np.float32)
         self._limiter = None
+        self._pool = None  # ThreadPoolExecutor for chunk-parallel batches, made on first use
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -77,9 +84,7 @@ class Model:
     @property
     def chunk(self) -> int:
         """Images per pass through the graph (see the class docstring)."""
-        if self._chunk is not None:
-            return self._chunk
-        return 2 if self._threads == 1 else 8 * self._threads
+        return 2 if self._chunk is None else self._chunk
 
     @chunk.setter
     def chunk(self, value):
@@ -144,22 +149,45 @@ class Model:
         out -= self._mean
         out /= self._std
 
-    def _blas_limit(self):
+    def _blas_limit(self, threads):
         if self._limiter is None:
             from threadpoolctl import ThreadpoolController
             self._limiter = ThreadpoolController()
-        return self._limiter.limit(limits=self._threads, user_api="blas")
+        return self._limiter.limit(limits=threads, user_api="blas")
+
+    def _executor(self):
+        if self._pool is None or self._pool._max_workers != self._threads:
+            from concurrent.futures import ThreadPoolExecutor
+            if self._pool is not None:
+                self._pool.shutdown(wait=False)
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="bnnlite")
+        return self._pool
+
+    def _run_chunks(self, x, starts, step, out, threads, slot):
+        """out[i:i+step] = logits of x[i:i+step] for each i in starts, on the buffers of ``slot``."""
+        for i in starts:
+            part = x[i:i + step]
+            buf = self.graph.input_buffer(len(part), slot)
+            self._normalize_into(part, buf)
+            out[i:i + len(part)] = self.graph.run(buf, threads, slot)
 
     def logits(self, images) -> np.ndarray:
         """Raw class scores, float32 (N, K) (or (K,) for one image)."""
         x, single = self._prepare(images)
         out = np.empty((len(x), self.graph.shapes["logits"][0]), np.float32)
         step = min(self.chunk, self.graph.max_chunk or self.chunk)
-        with self._blas_limit():
-            for i in range(0, len(x), step):
-                part = x[i:i + step]
-                self._normalize_into(part, self.graph.input_buffer(len(part)))
-                out[i:i + len(part)] = self.graph.run(self.graph.input_buffer(len(part)), self._threads)
+        starts = range(0, len(x), step)
+        workers = min(self._threads, len(starts))
+        if workers <= 1:  # one chunk: the kernels split each layer between the threads
+            with self._blas_limit(self._threads):
+                self._run_chunks(x, starts, step, out, self._threads, 0)
+        else:             # whole chunks in parallel, one kernel thread (and one BLAS thread) each
+            with self._blas_limit(1):
+                pool = self._executor()
+                jobs = [pool.submit(self._run_chunks, x, starts[k::workers], step, out, 1, k)
+                        for k in range(workers)]
+                for job in jobs:
+                    job.result()
         return out[0] if single else out
 
     def predict_proba(self, images) -> np.ndarray:

@@ -186,15 +186,25 @@ class TestBatchingAndThreads:
     @pytest.mark.parametrize("backend", BACKENDS)
     @pytest.mark.parametrize("arch", ["xnor", "birealnet"])
     def test_threads_2_same_results(self, arch, backend, tiny_bundles, images, logits_by_backend):
-        m = bnnlite.Model.load(tiny_bundles[arch], threads=2, backend=backend, chunk=16)
+        want = logits_by_backend[(arch, backend)]
+        # One chunk: the kernels split each layer's rows between the threads.
+        m = bnnlite.Model.load(tiny_bundles[arch], threads=2, backend=backend, chunk=len(images))
         assert m.threads == 2
-        np.testing.assert_array_equal(m.logits(images), logits_by_backend[(arch, backend)])
+        np.testing.assert_array_equal(m.logits(images), want)
+        np.testing.assert_array_equal(m.logits(images[:1]), want[:1])
+        # Several chunks (the last one short): whole chunks on two Python threads.
+        m.chunk = 3
+        np.testing.assert_array_equal(m.logits(images), want)
+        assert sorted(m.graph._plans) == [0, 1]   # both threads ran chunks, on buffers of their own
+        np.testing.assert_array_equal(m.logits(images[5:]), want[5:])
+        m.threads = 3                 # a new pool of three
+        np.testing.assert_array_equal(m.logits(images), want)
 
-    def test_default_chunk_follows_threads(self, tiny_bundles):
+    def test_chunk_default_and_setter(self, tiny_bundles):
         m = bnnlite.Model.load(tiny_bundles["xnor"])
         assert m.chunk == 2
         m.threads = 2
-        assert m.chunk == 16          # 8 per thread by default
+        assert m.chunk == 2           # per thread: threads share a batch out by chunks
         m.chunk = 5                   # an explicit chunk stays
         m.threads = 1
         assert m.chunk == 5
