@@ -125,6 +125,8 @@ def _passive_openmp():
 
 
 class _CythonImpl:
+    concurrent_calls = True  # plain C + OpenMP, no shared state between calls
+
     def __init__(self, module_name: str, variant: str):
         _passive_openmp()
         self.mod = importlib.import_module(module_name)
@@ -166,6 +168,13 @@ class _NumbaImpl:
         _passive_openmp()  # numba's default threading layer here is OpenMP
         self.mod = importlib.import_module("bnnlite._numba_kernels")
         self.layout = self.mod.LAYOUT
+        # numba's "workqueue" threading layer terminates the process when two
+        # threads launch parallel kernels at once ("omp" and "tbb" do not); the
+        # layer is chosen at the first parallel launch, so make one now.
+        self.mod.pack(np.zeros((1, 1, 1, 1), np.float32), np.zeros(1, np.float32),
+                      np.zeros((1, 1, 1, 1), WORD_DTYPE), 1)
+        import numba
+        self.concurrent_calls = numba.threading_layer() in ("omp", "tbb")
 
     def prepare(self, w):
         return _blocked_layout(w, self.mod.CO_BLOCK, self.mod.CO_BLOCK)
@@ -191,6 +200,7 @@ class _NumbaImpl:
 
 class _NumpyImpl:
     variant = "numpy"
+    concurrent_calls = False  # NumPy loops that hold the GIL: threads would only queue
 
     def __init__(self):
         self.mod = importlib.import_module("bnnlite.reference")
@@ -323,6 +333,9 @@ class Backend:
     def __init__(self, name: str, impl):
         self.name = name
         self.variant = impl.variant
+        #: True when several threads may run kernels at the same time, each with
+        #: threads=1 (Model then shares a batch out by chunks between threads).
+        self.concurrent_calls = impl.concurrent_calls
         self._impl = impl
 
     def __repr__(self):

@@ -40,7 +40,8 @@ class Model:
     graph, with buffers of its own and one kernel thread (the kernels release
     the GIL), so the threads never wait for each other between layers.  A
     batch of one chunk (batch 1, say) instead splits each layer's rows
-    between ``threads`` OpenMP threads.  Either way an image's result does
+    between ``threads`` OpenMP threads, as does every batch on a backend
+    whose ``concurrent_calls`` is False.  Either way an image's result does
     not depend on the batch, the chunk or the thread count.  One Model is
     not meant to be called from several threads at once (use one each).
     """
@@ -177,7 +178,7 @@ class Model:
         out = np.empty((len(x), self.graph.shapes["logits"][0]), np.float32)
         step = min(self.chunk, self.graph.max_chunk or self.chunk)
         starts = range(0, len(x), step)
-        workers = min(self._threads, len(starts))
+        workers = min(self._threads, len(starts)) if self.backend.concurrent_calls else 1
         if workers <= 1:  # one chunk: the kernels split each layer between the threads
             with self._blas_limit(self._threads):
                 self._run_chunks(x, starts, step, out, self._threads, 0)

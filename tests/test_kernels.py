@@ -748,6 +748,24 @@ class TestSelector:
         assert bad.strip() == "[]"
         assert float(dt) < 0.5  # own cost is ~10 ms; generous for a busy machine
 
+    def test_numba_workqueue_layer_is_never_called_concurrently(self):
+        """numba's workqueue layer terminates the process on concurrent launches:
+        with it, Model must keep to one calling thread, and still give the results."""
+        pytest.importorskip("numba")
+        code = ("import numpy as np, bnnlite, numba; from bnnlite.backend import get_backend; "
+                "be = get_backend('numba'); print(numba.threading_layer(), be.concurrent_calls); "
+                "m = bnnlite.Model.pretrained(backend='numba', threads=2); "
+                "x = np.random.default_rng(0).integers(0, 256, (9, 32, 32, 3), dtype=np.uint8); "
+                "m1 = bnnlite.Model.pretrained(backend='numba'); "
+                "print(bool((m.logits(x) == m1.logits(x)).all()))")
+        env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+        env.pop(B.ENV_VAR, None)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert res.stdout.split() == ["workqueue", "False", "True"]
+        # The cython and numpy backends say what they are.
+        assert B.get_backend("numpy").concurrent_calls is False
+
 
 class TestReferenceItself:
     def test_reference_popcount_formula(self):
