@@ -335,7 +335,7 @@ class Backend:
         self.variant = impl.variant
         #: True when several threads may run kernels at the same time, each with
         #: threads=1 (Model then shares a batch out by chunks between threads).
-        self.concurrent_calls = impl.concurrent_calls
+        self.concurrent_calls = bool(getattr(impl, "concurrent_calls", False))
         self._impl = impl
 
     def __repr__(self):

@@ -195,7 +195,8 @@ class TestBatchingAndThreads:
         # Several chunks (the last one short): whole chunks on two Python threads.
         m.chunk = 3
         np.testing.assert_array_equal(m.logits(images), want)
-        assert sorted(m.graph._plans) == [0, 1]   # both threads ran chunks, on buffers of their own
+        # Both threads ran chunks, on buffers of their own (where the backend allows it).
+        assert sorted(m.graph._plans) == ([0, 1] if m.backend.concurrent_calls else [0])
         np.testing.assert_array_equal(m.logits(images[5:]), want[5:])
         m.threads = 3                 # a new pool of three
         np.testing.assert_array_equal(m.logits(images), want)
