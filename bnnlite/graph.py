@@ -117,8 +117,8 @@ class Conv2D(RuntimeOp):
         if not self.direct:
             return lambda: self._run_im2col(t, ctx)
         a, (h, w, _) = self.attrs, self.in_shape
-        pad = ctx.scratch[self.name]["pad"]
-        interior, src = pad[:, a["padding"]:a["padding"] + h, a["padding"]:a["padding"] + w], t[self.inputs[0]]
+        p, pad, src = a["padding"], ctx.scratch[self.name]["pad"], t[self.inputs[0]]
+        interior = pad[:, p:p + h, p:p + w]
         out_bits = next_thr = None
         if self.fused_pack is not None:
             out_bits, next_thr = t[self.fused_pack[0]], self.fused_pack[1]

@@ -53,12 +53,12 @@ class Model:
         self.source = source
         self.backend = get_backend(backend)
         self.graph = Graph(bundle, self.backend)
+        self._pool = None  # ThreadPoolExecutor for chunk-parallel batches, made on first use
         self.chunk = chunk
         self.threads = threads
         self._mean = np.asarray(self.header["normalization_mean"], np.float32)
         self._std = np.asarray(self.header["normalization_std"], np.float32)
         self._limiter = None
-        self._pool = None  # ThreadPoolExecutor for chunk-parallel batches, made on first use
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -98,6 +98,9 @@ class Model:
     @threads.setter
     def threads(self, v):
         self._threads = self._positive_int("threads", v)
+        if self._pool is not None:  # sized for the old count
+            self._pool.shutdown(wait=False)
+            self._pool = None
 
     @property
     def input_shape(self) -> tuple:
@@ -157,10 +160,8 @@ class Model:
         return self._limiter.limit(limits=threads, user_api="blas")
 
     def _executor(self):
-        if self._pool is None or self._pool._max_workers != self._threads:
+        if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
-            if self._pool is not None:
-                self._pool.shutdown(wait=False)
             self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="bnnlite")
         return self._pool
 

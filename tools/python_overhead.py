@@ -43,14 +43,14 @@ def main(batches, repeat, threads):
     rng = np.random.default_rng(0)
     for b in batches:
         x = rng.integers(0, 256, (b,) + m.input_shape, dtype=np.uint8)
-        np.seterr(invalid="ignore")  # the dense layer multiplies never-written buffers
-        for _ in range(5):
-            m.predict(x)
         ts = []
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            m.predict(x)
-            ts.append(time.perf_counter() - t0)
+        with np.errstate(invalid="ignore"):  # the dense layer multiplies never-written buffers
+            for _ in range(5):
+                m.predict(x)
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                m.predict(x)
+                ts.append(time.perf_counter() - t0)
         click.echo(f"batch {b:4d}: {1e3 * np.median(ts):8.3f} ms of Python per predict (median of {repeat})")
 
 
