@@ -25,7 +25,8 @@ import warnings
 from setuptools import Extension, setup
 
 NAMES = ("_bconv_avx512", "_bconv_avx2", "_bconv_generic")
-DEPENDS = ["kernels/_bconv.pxi", "kernels/_bconv_kernels.h", "kernels/_bitpack.pxd"]
+DEPENDS = ["kernels/_bconv.pxi", "kernels/_bconv_kernels.h", "kernels/_bconv_planes.h",
+           "kernels/_bitpack.pxd"]
 
 
 def _extensions():

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import threading
 import warnings
 
 import numpy as np
@@ -58,17 +59,21 @@ class PreparedWeights:
     ``data`` is an opaque C-contiguous word array in the backend's own layout
     (``layout`` names it); ``cout, kh, kw, cw`` describe the original
     (Cout, KH, KW, Cw) bitpack array; ``cin`` the real input channels if
-    they were given to prepare_weights (else None).  Only the backend that
-    made it may consume it (checked by ``layout``).
+    they were given to prepare_weights (else None).  ``planes``: the
+    per-channel plane lists of the bit-plane conv (see ``_plane_lists``)
+    when the backend has it and the layer fits it, else None (then the
+    popcount core runs; setting it to None forces that).  Only the backend
+    that made it may consume it (checked by ``layout``).
     """
 
-    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout", "cin")
+    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout", "cin", "planes")
 
-    def __init__(self, cout, kh, kw, cw, data, layout, cin=None):
+    def __init__(self, cout, kh, kw, cw, data, layout, cin=None, planes=None):
         self.cout, self.kh, self.kw, self.cw = int(cout), int(kh), int(kw), int(cw)
         self.data = data
         self.layout = layout
         self.cin = None if cin is None else int(cin)
+        self.planes = planes
 
     @property
     def shape(self):
@@ -109,6 +114,59 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
     return data
 
 
+def _plane_lists(w: np.ndarray, cin, hi_range):
+    """The per-output-channel lists of the bit-plane conv
+    (kernels/_bconv_planes.h), or None when the layer is too large for them.
+
+    Plane k = (i*KW + j)*Cw*64 + c holds input bit c of tap (i, j) for 256
+    pixels.  With W1 = the taps whose weight bit is 1 (-1) and W0 the others
+    (real channels c < cin only), channel co lists the shorter of the two
+    (``ones[co]`` = 1 when it is W1), padded with the zero plane (the last
+    one) to a multiple of 16; ``w1[co]`` = |W1|.  The sixteens counter needs
+    ``hi`` bits: at least max(list)/16 + 1 values, within hi_range.
+    Returns (idx uint16, off int32 (Cout+1,), w1 int32, ones uint8, nplanes,
+    hi).
+    """
+    cout, kh, kw, cw = w.shape
+    cpix = cw * WORD_BITS
+    cin = cpix if cin is None else cin
+    nplanes = kh * kw * cpix + 1
+    k_real = kh * kw * cin
+    if nplanes > 1 << 16 or k_real >= 1 << 15:  # uint16 plane numbers, int16 counts
+        return None
+    # Bit c of a word is bit c % 8 of byte c // 8 (little-endian words, LSB first).
+    bits = np.unpackbits(w.astype("<u8").view(np.uint8), axis=-1, bitorder="little")
+    bits = bits.reshape(cout, kh * kw, cpix)[:, :, :cin].reshape(cout, -1).astype(bool)
+    plane = (np.arange(kh * kw)[:, None] * cpix + np.arange(cin)[None, :]).reshape(-1)
+    w1 = bits.sum(axis=1)
+    ones = w1 <= k_real - w1
+    lists = [plane[bits[co] == ones[co]] for co in range(cout)]
+    lens = [-(-len(x) // 16) * 16 for x in lists]
+    off = np.zeros(cout + 1, np.int32)
+    off[1:] = np.cumsum(lens)
+    idx = np.full(max(int(off[-1]), 1), nplanes - 1, np.uint16)
+    for co, x in enumerate(lists):
+        idx[off[co]:off[co] + len(x)] = x
+    hi = max(hi_range[0], (max(lens) // 16).bit_length())
+    if hi > hi_range[1]:
+        return None
+    return (idx, off, w1.astype(np.int32), ones.astype(np.uint8), nplanes, hi)
+
+
+class _Workspace(threading.local):
+    """One scratch buffer per Python thread, grown on demand and then reused:
+    no allocation per kernel call in steady state, and threads that run
+    kernels side by side (Model's chunks) never share one."""
+
+    def get(self, nbytes: int) -> np.ndarray:
+        buf = getattr(self, "buf", None)
+        if buf is None or buf.size < nbytes:
+            raw = np.zeros(nbytes + _ALIGN, np.uint8)
+            off = -raw.ctypes.data % _ALIGN
+            self.buf = buf = raw[off:off + nbytes]
+        return buf[:nbytes]
+
+
 # --------------------------------------------------------------------------
 # Implementations (each a thin adapter over an unchecked kernel module)
 # --------------------------------------------------------------------------
@@ -135,9 +193,15 @@ class _CythonImpl:
                               f"words, bitpack.WORD_BITS is {WORD_BITS}; rebuild it")
         self.variant = variant
         self.layout = f"cython-b{self.mod.CO_BLOCK}-l{self.mod.LANES}"
+        self._workspace = _Workspace()
 
     def prepare(self, w):
         return _blocked_layout(w, self.mod.LANES, self.mod.CO_BLOCK)
+
+    def prepare_planes(self, w, cin):
+        if not getattr(self.mod, "HAVE_PLANES", False):
+            return None
+        return _plane_lists(w, cin, self.mod.PLANES_HI)
 
     def pack(self, x, thr, out, threads):
         self.mod.pack_raw(x, thr, out, threads)
@@ -145,9 +209,17 @@ class _CythonImpl:
     def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
               out_bits, next_thr, thr, threads, pool=False):
         g, b, z = rprelu if rprelu is not None else (None, None, None)
+        planes = ws = None
+        if pw.planes is not None:
+            n = x.shape[0]
+            ho = (x.shape[1] - pw.kh) // stride + 1
+            wo = (x.shape[2] - pw.kw) // stride + 1
+            if self.mod.planes_block_pixels(n, ho, wo, pool) >= self.mod.PLANES_MIN_PIXELS:
+                planes = pw.planes
+                ws = self._workspace.get(threads * self.mod.planes_workspace_bytes(planes[4]))
         self.mod.bconv_raw(x, pw.data, pw.kh, pw.kw, pw.cw, pw.cout, k_bits, stride,
                            scale, mult, bias, residual, g, b, z, out, out_bits, next_thr,
-                           thr, threads, pool)
+                           thr, threads, pool, planes, ws)
 
     def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
         kh, kw, cin, cout = w.shape
@@ -399,9 +471,11 @@ class Backend:
             tail = cw * WORD_BITS - cin
             if tail and np.any(w_packed[..., -1] >> WORD_DTYPE.type(WORD_BITS - tail)):
                 raise ValueError(f"w_packed: tail bits (channels >= {cin}) must be 0")
-        data = self._impl.prepare(np.ascontiguousarray(w_packed))
+        w_packed = np.ascontiguousarray(w_packed)
+        data = self._impl.prepare(w_packed)
+        planes = getattr(self._impl, "prepare_planes", lambda w, c: None)(w_packed, cin)
         return PreparedWeights(*w_packed.shape, data=data, layout=self._impl.layout,
-                               cin=cin)
+                               cin=cin, planes=planes)
 
     def _check_wp(self, wp):
         if isinstance(wp, PreparedWeights) and wp.layout != self._impl.layout:

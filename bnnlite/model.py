@@ -32,8 +32,10 @@ class Model:
         backend: "cython", "numba" or "numpy" (default: best available, or
             $BNNLITE_BACKEND).
         chunk: images run through the graph at a time (buffers are planned
-            once per chunk size and reused).  Default (None): 2, which keeps
-            every activation in L1/L2 (2 measured ~2x faster than 16 on Zen 5).
+            once per chunk size and reused).  Default (None): 4: the bit-plane
+            conv (AVX2) fills its 256-pixel blocks from four 8x8 images, and
+            the activations stay small (2 measured ~2x faster than 16 on Zen 5;
+            on AVX2, 4 ran the model 1.2-1.3x faster than 2, docs/benchmarks.md).
 
     With ``threads`` > 1, a batch of several chunks is shared out chunk by
     chunk: each of ``threads`` Python threads runs whole chunks through the
@@ -85,7 +87,7 @@ class Model:
     @property
     def chunk(self) -> int:
         """Images per pass through the graph (see the class docstring)."""
-        return 2 if self._chunk is None else self._chunk
+        return 4 if self._chunk is None else self._chunk
 
     @chunk.setter
     def chunk(self, value):

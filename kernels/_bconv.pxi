@@ -15,7 +15,8 @@
 #   HAVE_AVX512, HAVE_AVX2, WORD_BITS_C, LANES, CO_BLOCK.
 
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+cimport openmp
 
 from _bitpack cimport word_t, WORD_BITS
 
@@ -66,6 +67,34 @@ cdef extern from "_bconv_kernels.h" nogil:
     void bnn_pack_row(const float *x, Py_ssize_t sxw, const float *thr, int c,
                       int w, bnn_word_t *out, Py_ssize_t sow)
 
+    # The bit-plane conv (kernels/_bconv_planes.h; BNN_HAVE_PLANES: AVX2 build).
+    int BNN_HAVE_PLANES
+    int BNN_PL_PIX
+    int BNN_PL_HI_MIN
+    int BNN_PL_HI_MAX
+    ctypedef struct bnn_planes:
+        const uint16_t *idx
+        const int32_t *off
+        const int32_t *w1
+        const uint8_t *ones
+        int nplanes
+        int hi
+    ctypedef struct bnn_planes_io:
+        const bnn_word_t *x
+        Py_ssize_t sxn
+        const float *res
+        Py_ssize_t srn, srh, srw
+        float *out
+        Py_ssize_t son, soh, sow
+        bnn_word_t *bits
+        Py_ssize_t sbn, sbh, sbw
+        int rows
+        int pool, wpool
+    size_t bnn_planes_ws_bytes(int nplanes)
+    int bnn_planes_unit_pixels(int wo, int pool, int wpool)
+    void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
+                          const bnn_planes_io *io, int u0, int nu, void *ws)
+
 
 cdef inline float _fmax_np(float a, float b) noexcept nogil:
     # np.maximum semantics: NaN propagates, ties (0.0 vs -0.0) give b.
@@ -81,6 +110,28 @@ cdef inline Py_ssize_t _chunk(Py_ssize_t rows, int threads) noexcept nogil:
 
 HAVE_AVX512 = bool(BNN_HAVE_AVX512)
 HAVE_AVX2 = bool(BNN_HAVE_AVX2)
+HAVE_PLANES = bool(BNN_HAVE_PLANES)
+PLANES_PIXELS = BNN_PL_PIX
+PLANES_HI = (BNN_PL_HI_MIN, BNN_PL_HI_MAX)
+#: The bit-plane conv runs only when a block holds at least this many of its
+#: 256 pixels (a smaller batch of small images leaves most bits of every
+#: plane idle, and the popcount core is then faster).
+PLANES_MIN_PIXELS = 128
+
+
+def planes_workspace_bytes(int nplanes):
+    """Scratch bytes per thread of the bit-plane conv (a multiple of 64)."""
+    return (bnn_planes_ws_bytes(nplanes) + 63) // 64 * 64
+
+
+def planes_block_pixels(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, bint pool):
+    """Conv pixels in the first block of the bit-plane conv of an output of
+    n x ho x wo conv pixels (0: it does not apply)."""
+    cdef int upix = bnn_planes_unit_pixels(<int>wo, pool, <int>(wo // 2))
+    if upix == 0 or not BNN_HAVE_PLANES:
+        return 0
+    cdef Py_ssize_t units = n * (ho // 2 if pool else ho)
+    return min(BNN_PL_PIX // upix, units) * upix
 WORD_BITS_C = WORD_BITS
 LANES = BNN_LANES
 CO_BLOCK = BNN_CO_BLOCK
@@ -113,10 +164,14 @@ def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
 def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
               int kh, int kw, int cw, int cout, long long k_bits, int stride,
               scale, mult, bias, residual, gamma, beta, zeta,
-              out, out_bits, next_thr, thr, int threads, bint pool=False):
+              out, out_bits, next_thr, thr, int threads, bint pool=False,
+              planes=None, workspace=None):
     """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
     (scale/mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
-    backend.bconv_bits (thr given)."""
+    backend.bconv_bits (thr given).  planes: None, or the plane lists
+    (idx, off, w1, ones, nplanes, hi) of the bit-plane conv, with workspace a
+    uint8 array of threads * planes_workspace_bytes(nplanes) bytes, 64-byte
+    aligned (the caller checked that the layer fits: planes_block_pixels)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
     cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
@@ -203,6 +258,47 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     # threads never share an output word.
     cdef Py_ssize_t Hp = Ho // 2, chunk
     cdef int wpool = <int>(Wo // 2)
+
+    cdef bnn_planes pl
+    cdef bnn_planes_io io
+    cdef const uint16_t[::1] pidx_v
+    cdef const int32_t[::1] poff_v, pw1_v
+    cdef const uint8_t[::1] pones_v
+    cdef uint8_t[::1] ws_v
+    cdef char *wsb
+    cdef Py_ssize_t units, upb, nblk, wsz, b
+    if planes is not None:
+        pidx_v, poff_v, pw1_v, pones_v = planes[0], planes[1], planes[2], planes[3]
+        pl.idx = &pidx_v[0]
+        pl.off = &poff_v[0]
+        pl.w1 = &pw1_v[0]
+        pl.ones = &pones_v[0]
+        pl.nplanes = planes[4]
+        pl.hi = planes[5]
+        io.x = <const bnn_word_t *>xb
+        io.sxn = sxn
+        io.res = res_b
+        io.srn, io.srh, io.srw = srn, srh, srw
+        io.out = out_b
+        io.son, io.soh, io.sow = son, soh, sow
+        io.bits = <bnn_word_t *>bits_b
+        io.sbn, io.sbh, io.sbw = sbn, sbh, sbw
+        io.rows = <int>(Hp if pool else Ho)
+        io.pool = 1 if pool else 0
+        io.wpool = wpool
+        units = N * io.rows
+        upb = BNN_PL_PIX // bnn_planes_unit_pixels(<int>Wo, io.pool, wpool)
+        nblk = (units + upb - 1) // upb
+        ws_v = workspace
+        wsb = <char *>&ws_v[0]
+        wsz = planes_workspace_bytes(pl.nplanes)
+        # Blocks are independent (whole output rows): threads never share a word.
+        for b in prange(nblk, nogil=True, schedule="dynamic", chunksize=1,
+                        num_threads=threads):
+            bnn_planes_block(&prm, &pl, &io, <int>(b * upb),
+                             <int>(upb if units - b * upb > upb else units - b * upb),
+                             wsb + openmp.omp_get_thread_num() * wsz)
+        return
     if pool:
         # One pooled row (conv rows 2i, 2i+1) per iteration.
         if N * Hp == 0:

@@ -310,19 +310,63 @@ BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
 #endif
 
 #if BNN_AVX2
-/* The portable epilogue, 8 channels (one group) at a time: the same
- * per-channel integer and float32 operations in the same order (vmulps,
- * then one vfmadd for fmaf), so the results are identical.  A last group of
- * fewer than 8 channels goes through bnn_epilogue.  t: the int64 popcounts
- * of one pixel, channel co0 + l at t[l]. */
-BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
-                                  int co0, int nco, const float *res_px,
-                                  float *out_px, int ocol, bnn_word_t *wbits)
+/* The portable epilogue on one group of 8 channels co .. co+7 of one pixel:
+ * the same per-channel integer and float32 operations in the same order
+ * (vmulps, then one vfmadd for fmaf), so the results are identical.
+ * a: acc = K - 2*popcount as int32 lanes (|acc| <= K < 2^31).  rc: the
+ * residual channel of co when cres is a multiple of 8 (see below).  Returns
+ * the 8 bits (bits mode, or the fused pack), lane l at bit l. */
+BNN_INLINE unsigned bnn_epilogue8_avx2(const bnn_conv_params *prm, __m256i a, int co,
+                                       const float *res_px, int rc, float *out_px, int ocol)
 {
-    const __m256i kv = _mm256_set1_epi64x((long long)prm->k_bits);
+    if (prm->thr)   /* a < thr as int32 */
+        return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(
+            _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(prm->thr + co)), a)));
+    /* The int32 -> float conversion rounds like (float)(int64_t)acc. */
+    __m256 y = _mm256_cvtepi32_ps(a);
+    y = _mm256_mul_ps(y, _mm256_loadu_ps(prm->scale + co));
+    y = _mm256_fmadd_ps(y, _mm256_loadu_ps(prm->mult + co), _mm256_loadu_ps(prm->bias + co));
+    if (res_px) {
+        __m256 r;
+        if (prm->cres % BNN_LANES == 0) {
+            /* rc .. rc+7 is contiguous inside one residual copy. */
+            r = _mm256_loadu_ps(res_px + rc);
+        } else {
+            float tmp[BNN_LANES];
+            for (int k = 0; k < BNN_LANES; k++)
+                tmp[k] = res_px[(co + k) % prm->cres];
+            r = _mm256_loadu_ps(tmp);
+        }
+        y = _mm256_add_ps(y, r);
+    }
+    if (prm->gamma) {
+        const __m256 gm = _mm256_loadu_ps(prm->gamma + co);
+        const __m256 ge = _mm256_cmp_ps(y, gm, _CMP_GE_OQ);
+        const __m256 d = _mm256_sub_ps(y, gm);
+        const __m256 e = _mm256_mul_ps(_mm256_loadu_ps(prm->beta + co), d);
+        /* (y >= gamma ? d : beta*d) + zeta */
+        y = _mm256_add_ps(_mm256_blendv_ps(e, d, ge), _mm256_loadu_ps(prm->zeta + co));
+    }
+    if (out_px)
+        _mm256_storeu_ps(out_px + (co - ocol), y);
+    if (prm->next_thr)
+        return (unsigned)_mm256_movemask_ps(
+            _mm256_cmp_ps(y, _mm256_loadu_ps(prm->next_thr + co), _CMP_LT_OQ));
+    return 0;
+}
+
+/* The portable epilogue of one pixel, 8 channels at a time (a last group of
+ * fewer than 8 goes through bnn_epilogue).  Popcounts of channel co0 + l:
+ * t64[l] (int64) or, when t64 is NULL, t32[l] (int32). */
+BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t64,
+                                  const int32_t *t32, int co0, int nco,
+                                  const float *res_px, float *out_px, int ocol,
+                                  bnn_word_t *wbits)
+{
+    const __m256i kv = _mm256_set1_epi32((int)prm->k_bits);
     const __m256i even = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
     const int cres = prm->cres;
-    /* The int32 shortcut below needs K < 2^31 (always so in practice). */
+    /* The int32 arithmetic below needs K < 2^31 (always so in practice). */
     const int nvec = prm->k_bits > INT32_MAX ? 0 : nco;
     /* rc = (co0 + l) % cres, the residual channel, stepped along with l:
      * perf showed an idiv per 8 channels, and the residual load waiting on
@@ -332,59 +376,31 @@ BNN_INLINE void bnn_epilogue_avx2(const bnn_conv_params *prm, const int64_t *t,
     bnn_word_t bits = 0;      /* ORed into *wbits once, at the end */
     int l = 0;
     for (; l + BNN_LANES <= nvec; l += BNN_LANES, rc = (rc + BNN_LANES == cres) ? 0 : rc + BNN_LANES) {
+        __m256i p;
+        if (t64) {   /* |popcount| <= K < 2^31: the low dwords are the values */
+            const __m256i lo = _mm256_permutevar8x32_epi32(
+                _mm256_loadu_si256((const __m256i *)(t64 + l)), even);
+            const __m256i hi = _mm256_permutevar8x32_epi32(
+                _mm256_loadu_si256((const __m256i *)(t64 + l + 4)), even);
+            p = _mm256_permute2x128_si256(lo, hi, 0x20);
+        } else {
+            p = _mm256_loadu_si256((const __m256i *)(t32 + l));
+        }
+        const __m256i a = _mm256_sub_epi32(kv, _mm256_add_epi32(p, p));
         const int co = co0 + l;
-        const int sh = co % BNN_WORD_BITS;
-        const __m256i p0 = _mm256_loadu_si256((const __m256i *)(t + l));
-        const __m256i p1 = _mm256_loadu_si256((const __m256i *)(t + l + 4));
-        const __m256i a0 = _mm256_sub_epi64(kv, _mm256_add_epi64(p0, p0));
-        const __m256i a1 = _mm256_sub_epi64(kv, _mm256_add_epi64(p1, p1));
-        if (prm->thr) {
-            /* a < thr as int64 (thr sign-extended). */
-            const __m256i th0 = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(prm->thr + co)));
-            const __m256i th1 = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(prm->thr + co + 4)));
-            const unsigned m0 = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(th0, a0)));
-            const unsigned m1 = (unsigned)_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_cmpgt_epi64(th1, a1)));
-            bits |= (bnn_word_t)(m0 | (m1 << 4)) << sh;
-            continue;
-        }
-        /* |acc| <= K < 2^31: the low dwords are the values, and the
-         * int32 -> float conversion rounds like (float)(int64_t)acc. */
-        const __m256i lo = _mm256_permutevar8x32_epi32(a0, even);
-        const __m256i hi = _mm256_permutevar8x32_epi32(a1, even);
-        __m256 y = _mm256_cvtepi32_ps(_mm256_permute2x128_si256(lo, hi, 0x20));
-        y = _mm256_mul_ps(y, _mm256_loadu_ps(prm->scale + co));
-        y = _mm256_fmadd_ps(y, _mm256_loadu_ps(prm->mult + co), _mm256_loadu_ps(prm->bias + co));
-        if (res_px) {
-            __m256 r;
-            if (cres % BNN_LANES == 0) {
-                /* rc .. rc+7 is contiguous inside one residual copy. */
-                r = _mm256_loadu_ps(res_px + rc);
-            } else {
-                float tmp[BNN_LANES];
-                for (int k = 0; k < BNN_LANES; k++)
-                    tmp[k] = res_px[(co + k) % cres];
-                r = _mm256_loadu_ps(tmp);
-            }
-            y = _mm256_add_ps(y, r);
-        }
-        if (prm->gamma) {
-            const __m256 gm = _mm256_loadu_ps(prm->gamma + co);
-            const __m256 ge = _mm256_cmp_ps(y, gm, _CMP_GE_OQ);
-            const __m256 d = _mm256_sub_ps(y, gm);
-            const __m256 e = _mm256_mul_ps(_mm256_loadu_ps(prm->beta + co), d);
-            /* (y >= gamma ? d : beta*d) + zeta */
-            y = _mm256_add_ps(_mm256_blendv_ps(e, d, ge), _mm256_loadu_ps(prm->zeta + co));
-        }
-        if (out_px)
-            _mm256_storeu_ps(out_px + (co - ocol), y);
-        if (prm->next_thr) {
-            const __m256 lt = _mm256_cmp_ps(y, _mm256_loadu_ps(prm->next_thr + co), _CMP_LT_OQ);
-            bits |= (bnn_word_t)(unsigned)_mm256_movemask_ps(lt) << sh;
-        }
+        bits |= (bnn_word_t)bnn_epilogue8_avx2(prm, a, co, res_px, rc, out_px, ocol)
+                << (co % BNN_WORD_BITS);
     }
     *wbits |= bits;
-    if (l < nco)
-        bnn_epilogue(prm, t + l, co0 + l, nco - l, res_px, out_px, ocol, wbits);
+    if (l < nco) {
+        int64_t tail[BNN_LANES];
+        const int64_t *t = t64 ? t64 + l : tail;
+        if (!t64)
+            for (int k = 0; k < nco - l && k < BNN_LANES; k++)
+                tail[k] = t32[l + k];
+        /* nvec == 0 (K >= 2^31) leaves up to a whole block: int64 only */
+        bnn_epilogue(prm, t, co0 + l, nco - l, res_px, out_px, ocol, wbits);
+    }
 }
 #endif
 
@@ -667,13 +683,14 @@ BNN_INLINE void bnn_block(const bnn_conv_params *prm, const bnn_word_t *x0,
                       np, nv, tile);
     for (int p = 0; p < np; p++)
 #if BNN_AVX2
-        bnn_epilogue_avx2(
+        bnn_epilogue_avx2(prm, tile + p * BNN_CO_BLOCK, NULL, co0, nco,
+                          res_px ? res_px + p * s_res_w : NULL,
+                          out_px ? out_px + p * s_out_w : NULL, ocol, &wbits[p]);
 #else
-        bnn_epilogue(
-#endif
-                     prm, tile + p * BNN_CO_BLOCK, co0, nco,
+        bnn_epilogue(prm, tile + p * BNN_CO_BLOCK, co0, nco,
                      res_px ? res_px + p * s_res_w : NULL,
                      out_px ? out_px + p * s_out_w : NULL, ocol, &wbits[p]);
+#endif
 #endif
 }
 
@@ -1225,5 +1242,7 @@ static void bnn_pack_row(const float *x, ptrdiff_t sxw, const float *thr, int c,
         }
     }
 }
+
+#include "_bconv_planes.h"
 
 #endif /* BNNLITE_BCONV_KERNELS_H */

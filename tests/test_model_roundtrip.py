@@ -203,9 +203,9 @@ class TestBatchingAndThreads:
 
     def test_chunk_default_and_setter(self, tiny_bundles):
         m = bnnlite.Model.load(tiny_bundles["xnor"])
-        assert m.chunk == 2
+        assert m.chunk == 4
         m.threads = 2
-        assert m.chunk == 2           # per thread: threads share a batch out by chunks
+        assert m.chunk == 4           # per thread: threads share a batch out by chunks
         m.chunk = 5                   # an explicit chunk stays
         m.threads = 1
         assert m.chunk == 5

@@ -1,0 +1,500 @@
+/*
+ * _bconv_planes.h -- the AVX2 binary conv by bit planes (no popcount of
+ * x XOR w at all).  Included by _bconv_kernels.h after the epilogues; only
+ * the AVX2 build (BNN_AVX2) has it.  Plain AVX2 logic ops, which this CPU
+ * class issues on all its vector pipes, where the vpshufb popcount core is
+ * bound by the two shuffle pipes (its comment, bnn_core_avx2).
+ *
+ * The maths.  For one output pixel j and channel c, with x_k, w_k in {0,1}
+ * the bits (1 = -1) of the K real taps k = (i, jj, ci):
+ *   popcount(x XOR w) = sum_{k: w_k=0} x_k + sum_{k: w_k=1} (1 - x_k)
+ *                     = 2*S0 + |W1| - T = T + |W1| - 2*S1
+ * where T = sum_k x_k (per pixel, shared by all channels), W1 = {k: w_k=1},
+ * S0 = sum_{k: w_k=0} x_k and S1 = sum_{k in W1} x_k.  The weights are
+ * constant, so the XOR becomes a choice of which x_k to add: channel c adds
+ * only the planes of its shorter list (W1 when |W1| <= |W0|, flag
+ * ``ones``), at most K/2 of them, with no XOR.
+ *
+ * The layout.  A block is 256 output pixels, pixel p at bit p % 64 of lane
+ * p / 64 of a ymm.  Plane k of the block is one ymm whose bit p is x_k of
+ * pixel p; plane number k = (i*kw + jj)*cw*64 + ci (the bit of word ci/64
+ * in the zero-bordered, channels-last input), and plane nplanes-1 is zero.
+ * Planes are built per block by 64x64 bit transposes of the input words
+ * (bnn_planes_build).  The per-channel lists of plane numbers are made once
+ * at load time (bnnlite.backend._plane_lists), each padded with the zero
+ * plane to a multiple of 16.
+ *
+ * The sum of a channel's planes is kept bit-sliced (bit b of the count of
+ * pixel p is bit p of plane S[b]): a Harley-Seal carry-save tree takes 16
+ * planes into ones/twos/fours/eights and one "sixteens" plane, which a
+ * ripple adder adds into the higher bits (bnn_planes_sum).  Then
+ * bnn_planes_counts turns the bit-sliced S into int16 counts and the
+ * popcount above, and the existing epilogue (bnn_epilogue_avx2, int32
+ * input) runs on them, so the floats are the very same as the other paths.
+ */
+#ifndef BNNLITE_BCONV_PLANES_H
+#define BNNLITE_BCONV_PLANES_H
+
+#define BNN_HAVE_PLANES BNN_AVX2
+#define BNN_PL_PIX 256     /* pixels per block: the 256 bits of a ymm */
+#define BNN_PL_GROUP 64    /* output channels per epilogue pass: one bits word */
+#define BNN_PL_HI_MIN 6    /* levels of the sixteens counter (variants 6..11) */
+#define BNN_PL_HI_MAX 11   /* lists of up to 16 * 2^11 planes: K < 32768 */
+
+typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
+                                   BNN_PL_GROUP % BNN_CO_BLOCK == 0) ? 1 : -1];
+
+/* The per-channel plane lists (see bnnlite.backend._plane_lists). */
+typedef struct {
+    const uint16_t *idx;     /* list of channel c: idx[off[c] .. off[c+1]) */
+    const int32_t *off;      /* (cout + 1,) */
+    const int32_t *w1;       /* |W1| of channel c */
+    const uint8_t *ones;     /* 1: the list is W1, 0: it is W0 */
+    int nplanes;             /* kh*kw*cw*64 + 1; the last plane is zero */
+    int hi;                  /* sixteens-counter levels, BNN_PL_HI_MIN..MAX */
+} bnn_planes;
+
+/* Where a block's pixels come from and where their outputs go (the whole
+ * layer; strides in elements).  Units: one output row (pool == 0), or one
+ * pooled row = conv rows 2i and 2i+1 (pool == 1); unit u = n*rows + i. */
+typedef struct {
+    const bnn_word_t *x; ptrdiff_t sxn;            /* sxh/sxw: in the params */
+    const float *res; ptrdiff_t srn, srh, srw;     /* conv resolution */
+    float *out; ptrdiff_t son, soh, sow;           /* pooled when pool */
+    bnn_word_t *bits; ptrdiff_t sbn, sbh, sbw;
+    int rows;                                      /* units per image */
+    int pool, wpool;                               /* wpool = Wo // 2 */
+} bnn_planes_io;
+
+/* Per-thread scratch, 32-byte aligned, bnn_planes_ws_bytes(nplanes) bytes. */
+static inline size_t bnn_planes_ws_bytes(int nplanes)
+{
+    return (size_t)nplanes * 32                       /* planes */
+         + (size_t)BNN_PL_GROUP * BNN_PL_PIX * 2      /* s16: [c][p] int16 */
+         + (size_t)BNN_PL_PIX * BNN_PL_GROUP * 4      /* pc: [p][c] int32 */
+         + (size_t)BNN_PL_PIX * 2                     /* T: int16 */
+         + (size_t)BNN_PL_PIX * sizeof(void *);       /* pixel pointers */
+}
+
+/* Conv pixels per unit (0 when a unit does not fit a block). */
+static inline int bnn_planes_unit_pixels(int wo, int pool, int wpool)
+{
+    const int n = pool ? 4 * wpool : wo;
+    return n <= BNN_PL_PIX ? n : 0;
+}
+
+#if BNN_AVX2
+/* In-place transpose of the 64x64 bit matrix held in lane g of r[0..63]
+ * (bit b of r[t] <-> bit t of r[b]), for the four lanes at once: swap the
+ * off-diagonal s x s blocks for s = 32, 16, ..., 1 (Hacker's Delight 7-3). */
+#define BNN_PL_T_STAGE_(s, m)                                                 \
+    for (int t = 0; t < 64; t = (t + (s) + 1) & ~(s)) {                      \
+        const __m256i a = _mm256_load_si256(r + t);                          \
+        const __m256i b = _mm256_load_si256(r + t + (s));                    \
+        const __m256i d = _mm256_and_si256(                                  \
+            _mm256_xor_si256(_mm256_srli_epi64(a, (s)), b), _mm256_set1_epi64x((long long)(m))); \
+        _mm256_store_si256(r + t + (s), _mm256_xor_si256(b, d));             \
+        _mm256_store_si256(r + t, _mm256_xor_si256(a, _mm256_slli_epi64(d, (s)))); \
+    }
+BNN_INLINE void bnn_transpose64x4(__m256i *r)
+{
+    BNN_PL_T_STAGE_(32, 0x00000000FFFFFFFFull)
+    BNN_PL_T_STAGE_(16, 0x0000FFFF0000FFFFull)
+    BNN_PL_T_STAGE_(8, 0x00FF00FF00FF00FFull)
+    BNN_PL_T_STAGE_(4, 0x0F0F0F0F0F0F0F0Full)
+    BNN_PL_T_STAGE_(2, 0x3333333333333333ull)
+    BNN_PL_T_STAGE_(1, 0x5555555555555555ull)
+}
+#undef BNN_PL_T_STAGE_
+
+/* Planes of one block: planes[((i*kw + jj)*cw + w)*64 + b] bit p = bit b
+ * of word w of tap (i, jj) of pixel p (pixel p's window starts at pix[p]);
+ * the last plane is zero.  T[p] = number of 1 bits in pixel p's window. */
+static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const *pix,
+                             __m256i *planes, int nplanes, int16_t *T)
+{
+    const int cw = prm->cw;
+    for (int i = 0; i < prm->kh; i++)
+        for (int jj = 0; jj < prm->kw; jj++)
+            for (int w = 0; w < cw; w++) {
+                const ptrdiff_t off = i * prm->sxh + jj * prm->sxw + w;
+                __m256i *r = planes + ((ptrdiff_t)(i * prm->kw + jj) * cw + w) * 64;
+                for (int t = 0; t < 64; t++)
+                    r[t] = _mm256_setr_epi64x((long long)pix[t][off], (long long)pix[64 + t][off],
+                                              (long long)pix[128 + t][off],
+                                              (long long)pix[192 + t][off]);
+                bnn_transpose64x4(r);
+            }
+    planes[nplanes - 1] = _mm256_setzero_si256();
+    for (int p = 0; p < BNN_PL_PIX; p++) {
+        int n = 0;
+        for (int i = 0; i < prm->kh; i++)
+            for (int jj = 0; jj < prm->kw; jj++) {
+                const bnn_word_t *xw = pix[p] + i * prm->sxh + jj * prm->sxw;
+                for (int w = 0; w < cw; w++)
+                    n += __builtin_popcountll(xw[w]);
+            }
+        T[p] = (int16_t)n;
+    }
+}
+
+/* Full adder on 256 lanes: a + b + c = l + 2*h (5 logic ops). */
+#define BNN_PL_CSA_(h, l, a, b, c) do {                                       \
+        const __m256i u_ = _mm256_xor_si256((a), (b));                       \
+        const __m256i c_ = (c);                                              \
+        h = _mm256_or_si256(_mm256_and_si256((a), (b)), _mm256_and_si256(u_, c_)); \
+        l = _mm256_xor_si256(u_, c_);                                        \
+    } while (0)
+
+/* Bit-sliced sum of the n planes planes[idx[0..n)] (n a multiple of 16):
+ * S[0..4+H) with count bit b of pixel p at bit p of S[b].  Per 16 planes:
+ * 15 full adders (Harley-Seal) leave ones, twos, fours, eights and one
+ * sixteens plane, rippled into the H higher bits S[4..4+H). */
+BNN_INLINE void bnn_planes_sum(const __m256i *planes, const uint16_t *idx, int n,
+                               const int H, __m256i *S)
+{
+    __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones;
+    __m256i hi[BNN_PL_HI_MAX];
+#pragma GCC unroll 16
+    for (int b = 0; b < H; b++)
+        hi[b] = ones;
+    for (int i = 0; i < n; i += 16, idx += 16) {
+#define BNN_PL_LD_(q) _mm256_load_si256(planes + idx[q])
+        __m256i tA, tB, fA, fB, eA, eB, c;
+        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(0), BNN_PL_LD_(1));
+        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(2), BNN_PL_LD_(3));
+        BNN_PL_CSA_(fA, twos, twos, tA, tB);
+        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(4), BNN_PL_LD_(5));
+        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(6), BNN_PL_LD_(7));
+        BNN_PL_CSA_(fB, twos, twos, tA, tB);
+        BNN_PL_CSA_(eA, fours, fours, fA, fB);
+        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(8), BNN_PL_LD_(9));
+        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(10), BNN_PL_LD_(11));
+        BNN_PL_CSA_(fA, twos, twos, tA, tB);
+        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(12), BNN_PL_LD_(13));
+        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(14), BNN_PL_LD_(15));
+        BNN_PL_CSA_(fB, twos, twos, tA, tB);
+        BNN_PL_CSA_(eB, fours, fours, fA, fB);
+        BNN_PL_CSA_(c, eights, eights, eA, eB);
+#undef BNN_PL_LD_
+        /* hi += c (weight 16): half adders up the levels. */
+#pragma GCC unroll 16
+        for (int b = 0; b < H; b++) {
+            const __m256i carry = _mm256_and_si256(hi[b], c);
+            hi[b] = _mm256_xor_si256(hi[b], c);
+            c = carry;
+        }
+    }
+    S[0] = ones; S[1] = twos; S[2] = fours; S[3] = eights;
+#pragma GCC unroll 16
+    for (int b = 0; b < H; b++)
+        S[4 + b] = hi[b];
+}
+
+/* From the bit-sliced sum S (nb <= 16 planes) of channel c to its
+ * popcounts: out[p] = ones ? T[p] + w1 - 2*s[p] : 2*s[p] + w1 - T[p], where
+ * s[p] = sum_b 2^b * bit p of S[b].  32 pixels at a time: each byte of the
+ * 32-bit piece of S[b] is spread over 8 bytes and tested against its bit,
+ * giving 0x00/0xff per pixel; bits 0-7 of s go to one byte vector and
+ * bits 8-15 to another. */
+BNN_INLINE void bnn_planes_counts(const __m256i *S, int nb, const int16_t *T, int w1,
+                                  int ones, int16_t *out)
+{
+    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
+                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    const __m256i w1v = _mm256_set1_epi16((short)w1);
+    for (int g = 0; g < BNN_PL_PIX / 32; g++) {
+        __m256i lo = _mm256_setzero_si256(), hi = lo;
+        for (int b = 0; b < nb; b++) {
+            int32_t piece;
+            memcpy(&piece, (const char *)&S[b] + 4 * g, 4);
+            __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(piece), spread);
+            v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+            if (b < 8)
+                lo = _mm256_or_si256(lo, _mm256_and_si256(v, _mm256_set1_epi8((char)(1 << b))));
+            else
+                hi = _mm256_or_si256(hi, _mm256_and_si256(v, _mm256_set1_epi8((char)(1 << (b - 8)))));
+        }
+        /* Interleave lo/hi bytes into int16 (in-lane), then restore order. */
+        const __m256i a = _mm256_unpacklo_epi8(lo, hi), d = _mm256_unpackhi_epi8(lo, hi);
+        const __m256i s0 = _mm256_permute2x128_si256(a, d, 0x20);
+        const __m256i s1 = _mm256_permute2x128_si256(a, d, 0x31);
+        const __m256i t0 = _mm256_loadu_si256((const __m256i *)(T + 32 * g));
+        const __m256i t1 = _mm256_loadu_si256((const __m256i *)(T + 32 * g + 16));
+        __m256i r0, r1;
+        if (ones) {
+            r0 = _mm256_sub_epi16(_mm256_add_epi16(t0, w1v), _mm256_add_epi16(s0, s0));
+            r1 = _mm256_sub_epi16(_mm256_add_epi16(t1, w1v), _mm256_add_epi16(s1, s1));
+        } else {
+            r0 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_add_epi16(s0, s0), w1v), t0);
+            r1 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_add_epi16(s1, s1), w1v), t1);
+        }
+        _mm256_storeu_si256((__m256i *)(out + 32 * g), r0);
+        _mm256_storeu_si256((__m256i *)(out + 32 * g + 16), r1);
+    }
+}
+
+/* pc[p*64 + c] = (int32) s16[c*256 + p] for c < nc (rounded up to 8),
+ * p < np (rounded up to 8): 8x8 int16 transposes (unpack 16/32/64). */
+static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc)
+{
+    for (int c0 = 0; c0 < nc; c0 += 8)
+        for (int p0 = 0; p0 < np; p0 += 8) {
+            __m128i a[8], b[8], c[8];
+            for (int r = 0; r < 8; r++)
+                a[r] = _mm_loadu_si128((const __m128i *)(s16 + (c0 + r) * BNN_PL_PIX + p0));
+            for (int r = 0; r < 8; r += 2) {
+                b[r] = _mm_unpacklo_epi16(a[r], a[r + 1]);
+                b[r + 1] = _mm_unpackhi_epi16(a[r], a[r + 1]);
+            }
+            /* b[0..3]: rows 0-3 (lo: pixels 0-3, hi: 4-7); b[4..7]: rows 4-7 */
+            c[0] = _mm_unpacklo_epi32(b[0], b[2]); c[1] = _mm_unpackhi_epi32(b[0], b[2]);
+            c[2] = _mm_unpacklo_epi32(b[1], b[3]); c[3] = _mm_unpackhi_epi32(b[1], b[3]);
+            c[4] = _mm_unpacklo_epi32(b[4], b[6]); c[5] = _mm_unpackhi_epi32(b[4], b[6]);
+            c[6] = _mm_unpacklo_epi32(b[5], b[7]); c[7] = _mm_unpackhi_epi32(b[5], b[7]);
+            for (int q = 0; q < 4; q++) {   /* c[q]: pixels 2q, 2q+1 of rows 0-3 */
+                const __m128i lo = _mm_unpacklo_epi64(c[q], c[q + 4]);
+                const __m128i hi = _mm_unpackhi_epi64(c[q], c[q + 4]);
+                _mm256_storeu_si256((__m256i *)(pc + (p0 + 2 * q) * BNN_PL_GROUP + c0),
+                                    _mm256_cvtepi16_epi32(lo));
+                _mm256_storeu_si256((__m256i *)(pc + (p0 + 2 * q + 1) * BNN_PL_GROUP + c0),
+                                    _mm256_cvtepi16_epi32(hi));
+            }
+        }
+}
+
+/* Dispatch on the constant number of sixteens levels. */
+static void bnn_planes_channel(const __m256i *planes, const bnn_planes *pl, int c,
+                               const int16_t *T, int16_t *out)
+{
+    __m256i S[4 + BNN_PL_HI_MAX];
+    const uint16_t *idx = pl->idx + pl->off[c];
+    const int n = pl->off[c + 1] - pl->off[c];
+    switch (pl->hi) {
+    case 6: bnn_planes_sum(planes, idx, n, 6, S); break;
+    case 7: bnn_planes_sum(planes, idx, n, 7, S); break;
+    case 8: bnn_planes_sum(planes, idx, n, 8, S); break;
+    case 9: bnn_planes_sum(planes, idx, n, 9, S); break;
+    case 10: bnn_planes_sum(planes, idx, n, 10, S); break;
+    default: bnn_planes_sum(planes, idx, n, 11, S); break;
+    }
+    bnn_planes_counts(S, 4 + pl->hi, T, pl->w1[c], pl->ones[c], out);
+}
+
+/* The float chain of bnn_epilogue8_avx2 (same operations, same order) with
+ * the channel constants already in registers: y = float(K - 2*pc) * scale;
+ * y = fma(y, mult, bias); y += residual (res != NULL); RPReLU (rp). */
+BNN_INLINE __m256 bnn_pl_chain(__m256i kv, const int32_t *pc, __m256 sc, __m256 mu, __m256 bi,
+                               const float *res, int rp, __m256 gm, __m256 be, __m256 ze)
+{
+    const __m256i p = _mm256_loadu_si256((const __m256i *)pc);
+    __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(kv, _mm256_add_epi32(p, p)));
+    y = _mm256_fmadd_ps(_mm256_mul_ps(y, sc), mu, bi);
+    if (res)
+        y = _mm256_add_ps(y, _mm256_loadu_ps(res));
+    if (rp) {
+        const __m256 ge = _mm256_cmp_ps(y, gm, _CMP_GE_OQ);
+        const __m256 d = _mm256_sub_ps(y, gm);
+        y = _mm256_add_ps(_mm256_blendv_ps(_mm256_mul_ps(be, d), d, ge), ze);
+    }
+    return y;
+}
+
+/* The float epilogue of one channel group for the block's pixels, with the
+ * channel octets outer and the pixels inner so that the eight channels'
+ * constants stay in registers (the per-pixel epilogue reloads seven vectors
+ * per eight outputs: perf showed it at a quarter of the layer).  Needs
+ * float mode, nco % 8 == 0 and cres % 8 == 0; bit-identical to
+ * bnn_planes_epilogue (same chain, same pooling pairs). */
+static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
+                                   int u0, int nu, int g0, int nco, const int32_t *pc)
+{
+    const int wo = prm->wo, pool = io->pool, wc = 2 * io->wpool;
+    const int per_u = pool ? io->wpool : wo;       /* output pixels per unit */
+    bnn_word_t wb[BNN_PL_PIX];
+    for (int p = 0; p < nu * per_u; p++)
+        wb[p] = 0;
+    const __m256i kv = _mm256_set1_epi32((int)prm->k_bits);
+    const int rp = prm->gamma != NULL;
+    for (int o = 0; o < nco; o += BNN_LANES) {
+        const int co = g0 + o;
+        const __m256 sc = _mm256_loadu_ps(prm->scale + co), mu = _mm256_loadu_ps(prm->mult + co);
+        const __m256 bi = _mm256_loadu_ps(prm->bias + co);
+        const __m256 gm = rp ? _mm256_loadu_ps(prm->gamma + co) : _mm256_setzero_ps();
+        const __m256 be = rp ? _mm256_loadu_ps(prm->beta + co) : _mm256_setzero_ps();
+        const __m256 ze = rp ? _mm256_loadu_ps(prm->zeta + co) : _mm256_setzero_ps();
+        const __m256 nt = prm->next_thr ? _mm256_loadu_ps(prm->next_thr + co) : _mm256_setzero_ps();
+        const int rc = io->res ? co % prm->cres : 0;
+        const int sh = co % BNN_WORD_BITS;
+        for (int u = 0; u < nu; u++) {
+            const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
+            const float *rn = io->res ? io->res + n * io->srn + rc : NULL;
+            float *on = io->out ? io->out + n * io->son + i * io->soh + co : NULL;
+            for (int q = 0; q < per_u; q++) {
+                __m256 y;
+                if (!pool) {
+                    const int p = u * wo + q;
+                    y = bnn_pl_chain(kv, pc + p * BNN_PL_GROUP + o, sc, mu, bi,
+                                     rn ? rn + i * io->srh + q * io->srw : NULL, rp, gm, be, ze);
+                } else {
+                    const int p = u * 2 * wc + 2 * q;       /* conv (2i, 2q) */
+                    const int32_t *c0 = pc + p * BNN_PL_GROUP + o, *c1 = c0 + wc * BNN_PL_GROUP;
+                    const float *r0 = rn ? rn + 2 * i * io->srh + 2 * q * io->srw : NULL;
+                    const float *r1 = rn ? r0 + io->srh : NULL;
+                    const __m256 a0 = bnn_pl_chain(kv, c0, sc, mu, bi, r0, rp, gm, be, ze);
+                    const __m256 a1 = bnn_pl_chain(kv, c0 + BNN_PL_GROUP, sc, mu, bi,
+                                                   r0 ? r0 + io->srw : NULL, rp, gm, be, ze);
+                    const __m256 b0 = bnn_pl_chain(kv, c1, sc, mu, bi, r1, rp, gm, be, ze);
+                    const __m256 b1 = bnn_pl_chain(kv, c1 + BNN_PL_GROUP, sc, mu, bi,
+                                                   r1 ? r1 + io->srw : NULL, rp, gm, be, ze);
+                    y = bnn_fmax_np8(bnn_fmax_np8(a0, a1), bnn_fmax_np8(b0, b1));
+                }
+                if (on)
+                    _mm256_storeu_ps(on + q * io->sow, y);
+                if (prm->next_thr)
+                    wb[u * per_u + q] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(
+                        _mm256_cmp_ps(y, nt, _CMP_LT_OQ)) << sh;
+            }
+        }
+    }
+    if (io->bits)
+        for (int u = 0; u < nu; u++) {
+            const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
+            for (int q = 0; q < per_u; q++)
+                io->bits[n * io->sbn + i * io->sbh + q * io->sbw + g0 / BNN_WORD_BITS] =
+                    wb[u * per_u + q];
+        }
+}
+
+/* Epilogue of one channel group (g0 .. g0+nco-1) for the block's pixels,
+ * popcounts in pc ([p][64] int32): the same calls as bnn_conv_row /
+ * bnn_conv_row_pool2 make on the popcount core's tile. */
+static void bnn_planes_epilogue(const bnn_conv_params *prm, const bnn_planes_io *io,
+                                int u0, int nu, int g0, int nco, const int32_t *pc)
+{
+    const int wo = prm->wo;
+    const int wrd = g0 / BNN_WORD_BITS;
+    if (!io->pool) {
+        for (int u = 0; u < nu; u++) {
+            const int n = (u0 + u) / io->rows, ho = (u0 + u) % io->rows;
+            for (int q = 0; q < wo; q++) {
+                const int p = u * wo + q;
+                bnn_word_t wbits = 0;
+                bnn_epilogue_avx2(prm, NULL, pc + p * BNN_PL_GROUP, g0, nco,
+                                  io->res ? io->res + n * io->srn + ho * io->srh + q * io->srw : NULL,
+                                  io->out ? io->out + n * io->son + ho * io->soh + q * io->sow : NULL,
+                                  0, &wbits);
+                if (io->bits)
+                    io->bits[n * io->sbn + ho * io->sbh + q * io->sbw + wrd] = wbits;
+            }
+        }
+        return;
+    }
+    float ybuf[2][2 * BNN_CO_BLOCK] __attribute__((aligned(64)));
+    bnn_word_t unused;
+    bnn_conv_params ep = *prm;
+    ep.next_thr = NULL;           /* the pack is done after pooling */
+    const int wc = 2 * io->wpool;
+    for (int u = 0; u < nu; u++) {
+        const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
+        for (int q = 0; q < io->wpool; q++) {
+            bnn_word_t wbits = 0;
+            for (int b0 = 0; b0 < nco; b0 += BNN_CO_BLOCK) {
+                const int nb = bnn_min(BNN_CO_BLOCK, nco - b0);
+                for (int r = 0; r < 2; r++)
+                    for (int d = 0; d < 2; d++) {
+                        const int p = u * 2 * wc + r * wc + 2 * q + d;
+                        const float *res = io->res ? io->res + n * io->srn + (2 * i + r) * io->srh
+                                                            + (2 * q + d) * io->srw : NULL;
+                        bnn_epilogue_avx2(&ep, NULL, pc + p * BNN_PL_GROUP + b0, g0 + b0, nb,
+                                          res, ybuf[r] + d * BNN_CO_BLOCK, g0 + b0, &unused);
+                    }
+                bnn_pool_block(ybuf[0], ybuf[1], 1, g0 + b0, nb,
+                               io->bits ? prm->next_thr : NULL,
+                               io->out ? io->out + n * io->son + i * io->soh + q * io->sow : NULL,
+                               io->sow, &wbits);
+            }
+            if (io->bits)
+                io->bits[n * io->sbn + i * io->sbh + q * io->sbw + wrd] = wbits;
+        }
+    }
+}
+
+/* Prefetch (into L2) the residual of conv pixel p of the block starting at
+ * unit u0, channels g0 .. g0+nco-1 (taken mod cres). */
+BNN_INLINE void bnn_prefetch_planes_res(const bnn_conv_params *prm, const bnn_planes_io *io,
+                                        int u0, int p, int g0, int nco)
+{
+    int u, r, q;
+    if (io->pool) {
+        const int wc = 2 * io->wpool;
+        u = p / (2 * wc); r = (p / wc) % 2; q = p % wc;
+    } else {
+        u = p / prm->wo; r = 0; q = p % prm->wo;
+    }
+    const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
+    const int h = io->pool ? 2 * i + r : i;
+    const float *px = io->res + n * io->srn + h * io->srh + q * io->srw;
+    const int rc = g0 % prm->cres, nr = bnn_min(nco, prm->cres);
+    for (int l = 0; l < nr; l += 16)
+        __builtin_prefetch(px + rc + l, 0, 2);
+}
+
+/* One block: units u0 .. u0+nu-1 (nu * unit pixels <= 256) of the layer,
+ * all output channels.  ws: this thread's scratch (bnn_planes_ws_bytes). */
+static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
+                             const bnn_planes_io *io, int u0, int nu, void *ws)
+{
+    __m256i *planes = (__m256i *)ws;
+    int16_t *s16 = (int16_t *)(planes + pl->nplanes);
+    int32_t *pc = (int32_t *)(s16 + BNN_PL_GROUP * BNN_PL_PIX);
+    int16_t *T = (int16_t *)(pc + BNN_PL_PIX * BNN_PL_GROUP);
+    const bnn_word_t **pix = (const bnn_word_t **)(T + BNN_PL_PIX);
+    const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
+    int np = 0;
+    for (int u = 0; u < nu; u++) {
+        const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
+        const bnn_word_t *xn = io->x + n * io->sxn;
+        if (io->pool) {
+            for (int r = 0; r < 2; r++)
+                for (int q = 0; q < 2 * io->wpool; q++)
+                    pix[np++] = xn + (2 * i + r) * sh + q * sw;
+        } else {
+            for (int q = 0; q < prm->wo; q++)
+                pix[np++] = xn + i * sh + q * sw;
+        }
+    }
+    /* Unused pixels repeat pixel 0: computed, never stored. */
+    for (int p = np; p < BNN_PL_PIX; p++)
+        pix[p] = pix[0];
+    bnn_planes_build(prm, pix, planes, pl->nplanes, T);
+    for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP) {
+        const int nco = bnn_min(BNN_PL_GROUP, prm->cout - g0);
+        for (int c = 0; c < nco; c++) {
+            /* The residual (the previous layer's output, often in L3 only)
+             * of the group's channels, a few pixels per channel, into L2:
+             * perf showed the epilogue waiting on it. */
+            if (io->res)
+                for (int p = c * np / nco; p < (c + 1) * np / nco; p++)
+                    bnn_prefetch_planes_res(prm, io, u0, p, g0, nco);
+            bnn_planes_channel(planes, pl, g0 + c, T, s16 + c * BNN_PL_PIX);
+        }
+        bnn_planes_transpose(s16, nco, np, pc);
+        if (!prm->thr && nco % BNN_LANES == 0 && (!io->res || prm->cres % BNN_LANES == 0))
+            bnn_planes_epilogue_f8(prm, io, u0, nu, g0, nco, pc);
+        else
+            bnn_planes_epilogue(prm, io, u0, nu, g0, nco, pc);
+    }
+}
+
+#else
+/* Other builds: never called (bnnlite.backend passes no plane lists when
+ * BNN_HAVE_PLANES is 0). */
+static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
+                             const bnn_planes_io *io, int u0, int nu, void *ws)
+{
+    (void)prm; (void)pl; (void)io; (void)u0; (void)nu; (void)ws;
+}
+#endif /* BNN_AVX2 */
+#endif /* BNNLITE_BCONV_PLANES_H */
