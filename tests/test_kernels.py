@@ -798,3 +798,147 @@ class TestPrepareWeights:
         before = _bits_out(be, c, wp, thr)
         w[...] = ~w   # the caller may reuse / free its array
         np.testing.assert_array_equal(_bits_out(be, c, wp, thr), before)
+
+
+# --------------------------------------------------------------------------
+# The AVX2 bit-plane conv (kernels/_bconv_planes.h)
+# --------------------------------------------------------------------------
+@st.composite
+def plane_cases(draw):
+    """Layers big enough for the bit-plane conv: blocks of >= 128 pixels."""
+    return dict(n=draw(st.integers(1, 5)), h=draw(st.integers(4, 20)),
+                w=draw(st.sampled_from([4, 7, 8, 16, 17, 32, 33])), k=3, pad=1,
+                cin=draw(st.sampled_from(CHANNELS)), cout=draw(st.sampled_from(CHANNELS)),
+                stride=draw(st.sampled_from([1, 1, 2])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
+class TestBitPlanes:
+    """The bit-plane path of the AVX2 build equals the NumPy reference and the
+    popcount core (the same weights with ``planes`` None) bit for bit."""
+
+    @pytest.fixture(scope="class")
+    def avx2(self):
+        b = _get("cython-avx2")
+        if not b._impl.mod.HAVE_PLANES:
+            pytest.skip("this build has no bit-plane conv")
+        return b
+
+    @staticmethod
+    def _planes_apply(be, c, wp, pool=False):
+        mod = be._impl.mod
+        return (wp.planes is not None and
+                mod.planes_block_pixels(c.n, c.ho, c.wo, pool) >= mod.PLANES_MIN_PIXELS)
+
+    @staticmethod
+    def _core(be, w, cin=None):
+        wp = be.prepare_weights(w, cin=cin)
+        wp.planes = None
+        return wp
+
+    @given(case=plane_cases(), pool=st.booleans(), use_res=st.booleans(),
+           use_rp=st.booleans(), res_div=st.sampled_from([1, 2, 3]))
+    @settings(SETTINGS, max_examples=40)
+    def test_float_mode_equals_reference_and_core(self, avx2, ref, case, pool, use_res,
+                                                  use_rp, res_div):
+        c = Case(**case)
+        assume(not pool or (c.ho >= 2 and c.wo >= 2))
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        assume(self._planes_apply(avx2, c, wp, pool))
+        mult, bias, nthr, scale = (c.f32(c.cout) for _ in range(4))
+        residual = None
+        if use_res:
+            cres = c.cout // res_div if c.cout % res_div == 0 else c.cout
+            residual = c.f32(c.n, c.ho, c.wo, cres)
+        rprelu = (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)) if use_rp else None
+        oshape = (c.n, c.ho // 2, c.wo // 2) if pool else (c.n, c.ho, c.wo)
+        got = []
+        for b, w in ((avx2, wp), (avx2, self._core(avx2, c.w, c.cin)), (ref, ref.prepare_weights(c.w))):
+            out = np.full(oshape + (c.cout,), np.nan, np.float32)
+            bits = np.full(oshape + (words_for(c.cout),), GARBAGE_WORD, WORD_DTYPE)
+            b.bconv_float(c.x, w, c.k_bits, c.stride, mult, bias, residual, rprelu, out, bits,
+                          nthr, threads=2, pool=pool, scale=scale)
+            got.append((out, bits))
+        for out, bits in got[1:]:
+            np.testing.assert_array_equal(got[0][0], out)
+            np.testing.assert_array_equal(got[0][1], bits)
+
+    @given(case=plane_cases())
+    @settings(SETTINGS, max_examples=25)
+    def test_integers_and_bits_mode_equal_oracle(self, avx2, case):
+        c = Case(**case)
+        wp = avx2.prepare_weights(c.w)          # no cin: the tail taps are listed too
+        assume(self._planes_apply(avx2, c, wp))
+        out, _ = _float_out(avx2, c, wp, np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32))
+        acc = c.oracle_acc()
+        np.testing.assert_array_equal(out, acc.astype(np.float32))
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
+        np.testing.assert_array_equal(_bits_out(avx2, c, wp, thr), pack_bits(acc, thr))
+
+    def test_outputs_into_padded_interior_views(self, avx2, ref):
+        c = Case(n=4, h=8, w=8, k=3, pad=1, cin=256, cout=136, stride=1, seed=5)
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        assert self._planes_apply(avx2, c, wp)
+        mult, bias, nthr = c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)
+        res = c.f32(c.n, c.ho + 1, c.wo, 2 * c.cout)[:, 1:, :, :c.cout]
+        fbuf = np.full((c.n, c.ho + 2, c.wo + 2, c.cout), -7.0, np.float32)
+        bbuf = np.full((c.n, c.ho + 2, c.wo + 2, words_for(c.cout)), GARBAGE_WORD, WORD_DTYPE)
+        avx2.bconv_float(c.x, wp, c.k_bits, 1, mult, bias, res, None,
+                         fbuf[:, 1:-1, 1:-1], bbuf[:, 1:-1, 1:-1], nthr, threads=2)
+        want, want_bits = np.empty(c.out_shape, np.float32), np.empty(c.bits_shape, WORD_DTYPE)
+        ref.bconv_float(c.x, ref.prepare_weights(c.w), c.k_bits, 1, mult, bias,
+                        np.ascontiguousarray(res), None, want, want_bits, nthr)
+        np.testing.assert_array_equal(fbuf[:, 1:-1, 1:-1], want)
+        np.testing.assert_array_equal(bbuf[:, 1:-1, 1:-1], want_bits)
+        assert np.all(fbuf[:, 0] == -7.0) and np.all(bbuf[:, :, -1] == GARBAGE_WORD)
+
+    def test_python_threads_each_have_their_own_scratch(self, avx2, ref):
+        import threading
+        c = Case(n=4, h=16, w=16, k=3, pad=1, cin=128, cout=64, stride=1, seed=9)
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        assert self._planes_apply(avx2, c, wp)
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
+        want = _bits_out(ref, c, ref.prepare_weights(c.w), thr)
+        bad = []
+
+        def work():
+            out = np.empty(c.bits_shape, WORD_DTYPE)
+            call = avx2.bconv_bits(c.x, wp, c.k_bits, 1, thr, out, bind=True)
+            for _ in range(30):
+                out[...] = GARBAGE_WORD
+                call()
+                bad.append(not np.array_equal(out, want))
+
+        ts = [threading.Thread(target=work) for _ in range(3)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+        assert len(bad) == 90 and not any(bad)
+
+    def test_plane_lists_hold_the_shorter_side_of_every_channel(self, avx2):
+        rng = np.random.default_rng(3)
+        cin, cout = 70, 40
+        wf = rng.standard_normal((cout, 3, 3, cin))
+        wf[0] = 1.0                             # no -1 bit at all: an empty W1 list
+        wf[1] = -1.0                            # all -1
+        w = pack_bits(wf)
+        idx, off, w1, ones, nplanes, hi = B._plane_lists(w, cin, avx2._impl.mod.PLANES_HI)
+        cpix = words_for(cin) * WORD_BITS
+        assert nplanes == 9 * cpix + 1
+        bits = unpack_bits(w, cin).reshape(cout, -1) < 0          # -1 -> True
+        plane = (np.arange(9)[:, None] * cpix + np.arange(cin)).reshape(-1)
+        for co in range(cout):
+            lst = idx[off[co]:off[co + 1]]
+            assert len(lst) % 16 == 0
+            real = lst[lst != nplanes - 1]
+            assert w1[co] == bits[co].sum()
+            assert ones[co] == (w1[co] <= bits[co].size - w1[co])
+            np.testing.assert_array_equal(np.sort(real), plane[bits[co] == bool(ones[co])])
+            assert len(lst) - len(real) < 16
+        assert off[1] - off[0] == 0                          # nothing to add for channel 0
+        assert 2 ** hi > (off[1:] - off[:-1]).max() // 16
+
+    def test_layers_beyond_the_int16_counts_use_the_core(self, avx2):
+        w = np.zeros((1, 3, 3, words_for(4096)), WORD_DTYPE)      # K = 36864 >= 2^15
+        assert avx2.prepare_weights(w, cin=4096).planes is None
+        assert avx2.prepare_weights(w[:, :, :, :1], cin=64).planes is not None
