@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import threading
 import warnings
 
 import numpy as np
@@ -153,18 +152,11 @@ def _plane_lists(w: np.ndarray, cin, hi_range):
     return (idx, off, w1.astype(np.int32), ones.astype(np.uint8), nplanes, hi)
 
 
-class _Workspace(threading.local):
-    """One scratch buffer per Python thread, grown on demand and then reused:
-    no allocation per kernel call in steady state, and threads that run
-    kernels side by side (Model's chunks) never share one."""
-
-    def get(self, nbytes: int) -> np.ndarray:
-        buf = getattr(self, "buf", None)
-        if buf is None or buf.size < nbytes:
-            raw = np.zeros(nbytes + _ALIGN, np.uint8)
-            off = -raw.ctypes.data % _ALIGN
-            self.buf = buf = raw[off:off + nbytes]
-        return buf[:nbytes]
+def _aligned_bytes(nbytes: int) -> np.ndarray:
+    """A zeroed uint8 array of nbytes whose data pointer is _ALIGN-byte aligned."""
+    raw = np.zeros(nbytes + _ALIGN, np.uint8)
+    off = -raw.ctypes.data % _ALIGN
+    return raw[off:off + nbytes]
 
 
 # --------------------------------------------------------------------------
@@ -193,7 +185,6 @@ class _CythonImpl:
                               f"words, bitpack.WORD_BITS is {WORD_BITS}; rebuild it")
         self.variant = variant
         self.layout = f"cython-b{self.mod.CO_BLOCK}-l{self.mod.LANES}"
-        self._workspace = _Workspace()
 
     def prepare(self, w):
         return _blocked_layout(w, self.mod.LANES, self.mod.CO_BLOCK)
@@ -206,17 +197,22 @@ class _CythonImpl:
     def pack(self, x, thr, out, threads):
         self.mod.pack_raw(x, thr, out, threads)
 
+    def bconv_scratch(self, x, pw, stride, threads, pool):
+        """(plane lists, workspace) when the bit-plane conv applies to this call,
+        else (None, None).  Made once per bound call (a graph plan), so the
+        kernel allocates nothing per call; a bound call is never run by two
+        threads at once (its outputs would collide), so neither is its scratch."""
+        if pw.planes is None:
+            return None, None
+        ho = (x.shape[1] - pw.kh) // stride + 1
+        wo = (x.shape[2] - pw.kw) // stride + 1
+        if self.mod.planes_block_pixels(x.shape[0], ho, wo, pool) < self.mod.PLANES_MIN_PIXELS:
+            return None, None
+        return pw.planes, _aligned_bytes(threads * self.mod.planes_workspace_bytes(pw.planes[4]))
+
     def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
-              out_bits, next_thr, thr, threads, pool=False):
+              out_bits, next_thr, thr, threads, pool=False, planes=None, ws=None):
         g, b, z = rprelu if rprelu is not None else (None, None, None)
-        planes = ws = None
-        if pw.planes is not None:
-            n = x.shape[0]
-            ho = (x.shape[1] - pw.kh) // stride + 1
-            wo = (x.shape[2] - pw.kw) // stride + 1
-            if self.mod.planes_block_pixels(n, ho, wo, pool) >= self.mod.PLANES_MIN_PIXELS:
-                planes = pw.planes
-                ws = self._workspace.get(threads * self.mod.planes_workspace_bytes(planes[4]))
         self.mod.bconv_raw(x, pw.data, pw.kh, pw.kw, pw.cw, pw.cout, k_bits, stride,
                            scale, mult, bias, residual, g, b, z, out, out_bits, next_thr,
                            thr, threads, pool, planes, ws)
@@ -477,6 +473,11 @@ class Backend:
         return PreparedWeights(*w_packed.shape, data=data, layout=self._impl.layout,
                                cin=cin, planes=planes)
 
+    def _scratch(self, x, wp, stride, threads, pool):
+        """Extra arguments of the implementation's bconv: its scratch, if it has any."""
+        make = getattr(self._impl, "bconv_scratch", None)
+        return () if make is None else make(x, wp, stride, threads, pool)
+
     def _check_wp(self, wp):
         if isinstance(wp, PreparedWeights) and wp.layout != self._impl.layout:
             raise ValueError(f"wp: prepared for layout {wp.layout!r}, this backend "
@@ -549,7 +550,8 @@ class Backend:
             return self._call(bind, None)
         return self._call(bind, self._impl.bconv, x, wp, k_bits, stride, scale, mult, bias,
                           residual, rprelu, out, out_bits,
-                          next_thr if out_bits is not None else None, None, threads, pool)
+                          next_thr if out_bits is not None else None, None, threads, pool,
+                          *self._scratch(x, wp, stride, threads, pool))
 
     def bconv_bits(self, x, wp, k_bits, stride, thr, out, threads=1, *, bind=False):
         """Valid binary conv producing only packed bits.
@@ -572,7 +574,8 @@ class Backend:
         if n * ho * wo == 0:
             return self._call(bind, None)
         return self._call(bind, self._impl.bconv, x, wp, k_bits, stride, None, None, None, None,
-                          None, None, out, None, thr, threads)
+                          None, None, out, None, thr, threads, False,
+                          *self._scratch(x, wp, stride, threads, False))
 
     # ---- real-valued first layer -------------------------------------------
     def conv_float(self, x, w, bias, stride, relu, out, out_bits=None, next_thr=None,

@@ -22,6 +22,8 @@ from bnnlite.backend import Backend
 class _NoKernels:
     """Stands in for a backend implementation: same layout, every kernel a no-op."""
 
+    bconv_scratch = None  # no kernel, no scratch (made when a plan is bound)
+
     def __init__(self, impl):
         self.layout, self.variant = impl.layout, impl.variant
 
