@@ -812,16 +812,17 @@ def plane_cases(draw):
                 stride=draw(st.sampled_from([1, 1, 2])), seed=draw(st.integers(0, 2**32 - 1)))
 
 
+@pytest.fixture(scope="module")
+def avx2():
+    b = _get("cython-avx2")
+    if not b._impl.mod.HAVE_PLANES:
+        pytest.skip("this build has no bit-plane conv")
+    return b
+
+
 class TestBitPlanes:
     """The bit-plane path of the AVX2 build equals the NumPy reference and the
     popcount core (the same weights with ``planes`` None) bit for bit."""
-
-    @pytest.fixture(scope="class")
-    def avx2(self):
-        b = _get("cython-avx2")
-        if not b._impl.mod.HAVE_PLANES:
-            pytest.skip("this build has no bit-plane conv")
-        return b
 
     @staticmethod
     def _planes_apply(be, c, wp, pool=False):
