@@ -161,20 +161,19 @@ BNN_INLINE void bnn_planes_sum(const __m256i *planes, const uint16_t *idx, int n
     for (int i = 0; i < n; i += 16, idx += 16) {
 #define BNN_PL_LD_(q) _mm256_load_si256(planes + idx[q])
         __m256i tA, tB, fA, fB, eA, eB, c;
-        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(0), BNN_PL_LD_(1));
-        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(2), BNN_PL_LD_(3));
-        BNN_PL_CSA_(fA, twos, twos, tA, tB);
-        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(4), BNN_PL_LD_(5));
-        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(6), BNN_PL_LD_(7));
-        BNN_PL_CSA_(fB, twos, twos, tA, tB);
-        BNN_PL_CSA_(eA, fours, fours, fA, fB);
-        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(8), BNN_PL_LD_(9));
-        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(10), BNN_PL_LD_(11));
-        BNN_PL_CSA_(fA, twos, twos, tA, tB);
-        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(12), BNN_PL_LD_(13));
-        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(14), BNN_PL_LD_(15));
-        BNN_PL_CSA_(fB, twos, twos, tA, tB);
-        BNN_PL_CSA_(eB, fours, fours, fA, fB);
+        /* 8 planes from q0 into ones and twos; e: their carry into eights. */
+#define BNN_PL_HS8_(q0, e) do {                                               \
+            BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(q0), BNN_PL_LD_(q0 + 1));   \
+            BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(q0 + 2), BNN_PL_LD_(q0 + 3)); \
+            BNN_PL_CSA_(fA, twos, twos, tA, tB);                               \
+            BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(q0 + 4), BNN_PL_LD_(q0 + 5)); \
+            BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(q0 + 6), BNN_PL_LD_(q0 + 7)); \
+            BNN_PL_CSA_(fB, twos, twos, tA, tB);                               \
+            BNN_PL_CSA_(e, fours, fours, fA, fB);                              \
+        } while (0)
+        BNN_PL_HS8_(0, eA);
+        BNN_PL_HS8_(8, eB);
+#undef BNN_PL_HS8_
         BNN_PL_CSA_(c, eights, eights, eA, eB);
 #undef BNN_PL_LD_
         /* hi += c (weight 16): half adders up the levels. */
