@@ -245,20 +245,31 @@ def _scaling_worker(model_path, data, limit, threads, scaling, batch, pairs=10):
             "base_ips": batch / float(np.median(times[threads])), "speedup": float(np.median(ratios))}
 
 
+# Children start in the directory that holds *this* bnnlite package, so they
+# import the same package as the parent.  Started from the caller's working
+# directory, ``python -m``/``-c`` would put it first on sys.path, and a source
+# checkout there (no compiled kernels) would shadow the installed package.
+_PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _abs(path) -> str:
+    return str(Path(path).resolve())
+
+
 def _spawn(engine, args) -> dict:
     env = dict(os.environ)
     for k in THREAD_VARS:
         env[k] = str(max(args["threads"], args.get("scaling", 0)))
-    cmd = [sys.executable, "-m", "bnnlite.bench", "--worker", engine, "--model", str(args["model"]),
+    cmd = [sys.executable, "-m", "bnnlite.bench", "--worker", engine, "--model", _abs(args["model"]),
            "--threads", str(args["threads"]), "--batch", str(args["batch"]), "--runs", str(args["runs"]),
            "--scaling", str(args.get("scaling", 0))]
     if args["fp32"]:
-        cmd += ["--fp32", str(args["fp32"])]
+        cmd += ["--fp32", _abs(args["fp32"])]
     if args["data"]:
-        cmd += ["--data", str(args["data"])]
+        cmd += ["--data", _abs(args["data"])]
     if args["limit"]:
         cmd += ["--limit", str(args["limit"])]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=_PACKAGE_ROOT)
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"engine": engine, "error": " | ".join(tail) or f"exit code {p.returncode}"}
@@ -281,7 +292,8 @@ def _import_times(repeats=3) -> dict:
     """Fastest of ``repeats`` fresh interpreters: ``import bnnlite``, then loading the pretrained model."""
     best = None
     for _ in range(repeats):
-        p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-c", _IMPORT_PROBE], capture_output=True, text=True,
+                           cwd=_PACKAGE_ROOT)
         if p.returncode != 0:
             return {"error": (p.stderr.strip().splitlines() or ["?"])[-1]}
         r = json.loads(p.stdout.strip().splitlines()[-1])

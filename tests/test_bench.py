@@ -4,6 +4,7 @@ Behaviour only (tiny batches, few images): the speed figures themselves are
 printed by the benchmark, never asserted here.
 """
 import json
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -38,6 +39,27 @@ def test_thread_scaling_is_timed_in_pairs():
     assert "error" not in sc, sc
     assert sc["threads"] == 2 and sc["base_threads"] == 1 and sc["pairs"] >= 5
     assert sc["throughput_ips"] > 0 and sc["base_ips"] > 0 and sc["speedup"] > 0
+
+
+@pytest.mark.skipif("cython" not in available_backends(), reason="the compiled extension is not built")
+def test_workers_import_this_package_not_the_working_directory(tmp_path, monkeypatch):
+    """Run from a directory holding another ``bnnlite/`` (a source checkout without built
+    kernels, say): the worker subprocesses must still use the package the CLI runs from,
+    and relative paths must still name the caller's files."""
+    import shutil
+
+    import bnnlite
+
+    shadow = tmp_path / "bnnlite"
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise ImportError('the shadowing bnnlite was imported')\n")
+    shutil.copy(Path(bnnlite.__file__).parent / "data" / "birealnet.h5", tmp_path / "model.h5")
+    monkeypatch.chdir(tmp_path)
+    out = json.loads(_run("--model", "model.h5", "--engines", "bnnlite", "--limit", "8", "--batch", "4",
+                          "--scaling", "0", "--json"))
+    (row,) = out["results"]
+    assert "error" not in row, row
+    assert "error" not in out["import"], out["import"]
 
 
 def test_layers_run_per_chunk():
