@@ -190,47 +190,69 @@ BNN_INLINE void bnn_planes_sum(const __m256i *planes, const uint16_t *idx, int n
         S[4 + b] = hi[b];
 }
 
-/* From the bit-sliced sum S (nb <= 16 planes) of channel c to its
+/* Bit-sliced to bytes: from 8 planes P[0..8) (bit p = pixel p) to bytes
+ * R[q] (q < 8) whose byte for pixel p holds bit b of P[b], b < 8.  Lane 0
+ * of R[q] is pixels 16q .. 16q+15, lane 1 pixels 128+16q .. 128+16q+15.
+ * First the bytes j (pixels 8j .. 8j+7) of the 8 planes are gathered into
+ * one 64-bit word (byte b from P[b]; three rounds of unpacks, which work
+ * within 128-bit lanes: R[q] gets j = 16*lane + 2q + e in its word e),
+ * then each word's 8x8 bit matrix (bit 8b + i) is transposed (bit 8i + b):
+ * three delta swaps (Hacker's Delight 7-3). */
+BNN_INLINE void bnn_pl_bytes(const __m256i *P, __m256i *R)
+{
+    __m256i a[8], b[8];
+    for (int k = 0; k < 4; k++) {
+        a[2 * k] = _mm256_unpacklo_epi8(P[2 * k], P[2 * k + 1]);       /* j = 16L + e */
+        a[2 * k + 1] = _mm256_unpackhi_epi8(P[2 * k], P[2 * k + 1]);   /* j = 16L + 8 + e */
+    }
+    for (int h = 0; h < 2; h++) {                /* planes 4h .. 4h+3 */
+        b[4 * h] = _mm256_unpacklo_epi16(a[4 * h], a[4 * h + 2]);       /* j = 16L + e */
+        b[4 * h + 1] = _mm256_unpackhi_epi16(a[4 * h], a[4 * h + 2]);   /* 16L + 4 + e */
+        b[4 * h + 2] = _mm256_unpacklo_epi16(a[4 * h + 1], a[4 * h + 3]); /* 16L + 8 + e */
+        b[4 * h + 3] = _mm256_unpackhi_epi16(a[4 * h + 1], a[4 * h + 3]); /* 16L + 12 + e */
+    }
+    for (int t = 0; t < 4; t++) {
+        R[2 * t] = _mm256_unpacklo_epi32(b[t], b[4 + t]);               /* 16L + 4t + e */
+        R[2 * t + 1] = _mm256_unpackhi_epi32(b[t], b[4 + t]);           /* 16L + 4t + 2 + e */
+    }
+#define BNN_PL_SWAP_(x, s, m) do {                                            \
+        const __m256i d_ = _mm256_and_si256(                                 \
+            _mm256_xor_si256((x), _mm256_srli_epi64((x), (s))), _mm256_set1_epi64x((long long)(m))); \
+        (x) = _mm256_xor_si256((x), _mm256_xor_si256(d_, _mm256_slli_epi64(d_, (s)))); \
+    } while (0)
+    for (int q = 0; q < 8; q++) {
+        BNN_PL_SWAP_(R[q], 7, 0x00AA00AA00AA00AAull);
+        BNN_PL_SWAP_(R[q], 14, 0x0000CCCC0000CCCCull);
+        BNN_PL_SWAP_(R[q], 28, 0x00000000F0F0F0F0ull);
+    }
+#undef BNN_PL_SWAP_
+}
+
+/* From the bit-sliced sum S (10 <= nb <= 16 planes) of channel c to its
  * popcounts: out[p] = ones ? T[p] + w1 - 2*s[p] : 2*s[p] + w1 - T[p], where
- * s[p] = sum_b 2^b * bit p of S[b].  32 pixels at a time: each byte of the
- * 32-bit piece of S[b] is spread over 8 bytes and tested against its bit,
- * giving 0x00/0xff per pixel; bits 0-7 of s go to one byte vector and
- * bits 8-15 to another. */
+ * s[p] = sum_b 2^b * bit p of S[b]: bits 0-7 and 8-15 of s as bytes
+ * (bnn_pl_bytes), interleaved into int16. */
 BNN_INLINE void bnn_planes_counts(const __m256i *S, int nb, const int16_t *T, int w1,
                                   int ones, int16_t *out)
 {
-    const __m256i spread = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1,
-                                            2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
-    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i lo[8], hi[8], up[8];
+    bnn_pl_bytes(S, lo);
+    for (int b = 0; b < 8; b++)
+        up[b] = 8 + b < nb ? S[8 + b] : _mm256_setzero_si256();
+    bnn_pl_bytes(up, hi);
     const __m256i w1v = _mm256_set1_epi16((short)w1);
-    for (int g = 0; g < BNN_PL_PIX / 32; g++) {
-        __m256i lo = _mm256_setzero_si256(), hi = lo;
-        for (int b = 0; b < nb; b++) {
-            int32_t piece;
-            memcpy(&piece, (const char *)&S[b] + 4 * g, 4);
-            __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32(piece), spread);
-            v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
-            if (b < 8)
-                lo = _mm256_or_si256(lo, _mm256_and_si256(v, _mm256_set1_epi8((char)(1 << b))));
-            else
-                hi = _mm256_or_si256(hi, _mm256_and_si256(v, _mm256_set1_epi8((char)(1 << (b - 8)))));
+    for (int q = 0; q < 8; q++) {
+        const __m256i x0 = _mm256_unpacklo_epi8(lo[q], hi[q]), x1 = _mm256_unpackhi_epi8(lo[q], hi[q]);
+        const __m256i s[2] = {_mm256_permute2x128_si256(x0, x1, 0x20),    /* pixels 16q + .. */
+                              _mm256_permute2x128_si256(x0, x1, 0x31)};   /* 128 + 16q + .. */
+        for (int h = 0; h < 2; h++) {
+            int16_t *o = out + 128 * h + 16 * q;
+            const __m256i t = _mm256_loadu_si256((const __m256i *)(T + 128 * h + 16 * q));
+            const __m256i s2 = _mm256_add_epi16(s[h], s[h]);
+            const __m256i r = ones ? _mm256_sub_epi16(_mm256_add_epi16(t, w1v), s2)
+                                   : _mm256_sub_epi16(_mm256_add_epi16(s2, w1v), t);
+            _mm256_storeu_si256((__m256i *)o, r);
         }
-        /* Interleave lo/hi bytes into int16 (in-lane), then restore order. */
-        const __m256i a = _mm256_unpacklo_epi8(lo, hi), d = _mm256_unpackhi_epi8(lo, hi);
-        const __m256i s0 = _mm256_permute2x128_si256(a, d, 0x20);
-        const __m256i s1 = _mm256_permute2x128_si256(a, d, 0x31);
-        const __m256i t0 = _mm256_loadu_si256((const __m256i *)(T + 32 * g));
-        const __m256i t1 = _mm256_loadu_si256((const __m256i *)(T + 32 * g + 16));
-        __m256i r0, r1;
-        if (ones) {
-            r0 = _mm256_sub_epi16(_mm256_add_epi16(t0, w1v), _mm256_add_epi16(s0, s0));
-            r1 = _mm256_sub_epi16(_mm256_add_epi16(t1, w1v), _mm256_add_epi16(s1, s1));
-        } else {
-            r0 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_add_epi16(s0, s0), w1v), t0);
-            r1 = _mm256_sub_epi16(_mm256_add_epi16(_mm256_add_epi16(s1, s1), w1v), t1);
-        }
-        _mm256_storeu_si256((__m256i *)(out + 32 * g), r0);
-        _mm256_storeu_si256((__m256i *)(out + 32 * g + 16), r1);
     }
 }
 

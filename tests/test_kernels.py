@@ -875,6 +875,20 @@ class TestBitPlanes:
         thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
         np.testing.assert_array_equal(_bits_out(avx2, c, wp, thr), pack_bits(acc, thr))
 
+    @pytest.mark.parametrize("fill", ["random", "all_minus_one"])
+    def test_counts_past_the_low_byte_equal_oracle(self, avx2, fill):
+        """K = 9216: a channel's list holds up to 4608 planes, so its sums take
+        up to 13 bits (10 + 3 bit planes) and the high byte of the count is
+        exercised; with every input -1 the sums reach the list lengths."""
+        c = Case(n=1, h=16, w=16, k=3, pad=1, cin=1024, cout=24, stride=1, seed=11)
+        if fill == "all_minus_one":
+            c.x[:, 1:-1, 1:-1] = pack_bits(-np.ones((1, 16, 16, c.cin)))
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        assert wp.planes is not None and 4 + wp.planes[5] >= 13
+        assert self._planes_apply(avx2, c, wp)
+        out, _ = _float_out(avx2, c, wp, np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32))
+        np.testing.assert_array_equal(out, c.oracle_acc().astype(np.float32))
+
     def test_outputs_into_padded_interior_views(self, avx2, ref):
         c = Case(n=4, h=8, w=8, k=3, pad=1, cin=256, cout=136, stride=1, seed=5)
         wp = avx2.prepare_weights(c.w, cin=c.cin)
