@@ -146,48 +146,60 @@ static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const
         l = _mm256_xor_si256(u_, c_);                                        \
     } while (0)
 
-/* Bit-sliced sum of the n planes planes[idx[0..n)] (n a multiple of 16):
- * S[0..4+H) with count bit b of pixel p at bit p of S[b].  Per 16 planes:
- * 15 full adders (Harley-Seal) leave ones, twos, fours, eights and one
- * sixteens plane, rippled into the H higher bits S[4..4+H). */
-BNN_INLINE void bnn_planes_sum(const __m256i *planes, const uint16_t *idx, int n,
-                               const int H, __m256i *S)
+/* One step of a bit-sliced sum: the 16 planes planes[idx[0..16)] added
+ * into acc[0..4+H) (count bit b of pixel p at bit p of acc[b]).  15 full
+ * adders (Harley-Seal) take them into ones, twos, fours, eights and one
+ * sixteens plane, which half adders ripple into the H higher bits. */
+BNN_INLINE void bnn_planes_step(const __m256i *planes, const uint16_t *idx, const int H,
+                                __m256i *acc)
 {
-    __m256i ones = _mm256_setzero_si256(), twos = ones, fours = ones, eights = ones;
-    __m256i hi[BNN_PL_HI_MAX];
-#pragma GCC unroll 16
-    for (int b = 0; b < H; b++)
-        hi[b] = ones;
-    for (int i = 0; i < n; i += 16, idx += 16) {
+    __m256i ones = acc[0], twos = acc[1], fours = acc[2], eights = acc[3];
 #define BNN_PL_LD_(q) _mm256_load_si256(planes + idx[q])
-        __m256i tA, tB, fA, fB, eA, eB, c;
-        /* 8 planes from q0 into ones and twos; e: their carry into eights. */
+    __m256i tA, tB, fA, fB, eA, eB, c;
+    /* 8 planes from q0 into ones and twos; e: their carry into eights. */
 #define BNN_PL_HS8_(q0, e) do {                                               \
-            BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(q0), BNN_PL_LD_(q0 + 1));   \
-            BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(q0 + 2), BNN_PL_LD_(q0 + 3)); \
-            BNN_PL_CSA_(fA, twos, twos, tA, tB);                               \
-            BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(q0 + 4), BNN_PL_LD_(q0 + 5)); \
-            BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(q0 + 6), BNN_PL_LD_(q0 + 7)); \
-            BNN_PL_CSA_(fB, twos, twos, tA, tB);                               \
-            BNN_PL_CSA_(e, fours, fours, fA, fB);                              \
-        } while (0)
-        BNN_PL_HS8_(0, eA);
-        BNN_PL_HS8_(8, eB);
+        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(q0), BNN_PL_LD_(q0 + 1));       \
+        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(q0 + 2), BNN_PL_LD_(q0 + 3));   \
+        BNN_PL_CSA_(fA, twos, twos, tA, tB);                                   \
+        BNN_PL_CSA_(tA, ones, ones, BNN_PL_LD_(q0 + 4), BNN_PL_LD_(q0 + 5));   \
+        BNN_PL_CSA_(tB, ones, ones, BNN_PL_LD_(q0 + 6), BNN_PL_LD_(q0 + 7));   \
+        BNN_PL_CSA_(fB, twos, twos, tA, tB);                                   \
+        BNN_PL_CSA_(e, fours, fours, fA, fB);                                  \
+    } while (0)
+    BNN_PL_HS8_(0, eA);
+    BNN_PL_HS8_(8, eB);
 #undef BNN_PL_HS8_
-        BNN_PL_CSA_(c, eights, eights, eA, eB);
 #undef BNN_PL_LD_
-        /* hi += c (weight 16): half adders up the levels. */
+    BNN_PL_CSA_(c, eights, eights, eA, eB);
+    acc[0] = ones; acc[1] = twos; acc[2] = fours; acc[3] = eights;
 #pragma GCC unroll 16
-        for (int b = 0; b < H; b++) {
-            const __m256i carry = _mm256_and_si256(hi[b], c);
-            hi[b] = _mm256_xor_si256(hi[b], c);
-            c = carry;
-        }
+    for (int b = 4; b < 4 + H; b++) {        /* += c (weight 16) */
+        const __m256i carry = _mm256_and_si256(acc[b], c);
+        acc[b] = _mm256_xor_si256(acc[b], c);
+        c = carry;
     }
-    S[0] = ones; S[1] = twos; S[2] = fours; S[3] = eights;
+}
+
+/* The bit-sliced sums SA, SB (4+H planes each) of two channels' lists
+ * ia[0..na) and ib[0..nb) (multiples of 16), their steps interleaved: each
+ * sum is one long dependency chain through "ones", and two chains keep
+ * the vector pipes busier than one. */
+BNN_INLINE void bnn_planes_sum2(const __m256i *planes, const uint16_t *ia, int na,
+                                const uint16_t *ib, int nb, const int H, __m256i *SA, __m256i *SB)
+{
 #pragma GCC unroll 16
-    for (int b = 0; b < H; b++)
-        S[4 + b] = hi[b];
+    for (int b = 0; b < 4 + H; b++)
+        SA[b] = SB[b] = _mm256_setzero_si256();
+    const int n = bnn_min(na, nb);
+    int i = 0;
+    for (; i < n; i += 16) {
+        bnn_planes_step(planes, ia + i, H, SA);
+        bnn_planes_step(planes, ib + i, H, SB);
+    }
+    for (int j = i; j < na; j += 16)
+        bnn_planes_step(planes, ia + j, H, SA);
+    for (int j = i; j < nb; j += 16)
+        bnn_planes_step(planes, ib + j, H, SB);
 }
 
 /* Bit-sliced to bytes: from 8 planes P[0..8) (bit p = pixel p) to bytes
@@ -285,22 +297,27 @@ static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc
         }
 }
 
-/* Dispatch on the constant number of sixteens levels. */
-static void bnn_planes_channel(const __m256i *planes, const bnn_planes *pl, int c,
-                               const int16_t *T, int16_t *out)
+/* Counts of channels c and c+1 (out, out + 256), or of c alone when
+ * two == 0 (then c+1's list is taken as empty); dispatch on the constant
+ * number of sixteens levels. */
+static void bnn_planes_channels(const __m256i *planes, const bnn_planes *pl, int c, int two,
+                                const int16_t *T, int16_t *out)
 {
-    __m256i S[4 + BNN_PL_HI_MAX];
-    const uint16_t *idx = pl->idx + pl->off[c];
-    const int n = pl->off[c + 1] - pl->off[c];
+    __m256i SA[4 + BNN_PL_HI_MAX], SB[4 + BNN_PL_HI_MAX];
+    const uint16_t *ia = pl->idx + pl->off[c], *ib = pl->idx + pl->off[c + two];
+    const int na = pl->off[c + 1] - pl->off[c];
+    const int nb = two ? pl->off[c + 2] - pl->off[c + 1] : 0;
     switch (pl->hi) {
-    case 6: bnn_planes_sum(planes, idx, n, 6, S); break;
-    case 7: bnn_planes_sum(planes, idx, n, 7, S); break;
-    case 8: bnn_planes_sum(planes, idx, n, 8, S); break;
-    case 9: bnn_planes_sum(planes, idx, n, 9, S); break;
-    case 10: bnn_planes_sum(planes, idx, n, 10, S); break;
-    default: bnn_planes_sum(planes, idx, n, 11, S); break;
+    case 6: bnn_planes_sum2(planes, ia, na, ib, nb, 6, SA, SB); break;
+    case 7: bnn_planes_sum2(planes, ia, na, ib, nb, 7, SA, SB); break;
+    case 8: bnn_planes_sum2(planes, ia, na, ib, nb, 8, SA, SB); break;
+    case 9: bnn_planes_sum2(planes, ia, na, ib, nb, 9, SA, SB); break;
+    case 10: bnn_planes_sum2(planes, ia, na, ib, nb, 10, SA, SB); break;
+    default: bnn_planes_sum2(planes, ia, na, ib, nb, 11, SA, SB); break;
     }
-    bnn_planes_counts(S, 4 + pl->hi, T, pl->w1[c], pl->ones[c], out);
+    bnn_planes_counts(SA, 4 + pl->hi, T, pl->w1[c], pl->ones[c], out);
+    if (two)
+        bnn_planes_counts(SB, 4 + pl->hi, T, pl->w1[c + 1], pl->ones[c + 1], out + BNN_PL_PIX);
 }
 
 /* The float chain of bnn_epilogue8_avx2 (same operations, same order) with
@@ -492,14 +509,15 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     bnn_planes_build(prm, pix, planes, pl->nplanes, T);
     for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP) {
         const int nco = bnn_min(BNN_PL_GROUP, prm->cout - g0);
-        for (int c = 0; c < nco; c++) {
+        for (int c = 0; c < nco; c += 2) {
+            const int two = c + 1 < nco;
             /* The residual (the previous layer's output, often in L3 only)
              * of the group's channels, a few pixels per channel, into L2:
              * perf showed the epilogue waiting on it. */
             if (io->res)
-                for (int p = c * np / nco; p < (c + 1) * np / nco; p++)
+                for (int p = c * np / nco; p < (c + 1 + two) * np / nco; p++)
                     bnn_prefetch_planes_res(prm, io, u0, p, g0, nco);
-            bnn_planes_channel(planes, pl, g0 + c, T, s16 + c * BNN_PL_PIX);
+            bnn_planes_channels(planes, pl, g0 + c, two, T, s16 + c * BNN_PL_PIX);
         }
         bnn_planes_transpose(s16, nco, np, pc);
         if (!prm->thr && nco % BNN_LANES == 0 && (!io->res || prm->cres % BNN_LANES == 0))
