@@ -40,6 +40,7 @@
 #define BNN_PL_GROUP 64    /* output channels per epilogue pass: one bits word */
 #define BNN_PL_HI_MIN 6    /* levels of the sixteens counter (variants 6..11) */
 #define BNN_PL_HI_MAX 11   /* lists of up to 16 * 2^11 planes: K < 32768 */
+#define BNN_PL_KW_RUN 16   /* kernel widths up to this take the sliding T sums */
 
 typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
                                    BNN_PL_GROUP % BNN_CO_BLOCK == 0) ? 1 : -1];
@@ -107,11 +108,49 @@ BNN_INLINE void bnn_transpose64x4(__m256i *r)
 }
 #undef BNN_PL_T_STAGE_
 
+/* Number of 1 bits in the kh input pixels of one window column (top at x). */
+BNN_INLINE int bnn_planes_column_ones(const bnn_conv_params *prm, const bnn_word_t *x)
+{
+    int n = 0;
+    for (int i = 0; i < prm->kh; i++)
+        for (int w = 0; w < prm->cw; w++)
+            n += __builtin_popcountll(x[i * prm->sxh + w]);
+    return n;
+}
+
+/* T[p] = number of 1 bits in pixel p's window for p < np (0 after).  Along
+ * a run of pixels one input column apart (stride 1: the windows of a row
+ * overlap in kw - 1 columns), each column is counted once and T is a
+ * sliding sum of kw column counts, instead of counting every window alone. */
+static void bnn_planes_ones(const bnn_conv_params *prm, const bnn_word_t *const *pix, int np,
+                            int16_t *T)
+{
+    const int kw = prm->kw;
+    int col[BNN_PL_PIX + BNN_PL_KW_RUN];
+    for (int p = 0; p < np;) {
+        int run = 1;
+        if (kw <= BNN_PL_KW_RUN)
+            while (p + run < np && pix[p + run] == pix[p + run - 1] + prm->sxw)
+                run++;
+        for (int j = 0; j < run + kw - 1; j++)
+            col[j] = bnn_planes_column_ones(prm, pix[p] + j * prm->sxw);
+        for (int t = 0; t < run; t++) {
+            int n = 0;
+            for (int jj = 0; jj < kw; jj++)
+                n += col[t + jj];
+            T[p + t] = (int16_t)n;
+        }
+        p += run;
+    }
+    for (int p = np; p < BNN_PL_PIX; p++)
+        T[p] = 0;
+}
+
 /* Planes of one block: planes[((i*kw + jj)*cw + w)*64 + b] bit p = bit b
  * of word w of tap (i, jj) of pixel p (pixel p's window starts at pix[p]);
- * the last plane is zero.  T[p] = number of 1 bits in pixel p's window. */
+ * the last plane is zero. */
 static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const *pix,
-                             __m256i *planes, int nplanes, int16_t *T)
+                             __m256i *planes, int nplanes)
 {
     const int cw = prm->cw;
     for (int i = 0; i < prm->kh; i++)
@@ -126,16 +165,6 @@ static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const
                 bnn_transpose64x4(r);
             }
     planes[nplanes - 1] = _mm256_setzero_si256();
-    for (int p = 0; p < BNN_PL_PIX; p++) {
-        int n = 0;
-        for (int i = 0; i < prm->kh; i++)
-            for (int jj = 0; jj < prm->kw; jj++) {
-                const bnn_word_t *xw = pix[p] + i * prm->sxh + jj * prm->sxw;
-                for (int w = 0; w < cw; w++)
-                    n += __builtin_popcountll(xw[w]);
-            }
-        T[p] = (int16_t)n;
-    }
 }
 
 /* Full adder on 256 lanes: a + b + c = l + 2*h (5 logic ops). */
@@ -506,7 +535,8 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     /* Unused pixels repeat pixel 0: computed, never stored. */
     for (int p = np; p < BNN_PL_PIX; p++)
         pix[p] = pix[0];
-    bnn_planes_build(prm, pix, planes, pl->nplanes, T);
+    bnn_planes_build(prm, pix, planes, pl->nplanes);
+    bnn_planes_ones(prm, pix, np, T);
     for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP) {
         const int nco = bnn_min(BNN_PL_GROUP, prm->cout - g0);
         for (int c = 0; c < nco; c += 2) {
