@@ -297,32 +297,38 @@ BNN_INLINE void bnn_planes_counts(const __m256i *S, int nb, const int16_t *T, in
     }
 }
 
+/* The 8x8 int16 block s[r*256 + k] (channel r, pixel k) transposed and
+ * widened: v[k] = the 8 channels of pixel k as int32 (unpack 16/32/64). */
+BNN_INLINE void bnn_pl_t8x8(const int16_t *s, __m256i v[8])
+{
+    __m128i a[8], b[8], c[8];
+    for (int r = 0; r < 8; r++)
+        a[r] = _mm_loadu_si128((const __m128i *)(s + r * BNN_PL_PIX));
+    for (int r = 0; r < 8; r += 2) {
+        b[r] = _mm_unpacklo_epi16(a[r], a[r + 1]);
+        b[r + 1] = _mm_unpackhi_epi16(a[r], a[r + 1]);
+    }
+    /* b[0..3]: rows 0-3 (lo: pixels 0-3, hi: 4-7); b[4..7]: rows 4-7 */
+    c[0] = _mm_unpacklo_epi32(b[0], b[2]); c[1] = _mm_unpackhi_epi32(b[0], b[2]);
+    c[2] = _mm_unpacklo_epi32(b[1], b[3]); c[3] = _mm_unpackhi_epi32(b[1], b[3]);
+    c[4] = _mm_unpacklo_epi32(b[4], b[6]); c[5] = _mm_unpackhi_epi32(b[4], b[6]);
+    c[6] = _mm_unpacklo_epi32(b[5], b[7]); c[7] = _mm_unpackhi_epi32(b[5], b[7]);
+    for (int q = 0; q < 4; q++) {           /* c[q]: pixels 2q, 2q+1 of rows 0-3 */
+        v[2 * q] = _mm256_cvtepi16_epi32(_mm_unpacklo_epi64(c[q], c[q + 4]));
+        v[2 * q + 1] = _mm256_cvtepi16_epi32(_mm_unpackhi_epi64(c[q], c[q + 4]));
+    }
+}
+
 /* pc[p*64 + c] = (int32) s16[c*256 + p] for c < nc (rounded up to 8),
- * p < np (rounded up to 8): 8x8 int16 transposes (unpack 16/32/64). */
+ * p < np (rounded up to 8). */
 static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc)
 {
     for (int c0 = 0; c0 < nc; c0 += 8)
         for (int p0 = 0; p0 < np; p0 += 8) {
-            __m128i a[8], b[8], c[8];
-            for (int r = 0; r < 8; r++)
-                a[r] = _mm_loadu_si128((const __m128i *)(s16 + (c0 + r) * BNN_PL_PIX + p0));
-            for (int r = 0; r < 8; r += 2) {
-                b[r] = _mm_unpacklo_epi16(a[r], a[r + 1]);
-                b[r + 1] = _mm_unpackhi_epi16(a[r], a[r + 1]);
-            }
-            /* b[0..3]: rows 0-3 (lo: pixels 0-3, hi: 4-7); b[4..7]: rows 4-7 */
-            c[0] = _mm_unpacklo_epi32(b[0], b[2]); c[1] = _mm_unpackhi_epi32(b[0], b[2]);
-            c[2] = _mm_unpacklo_epi32(b[1], b[3]); c[3] = _mm_unpackhi_epi32(b[1], b[3]);
-            c[4] = _mm_unpacklo_epi32(b[4], b[6]); c[5] = _mm_unpackhi_epi32(b[4], b[6]);
-            c[6] = _mm_unpacklo_epi32(b[5], b[7]); c[7] = _mm_unpackhi_epi32(b[5], b[7]);
-            for (int q = 0; q < 4; q++) {   /* c[q]: pixels 2q, 2q+1 of rows 0-3 */
-                const __m128i lo = _mm_unpacklo_epi64(c[q], c[q + 4]);
-                const __m128i hi = _mm_unpackhi_epi64(c[q], c[q + 4]);
-                _mm256_storeu_si256((__m256i *)(pc + (p0 + 2 * q) * BNN_PL_GROUP + c0),
-                                    _mm256_cvtepi16_epi32(lo));
-                _mm256_storeu_si256((__m256i *)(pc + (p0 + 2 * q + 1) * BNN_PL_GROUP + c0),
-                                    _mm256_cvtepi16_epi32(hi));
-            }
+            __m256i v[8];
+            bnn_pl_t8x8(s16 + c0 * BNN_PL_PIX + p0, v);
+            for (int k = 0; k < 8; k++)
+                _mm256_storeu_si256((__m256i *)(pc + (p0 + k) * BNN_PL_GROUP + c0), v[k]);
         }
 }
 
@@ -350,12 +356,11 @@ static void bnn_planes_channels(const __m256i *planes, const bnn_planes *pl, int
 }
 
 /* The float chain of bnn_epilogue8_avx2 (same operations, same order) with
- * the channel constants already in registers: y = float(K - 2*pc) * scale;
+ * the channel constants already in registers: y = float(K - 2*p) * scale;
  * y = fma(y, mult, bias); y += residual (res != NULL); RPReLU (rp). */
-BNN_INLINE __m256 bnn_pl_chain(__m256i kv, const int32_t *pc, __m256 sc, __m256 mu, __m256 bi,
+BNN_INLINE __m256 bnn_pl_chain(__m256i kv, __m256i p, __m256 sc, __m256 mu, __m256 bi,
                                const float *res, int rp, __m256 gm, __m256 be, __m256 ze)
 {
-    const __m256i p = _mm256_loadu_si256((const __m256i *)pc);
     __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(kv, _mm256_add_epi32(p, p)));
     y = _mm256_fmadd_ps(_mm256_mul_ps(y, sc), mu, bi);
     if (res)
@@ -371,14 +376,27 @@ BNN_INLINE __m256 bnn_pl_chain(__m256i kv, const int32_t *pc, __m256 sc, __m256 
 /* The float epilogue of one channel group for the block's pixels, with the
  * channel octets outer and the pixels inner so that the eight channels'
  * constants stay in registers (the per-pixel epilogue reloads seven vectors
- * per eight outputs: perf showed it at a quarter of the layer).  Needs
- * float mode, nco % 8 == 0 and cres % 8 == 0; bit-identical to
- * bnn_planes_epilogue (same chain, same pooling pairs). */
+ * per eight outputs).  It reads the counts s16 ([c][256] int16) itself, 8x8
+ * at a time (bnn_pl_t8x8), so no [p][c] copy goes through memory.  Needs
+ * float mode, nco % 8 == 0, cres % 8 == 0 and runs of conv pixels that are
+ * whole octets (bnn_planes_f8_fits); bit-identical to bnn_planes_epilogue
+ * (same chain, same pooling pairs). */
 static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                   int u0, int nu, int g0, int nco, const int32_t *pc)
+                                   int u0, int nu, int g0, int nco, const int16_t *s16);
+
+/* Whether bnn_planes_epilogue_f8 can take this layer's group of nco. */
+static int bnn_planes_f8_fits(const bnn_conv_params *prm, const bnn_planes_io *io, int nco)
+{
+    return !prm->thr && nco % BNN_LANES == 0 && (!io->res || prm->cres % BNN_LANES == 0) &&
+           (io->pool ? 2 * io->wpool : prm->wo) % 8 == 0;
+}
+
+static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
+                                   int u0, int nu, int g0, int nco, const int16_t *s16)
 {
     const int wo = prm->wo, pool = io->pool, wc = 2 * io->wpool;
     const int per_u = pool ? io->wpool : wo;       /* output pixels per unit */
+    const int step = pool ? 4 : 8;                 /* output pixels per 8x8 block */
     bnn_word_t wb[BNN_PL_PIX];
     for (int p = 0; p < nu * per_u; p++)
         wb[p] = 0;
@@ -386,6 +404,7 @@ static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_
     const int rp = prm->gamma != NULL;
     for (int o = 0; o < nco; o += BNN_LANES) {
         const int co = g0 + o;
+        const int16_t *so = s16 + o * BNN_PL_PIX;
         const __m256 sc = _mm256_loadu_ps(prm->scale + co), mu = _mm256_loadu_ps(prm->mult + co);
         const __m256 bi = _mm256_loadu_ps(prm->bias + co);
         const __m256 gm = rp ? _mm256_loadu_ps(prm->gamma + co) : _mm256_setzero_ps();
@@ -398,30 +417,38 @@ static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_
             const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
             const float *rn = io->res ? io->res + n * io->srn + rc : NULL;
             float *on = io->out ? io->out + n * io->son + i * io->soh + co : NULL;
-            for (int q = 0; q < per_u; q++) {
-                __m256 y;
+            for (int q0 = 0; q0 < per_u; q0 += step) {
+                __m256 y[8];
                 if (!pool) {
-                    const int p = u * wo + q;
-                    y = bnn_pl_chain(kv, pc + p * BNN_PL_GROUP + o, sc, mu, bi,
-                                     rn ? rn + i * io->srh + q * io->srw : NULL, rp, gm, be, ze);
+                    __m256i v[8];
+                    bnn_pl_t8x8(so + u * wo + q0, v);
+                    for (int k = 0; k < 8; k++)
+                        y[k] = bnn_pl_chain(kv, v[k], sc, mu, bi,
+                                            rn ? rn + i * io->srh + (q0 + k) * io->srw : NULL,
+                                            rp, gm, be, ze);
                 } else {
-                    const int p = u * 2 * wc + 2 * q;       /* conv (2i, 2q) */
-                    const int32_t *c0 = pc + p * BNN_PL_GROUP + o, *c1 = c0 + wc * BNN_PL_GROUP;
-                    const float *r0 = rn ? rn + 2 * i * io->srh + 2 * q * io->srw : NULL;
-                    const float *r1 = rn ? r0 + io->srh : NULL;
-                    const __m256 a0 = bnn_pl_chain(kv, c0, sc, mu, bi, r0, rp, gm, be, ze);
-                    const __m256 a1 = bnn_pl_chain(kv, c0 + BNN_PL_GROUP, sc, mu, bi,
-                                                   r0 ? r0 + io->srw : NULL, rp, gm, be, ze);
-                    const __m256 b0 = bnn_pl_chain(kv, c1, sc, mu, bi, r1, rp, gm, be, ze);
-                    const __m256 b1 = bnn_pl_chain(kv, c1 + BNN_PL_GROUP, sc, mu, bi,
-                                                   r1 ? r1 + io->srw : NULL, rp, gm, be, ze);
-                    y = bnn_fmax_np8(bnn_fmax_np8(a0, a1), bnn_fmax_np8(b0, b1));
+                    __m256i va[8], vb[8];           /* conv rows 2i and 2i+1 */
+                    bnn_pl_t8x8(so + u * 2 * wc + 2 * q0, va);
+                    bnn_pl_t8x8(so + u * 2 * wc + wc + 2 * q0, vb);
+                    for (int k = 0; k < 4; k++) {
+                        const float *r0 = rn ? rn + 2 * i * io->srh + 2 * (q0 + k) * io->srw : NULL;
+                        const float *r1 = rn ? r0 + io->srh : NULL;
+                        const __m256 a0 = bnn_pl_chain(kv, va[2 * k], sc, mu, bi, r0, rp, gm, be, ze);
+                        const __m256 a1 = bnn_pl_chain(kv, va[2 * k + 1], sc, mu, bi,
+                                                       r0 ? r0 + io->srw : NULL, rp, gm, be, ze);
+                        const __m256 b0 = bnn_pl_chain(kv, vb[2 * k], sc, mu, bi, r1, rp, gm, be, ze);
+                        const __m256 b1 = bnn_pl_chain(kv, vb[2 * k + 1], sc, mu, bi,
+                                                       r1 ? r1 + io->srw : NULL, rp, gm, be, ze);
+                        y[k] = bnn_fmax_np8(bnn_fmax_np8(a0, a1), bnn_fmax_np8(b0, b1));
+                    }
                 }
-                if (on)
-                    _mm256_storeu_ps(on + q * io->sow, y);
-                if (prm->next_thr)
-                    wb[u * per_u + q] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(
-                        _mm256_cmp_ps(y, nt, _CMP_LT_OQ)) << sh;
+                for (int k = 0; k < step; k++) {
+                    if (on)
+                        _mm256_storeu_ps(on + (q0 + k) * io->sow, y[k]);
+                    if (prm->next_thr)
+                        wb[u * per_u + q0 + k] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(
+                            _mm256_cmp_ps(y[k], nt, _CMP_LT_OQ)) << sh;
+                }
             }
         }
     }
@@ -549,11 +576,12 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
                     bnn_prefetch_planes_res(prm, io, u0, p, g0, nco);
             bnn_planes_channels(planes, pl, g0 + c, two, T, s16 + c * BNN_PL_PIX);
         }
-        bnn_planes_transpose(s16, nco, np, pc);
-        if (!prm->thr && nco % BNN_LANES == 0 && (!io->res || prm->cres % BNN_LANES == 0))
-            bnn_planes_epilogue_f8(prm, io, u0, nu, g0, nco, pc);
-        else
+        if (bnn_planes_f8_fits(prm, io, nco)) {
+            bnn_planes_epilogue_f8(prm, io, u0, nu, g0, nco, s16);
+        } else {
+            bnn_planes_transpose(s16, nco, np, pc);
             bnn_planes_epilogue(prm, io, u0, nu, g0, nco, pc);
+        }
     }
 }
 
