@@ -59,7 +59,7 @@ class PreparedWeights:
     (``layout`` names it); ``cout, kh, kw, cw`` describe the original
     (Cout, KH, KW, Cw) bitpack array; ``cin`` the real input channels if
     they were given to prepare_weights (else None).  ``planes``: the
-    per-channel plane lists of the bit-plane conv (see ``_plane_lists``)
+    plane lists of the bit-plane conv (see ``_plane_lists``)
     when the backend has it and the layer fits it, else None (then the
     popcount core runs; setting it to None forces that).  Only the backend
     that made it may consume it (checked by ``layout``).
@@ -114,17 +114,22 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
 
 
 def _plane_lists(w: np.ndarray, cin, hi_range):
-    """The per-output-channel lists of the bit-plane conv
-    (kernels/_bconv_planes.h), or None when the layer is too large for them.
+    """The plane lists of the bit-plane conv (kernels/_bconv_planes.h), or
+    None when the layer is too large for them.
 
     Plane k = (i*KW + j)*Cw*64 + c holds input bit c of tap (i, j) for 256
-    pixels.  With W1 = the taps whose weight bit is 1 (-1) and W0 the others
-    (real channels c < cin only), channel co lists the shorter of the two
-    (``ones[co]`` = 1 when it is W1), padded with the zero plane (the last
-    one) to a multiple of 16; ``w1[co]`` = |W1|.  The sixteens counter needs
-    ``hi`` bits: at least max(list)/16 + 1 values, within hi_range.
-    Returns (idx uint16, off int32 (Cout+1,), w1 int32, ones uint8, nplanes,
-    hi).
+    pixels.  Channel co adds up one side of its taps (real channels c < cin
+    only): W1, those whose weight bit is 1 (-1; ``ones[co]`` = 1), or W0;
+    ``w1[co]`` = |W1|.  Channels go in pairs (2j, 2j+1; the last one alone
+    when Cout is odd), and each pair's sides are chosen so that their union
+    is smallest.  The union is split into three lists, each padded with the
+    zero plane (the last one) to a multiple of 16: only in 2j's side (A),
+    only in 2j+1's (B), in both (AB), at idx[off[3j]:off[3j+1]],
+    idx[off[3j+1]:off[3j+2]] and idx[off[3j+2]:off[3j+3]].  The kernel sums
+    each list once, so a plane both channels need is added once, not twice.
+    The sixteens counter needs ``hi`` bits: at least max(A + AB, B + AB)/16
+    + 1 values, within hi_range.  Returns (idx uint16, off int32 (3*pairs +
+    1,), w1 int32, ones uint8, nplanes, hi).
     """
     cout, kh, kw, cw = w.shape
     cpix = cw * WORD_BITS
@@ -138,15 +143,27 @@ def _plane_lists(w: np.ndarray, cin, hi_range):
     bits = bits.reshape(cout, kh * kw, cpix)[:, :, :cin].reshape(cout, -1).astype(bool)
     plane = (np.arange(kh * kw)[:, None] * cpix + np.arange(cin)[None, :]).reshape(-1)
     w1 = bits.sum(axis=1)
-    ones = w1 <= k_real - w1
-    lists = [plane[bits[co] == ones[co]] for co in range(cout)]
-    lens = [-(-len(x) // 16) * 16 for x in lists]
-    off = np.zeros(cout + 1, np.int32)
-    off[1:] = np.cumsum(lens)
+    ones = np.zeros(cout, bool)
+    lists, sums = [], []
+    for a in range(0, cout, 2):
+        if a + 1 == cout:                       # alone: its shorter side
+            ones[a] = w1[a] <= k_real - w1[a]
+            sides = (bits[a] == ones[a], np.zeros(k_real, bool))
+        else:
+            sa, sb = min(((sa, sb) for sa in (True, False) for sb in (True, False)),
+                         key=lambda s: np.count_nonzero((bits[a] == s[0]) | (bits[a + 1] == s[1])))
+            ones[a], ones[a + 1] = sa, sb
+            sides = (bits[a] == sa, bits[a + 1] == sb)
+        three = [plane[sides[0] & ~sides[1]], plane[sides[1] & ~sides[0]], plane[sides[0] & sides[1]]]
+        lens = [-(-len(x) // 16) * 16 for x in three]
+        lists += list(zip(three, lens))
+        sums += [lens[0] + lens[2], lens[1] + lens[2]]
+    off = np.zeros(len(lists) + 1, np.int32)
+    off[1:] = np.cumsum([n for _, n in lists])
     idx = np.full(max(int(off[-1]), 1), nplanes - 1, np.uint16)
-    for co, x in enumerate(lists):
-        idx[off[co]:off[co] + len(x)] = x
-    hi = max(hi_range[0], (max(lens) // 16).bit_length())
+    for (x, _), o in zip(lists, off):
+        idx[o:o + len(x)] = x
+    hi = max(hi_range[0], (max(sums) // 16).bit_length())
     if hi > hi_range[1]:
         return None
     return (idx, off, w1.astype(np.int32), ones.astype(np.uint8), nplanes, hi)

@@ -12,25 +12,30 @@
  * where T = sum_k x_k (per pixel, shared by all channels), W1 = {k: w_k=1},
  * S0 = sum_{k: w_k=0} x_k and S1 = sum_{k in W1} x_k.  The weights are
  * constant, so the XOR becomes a choice of which x_k to add: channel c adds
- * only the planes of its shorter list (W1 when |W1| <= |W0|, flag
- * ``ones``), at most K/2 of them, with no XOR.
+ * only the planes of one side, W1 (flag ``ones``) or W0, with no XOR.
+ * Channels go in pairs (2j, 2j+1) whose sides are chosen so that their
+ * union is smallest; the union is summed as three lists, only c's, only
+ * c+1's and both, and c's sum = only c's + both (bit-sliced, one ripple),
+ * so a plane both need is added once: about 3/4 K planes per pair instead
+ * of twice K/2 (bnn_planes_pair).
  *
  * The layout.  A block is 256 output pixels, pixel p at bit p % 64 of lane
  * p / 64 of a ymm.  Plane k of the block is one ymm whose bit p is x_k of
  * pixel p; plane number k = (i*kw + jj)*cw*64 + ci (the bit of word ci/64
  * in the zero-bordered, channels-last input), and plane nplanes-1 is zero.
  * Planes are built per block by 64x64 bit transposes of the input words
- * (bnn_planes_build).  The per-channel lists of plane numbers are made once
- * at load time (bnnlite.backend._plane_lists), each padded with the zero
- * plane to a multiple of 16.
+ * (bnn_planes_build).  The lists of plane numbers are made once at load
+ * time (bnnlite.backend._plane_lists), each padded with the zero plane to a
+ * multiple of 16.
  *
  * The sum of a channel's planes is kept bit-sliced (bit b of the count of
  * pixel p is bit p of plane S[b]): a Harley-Seal carry-save tree takes 16
  * planes into ones/twos/fours/eights and one "sixteens" plane, which a
- * ripple adder adds into the higher bits (bnn_planes_sum).  Then
+ * ripple adder adds into the higher bits (bnn_planes_step).  Then
  * bnn_planes_counts turns the bit-sliced S into int16 counts and the
- * popcount above, and the existing epilogue (bnn_epilogue_avx2, int32
- * input) runs on them, so the floats are the very same as the other paths.
+ * popcount above, and the float epilogue runs the chain of
+ * bnn_epilogue8_avx2 on them, so the floats are the very same as the other
+ * paths.
  */
 #ifndef BNNLITE_BCONV_PLANES_H
 #define BNNLITE_BCONV_PLANES_H
@@ -45,12 +50,12 @@
 typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
                                    BNN_PL_GROUP % BNN_CO_BLOCK == 0) ? 1 : -1];
 
-/* The per-channel plane lists (see bnnlite.backend._plane_lists). */
+/* The plane lists (see bnnlite.backend._plane_lists). */
 typedef struct {
-    const uint16_t *idx;     /* list of channel c: idx[off[c] .. off[c+1]) */
-    const int32_t *off;      /* (cout + 1,) */
+    const uint16_t *idx;     /* list t of pair j: idx[off[3j+t] .. off[3j+t+1]) */
+    const int32_t *off;      /* (3 * pairs + 1,); t: only 2j's, only 2j+1's, both */
     const int32_t *w1;       /* |W1| of channel c */
-    const uint8_t *ones;     /* 1: the list is W1, 0: it is W0 */
+    const uint8_t *ones;     /* 1: channel c's side is W1, 0: it is W0 */
     int nplanes;             /* kh*kw*cw*64 + 1; the last plane is zero */
     int hi;                  /* sixteens-counter levels, BNN_PL_HI_MIN..MAX */
 } bnn_planes;
@@ -209,26 +214,32 @@ BNN_INLINE void bnn_planes_step(const __m256i *planes, const uint16_t *idx, cons
     }
 }
 
-/* The bit-sliced sums SA, SB (4+H planes each) of two channels' lists
- * ia[0..na) and ib[0..nb) (multiples of 16), their steps interleaved: each
- * sum is one long dependency chain through "ones", and two chains keep
- * the vector pipes busier than one. */
-BNN_INLINE void bnn_planes_sum2(const __m256i *planes, const uint16_t *ia, int na,
-                                const uint16_t *ib, int nb, const int H, __m256i *SA, __m256i *SB)
+/* The bit-sliced sums S[l] (4+H planes each) of the three lists
+ * idx[l][0..n[l]) (multiples of 16), their steps interleaved: each sum is
+ * one long dependency chain through "ones", and several chains keep the
+ * vector pipes busier than one. */
+BNN_INLINE void bnn_planes_sum3(const __m256i *planes, const uint16_t *const idx[3],
+                                const int n[3], const int H, __m256i S[3][4 + BNN_PL_HI_MAX])
 {
+    for (int l = 0; l < 3; l++)
 #pragma GCC unroll 16
-    for (int b = 0; b < 4 + H; b++)
-        SA[b] = SB[b] = _mm256_setzero_si256();
-    const int n = bnn_min(na, nb);
-    int i = 0;
-    for (; i < n; i += 16) {
-        bnn_planes_step(planes, ia + i, H, SA);
-        bnn_planes_step(planes, ib + i, H, SB);
-    }
-    for (int j = i; j < na; j += 16)
-        bnn_planes_step(planes, ia + j, H, SA);
-    for (int j = i; j < nb; j += 16)
-        bnn_planes_step(planes, ib + j, H, SB);
+        for (int b = 0; b < 4 + H; b++)
+            S[l][b] = _mm256_setzero_si256();
+    const int nmax = n[0] > n[1] ? (n[0] > n[2] ? n[0] : n[2]) : (n[1] > n[2] ? n[1] : n[2]);
+    for (int i = 0; i < nmax; i += 16)
+#pragma GCC unroll 3
+        for (int l = 0; l < 3; l++)
+            if (i < n[l])
+                bnn_planes_step(planes, idx[l] + i, H, S[l]);
+}
+
+/* S = a + b, bit-sliced (nb planes; the sum fits them): a ripple of full
+ * adders. */
+BNN_INLINE void bnn_planes_add(const __m256i *a, const __m256i *b, int nb, __m256i *S)
+{
+    __m256i carry = _mm256_setzero_si256();
+    for (int k = 0; k < nb; k++)
+        BNN_PL_CSA_(carry, S[k], a[k], b[k], carry);
 }
 
 /* Bit-sliced to bytes: from 8 planes P[0..8) (bit p = pixel p) to bytes
@@ -332,27 +343,32 @@ static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc
         }
 }
 
-/* Counts of channels c and c+1 (out, out + 256), or of c alone when
- * two == 0 (then c+1's list is taken as empty); dispatch on the constant
- * number of sixteens levels. */
-static void bnn_planes_channels(const __m256i *planes, const bnn_planes *pl, int c, int two,
-                                const int16_t *T, int16_t *out)
+/* Counts of the pair of channels c, c+1 (c even; out, out + 256), or of
+ * c alone when two == 0: the sums of the pair's three lists (only c's,
+ * only c+1's, both: bnnlite.backend._plane_lists), then c's = only c's +
+ * both.  Dispatch on the constant number of sixteens levels. */
+static void bnn_planes_pair(const __m256i *planes, const bnn_planes *pl, int c, int two,
+                            const int16_t *T, int16_t *out)
 {
-    __m256i SA[4 + BNN_PL_HI_MAX], SB[4 + BNN_PL_HI_MAX];
-    const uint16_t *ia = pl->idx + pl->off[c], *ib = pl->idx + pl->off[c + two];
-    const int na = pl->off[c + 1] - pl->off[c];
-    const int nb = two ? pl->off[c + 2] - pl->off[c + 1] : 0;
+    __m256i P[3][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
+    const int32_t *off = pl->off + 3 * (c / 2);
+    const uint16_t *const idx[3] = {pl->idx + off[0], pl->idx + off[1], pl->idx + off[2]};
+    const int n[3] = {off[1] - off[0], off[2] - off[1], off[3] - off[2]};
+    const int nb = 4 + pl->hi;
     switch (pl->hi) {
-    case 6: bnn_planes_sum2(planes, ia, na, ib, nb, 6, SA, SB); break;
-    case 7: bnn_planes_sum2(planes, ia, na, ib, nb, 7, SA, SB); break;
-    case 8: bnn_planes_sum2(planes, ia, na, ib, nb, 8, SA, SB); break;
-    case 9: bnn_planes_sum2(planes, ia, na, ib, nb, 9, SA, SB); break;
-    case 10: bnn_planes_sum2(planes, ia, na, ib, nb, 10, SA, SB); break;
-    default: bnn_planes_sum2(planes, ia, na, ib, nb, 11, SA, SB); break;
+    case 6: bnn_planes_sum3(planes, idx, n, 6, P); break;
+    case 7: bnn_planes_sum3(planes, idx, n, 7, P); break;
+    case 8: bnn_planes_sum3(planes, idx, n, 8, P); break;
+    case 9: bnn_planes_sum3(planes, idx, n, 9, P); break;
+    case 10: bnn_planes_sum3(planes, idx, n, 10, P); break;
+    default: bnn_planes_sum3(planes, idx, n, 11, P); break;
     }
-    bnn_planes_counts(SA, 4 + pl->hi, T, pl->w1[c], pl->ones[c], out);
-    if (two)
-        bnn_planes_counts(SB, 4 + pl->hi, T, pl->w1[c + 1], pl->ones[c + 1], out + BNN_PL_PIX);
+    bnn_planes_add(P[0], P[2], nb, S);
+    bnn_planes_counts(S, nb, T, pl->w1[c], pl->ones[c], out);
+    if (two) {
+        bnn_planes_add(P[1], P[2], nb, S);
+        bnn_planes_counts(S, nb, T, pl->w1[c + 1], pl->ones[c + 1], out + BNN_PL_PIX);
+    }
 }
 
 /* The float chain of bnn_epilogue8_avx2 (same operations, same order) with
@@ -574,7 +590,7 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
             if (io->res)
                 for (int p = c * np / nco; p < (c + 1 + two) * np / nco; p++)
                     bnn_prefetch_planes_res(prm, io, u0, p, g0, nco);
-            bnn_planes_channels(planes, pl, g0 + c, two, T, s16 + c * BNN_PL_PIX);
+            bnn_planes_pair(planes, pl, g0 + c, two, T, s16 + c * BNN_PL_PIX);
         }
         if (bnn_planes_f8_fits(prm, io, nco)) {
             bnn_planes_epilogue_f8(prm, io, u0, nu, g0, nco, s16);

@@ -931,28 +931,48 @@ class TestBitPlanes:
             t.join()
         assert len(bad) == 90 and not any(bad)
 
-    def test_plane_lists_hold_the_shorter_side_of_every_channel(self, avx2):
+    @pytest.mark.parametrize("cout", [40, 41])
+    def test_plane_lists_split_each_pair_into_own_and_shared(self, avx2, cout):
+        """Pair j = channels 2j, 2j+1: lists A (only 2j's side), B (only
+        2j+1's), AB (both), their union the smallest of the four choices of
+        sides; an odd last channel alone takes its shorter side."""
         rng = np.random.default_rng(3)
-        cin, cout = 70, 40
+        cin = 70
         wf = rng.standard_normal((cout, 3, 3, cin))
-        wf[0] = 1.0                             # no -1 bit at all: an empty W1 list
+        wf[0] = 1.0                             # no -1 bit at all: an empty W1 side
         wf[1] = -1.0                            # all -1
+        wf[3] = -wf[2]                          # complements: one side of each is the same list
         w = pack_bits(wf)
         idx, off, w1, ones, nplanes, hi = B._plane_lists(w, cin, avx2._impl.mod.PLANES_HI)
         cpix = words_for(cin) * WORD_BITS
-        assert nplanes == 9 * cpix + 1
+        assert nplanes == 9 * cpix + 1 and len(off) == 3 * ((cout + 1) // 2) + 1
         bits = unpack_bits(w, cin).reshape(cout, -1) < 0          # -1 -> True
         plane = (np.arange(9)[:, None] * cpix + np.arange(cin)).reshape(-1)
-        for co in range(cout):
-            lst = idx[off[co]:off[co + 1]]
-            assert len(lst) % 16 == 0
-            real = lst[lst != nplanes - 1]
-            assert w1[co] == bits[co].sum()
-            assert ones[co] == (w1[co] <= bits[co].size - w1[co])
-            np.testing.assert_array_equal(np.sort(real), plane[bits[co] == bool(ones[co])])
-            assert len(lst) - len(real) < 16
-        assert off[1] - off[0] == 0                          # nothing to add for channel 0
-        assert 2 ** hi > (off[1:] - off[:-1]).max() // 16
+        side = {co: set(plane[bits[co] == bool(ones[co])]) for co in range(cout)}
+        assert (w1 == bits.sum(axis=1)).all()
+        for j in range(len(off) // 3):
+            parts = []
+            for lst in (idx[off[3 * j + t]:off[3 * j + t + 1]] for t in range(3)):
+                assert len(lst) % 16 == 0
+                real = lst[lst != nplanes - 1]
+                assert len(lst) - len(real) < 16 and len(set(real)) == len(real)
+                parts.append(set(real))
+            a, b = 2 * j, 2 * j + 1
+            if b == cout:
+                assert parts[1] == parts[2] == set()
+                assert ones[a] == (w1[a] <= bits[a].size - w1[a])
+                assert parts[0] == side[a]
+                continue
+            assert parts[0] | parts[2] == side[a] and parts[1] | parts[2] == side[b]
+            assert parts[2] == side[a] & side[b] and not parts[0] & parts[1]
+            best = min(np.count_nonzero((bits[a] == sa) | (bits[b] == sb))
+                       for sa in (True, False) for sb in (True, False))
+            assert len(side[a] | side[b]) == best
+        assert off[3] == 0                          # pair 0: all +1 and all -1, nothing to add
+        assert off[3] == off[4] == off[5] < off[6]  # pair 1: complements, one shared list
+        sums = [(off[3 * j + 1] - off[3 * j]) + (off[3 * j + 3] - off[3 * j + 2])
+                for j in range(len(off) // 3)]
+        assert 2 ** hi > max(sums) // 16
 
     def test_layers_beyond_the_int16_counts_use_the_core(self, avx2):
         w = np.zeros((1, 3, 3, words_for(4096)), WORD_DTYPE)      # K = 36864 >= 2^15
