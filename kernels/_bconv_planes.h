@@ -225,12 +225,16 @@ BNN_INLINE void bnn_planes_sum3(const __m256i *planes, const uint16_t *const idx
 #pragma GCC unroll 16
         for (int b = 0; b < 4 + H; b++)
             S[l][b] = _mm256_setzero_si256();
-    const int nmax = n[0] > n[1] ? (n[0] > n[2] ? n[0] : n[2]) : (n[1] > n[2] ? n[1] : n[2]);
-    for (int i = 0; i < nmax; i += 16)
-#pragma GCC unroll 3
-        for (int l = 0; l < 3; l++)
-            if (i < n[l])
-                bnn_planes_step(planes, idx[l] + i, H, S[l]);
+    const int nmin = bnn_min(n[0], bnn_min(n[1], n[2]));
+    int i = 0;
+    for (; i < nmin; i += 16) {             /* all three */
+        bnn_planes_step(planes, idx[0] + i, H, S[0]);
+        bnn_planes_step(planes, idx[1] + i, H, S[1]);
+        bnn_planes_step(planes, idx[2] + i, H, S[2]);
+    }
+    for (int l = 0; l < 3; l++)             /* the longer ones' tails */
+        for (int j = i; j < n[l]; j += 16)
+            bnn_planes_step(planes, idx[l] + j, H, S[l]);
 }
 
 /* S = a + b, bit-sliced (nb planes; the sum fits them): a ripple of full
