@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import itertools
 import os
 import warnings
 
@@ -113,23 +114,25 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
     return data
 
 
-def _plane_lists(w: np.ndarray, cin, hi_range):
+def _plane_lists(w: np.ndarray, cin, hi_range, sets=(64, 3)):
     """The plane lists of the bit-plane conv (kernels/_bconv_planes.h), or
     None when the layer is too large for them.
 
     Plane k = (i*KW + j)*Cw*64 + c holds input bit c of tap (i, j) for 256
     pixels.  Channel co adds up one side of its taps (real channels c < cin
     only): W1, those whose weight bit is 1 (-1; ``ones[co]`` = 1), or W0;
-    ``w1[co]`` = |W1|.  Channels go in pairs (2j, 2j+1; the last one alone
-    when Cout is odd), and each pair's sides are chosen so that their union
-    is smallest.  The union is split into three lists, each padded with the
-    zero plane (the last one) to a multiple of 16: only in 2j's side (A),
-    only in 2j+1's (B), in both (AB), at idx[off[3j]:off[3j+1]],
-    idx[off[3j+1]:off[3j+2]] and idx[off[3j+2]:off[3j+3]].  The kernel sums
-    each list once, so a plane both channels need is added once, not twice.
-    The sixteens counter needs ``hi`` bits: at least max(A + AB, B + AB)/16
-    + 1 values, within hi_range.  Returns (idx uint16, off int32 (3*pairs +
-    1,), w1 int32, ones uint8, nplanes, hi).
+    ``w1[co]`` = |W1|.  ``sets`` = (group, size): channels go in sets of up
+    to ``size`` (3) consecutive ones, never across a group of ``group`` (64,
+    one output word), set s numbered from 0 in channel order, and a set's
+    sides are chosen so that their union is smallest.  The union is split by
+    which of the set's channels need each plane: with P = 2**size - 1 lists
+    per set (7), list m (m = 1..P, bit i = the set's channel i) of set s is
+    idx[off[P*s+m-1]:off[P*s+m]], padded with the zero plane (the last one)
+    to a multiple of 16.  The kernel sums each list once, so a plane that
+    several channels need is added once.  The sixteens counter needs ``hi``
+    bits: at least (a channel's lists together)/16 + 1 values, within
+    hi_range.  Returns (idx uint16, off int32 (P*sets + 1,), w1 int32, ones
+    uint8, nplanes, hi).
     """
     cout, kh, kw, cw = w.shape
     cpix = cw * WORD_BITS
@@ -144,26 +147,30 @@ def _plane_lists(w: np.ndarray, cin, hi_range):
     plane = (np.arange(kh * kw)[:, None] * cpix + np.arange(cin)[None, :]).reshape(-1)
     w1 = bits.sum(axis=1)
     ones = np.zeros(cout, bool)
-    lists, sums = [], []
-    for a in range(0, cout, 2):
-        if a + 1 == cout:                       # alone: its shorter side
-            ones[a] = w1[a] <= k_real - w1[a]
-            sides = (bits[a] == ones[a], np.zeros(k_real, bool))
-        else:
-            sa, sb = min(((sa, sb) for sa in (True, False) for sb in (True, False)),
-                         key=lambda s: np.count_nonzero((bits[a] == s[0]) | (bits[a + 1] == s[1])))
-            ones[a], ones[a + 1] = sa, sb
-            sides = (bits[a] == sa, bits[a + 1] == sb)
-        three = [plane[sides[0] & ~sides[1]], plane[sides[1] & ~sides[0]], plane[sides[0] & sides[1]]]
-        lens = [-(-len(x) // 16) * 16 for x in three]
-        lists += list(zip(three, lens))
-        sums += [lens[0] + lens[2], lens[1] + lens[2]]
+    group, size = sets
+    patterns = (1 << size) - 1
+    lists, per_channel = [], []
+    for g0 in range(0, cout, group):
+        for c0 in range(g0, min(g0 + group, cout), size):
+            chans = range(c0, min(c0 + size, g0 + group, cout))
+            senses = min(itertools.product((True, False), repeat=len(chans)),
+                         key=lambda ss: np.count_nonzero(np.any(
+                             [bits[c] == sc for c, sc in zip(chans, ss)], axis=0)))
+            member = np.zeros(k_real, np.int64)          # bit i: the set's channel i needs it
+            for i, (c, sc) in enumerate(zip(chans, senses)):
+                ones[c] = sc
+                member |= (bits[c] == sc).astype(np.int64) << i
+            for m in range(1, patterns + 1):
+                x = plane[member == m]
+                lists.append((x, -(-len(x) // 16) * 16))
+            per_channel += [sum(lists[m - 1 - patterns][1] for m in range(1, patterns + 1) if m >> i & 1)
+                            for i in range(len(chans))]
     off = np.zeros(len(lists) + 1, np.int32)
     off[1:] = np.cumsum([n for _, n in lists])
     idx = np.full(max(int(off[-1]), 1), nplanes - 1, np.uint16)
     for (x, _), o in zip(lists, off):
         idx[o:o + len(x)] = x
-    hi = max(hi_range[0], (max(sums) // 16).bit_length())
+    hi = max(hi_range[0], (max(per_channel) // 16).bit_length())
     if hi > hi_range[1]:
         return None
     return (idx, off, w1.astype(np.int32), ones.astype(np.uint8), nplanes, hi)
@@ -209,7 +216,7 @@ class _CythonImpl:
     def prepare_planes(self, w, cin):
         if not getattr(self.mod, "HAVE_PLANES", False):
             return None
-        return _plane_lists(w, cin, self.mod.PLANES_HI)
+        return _plane_lists(w, cin, self.mod.PLANES_HI, self.mod.PLANES_SETS)
 
     def pack(self, x, thr, out, threads):
         self.mod.pack_raw(x, thr, out, threads)

@@ -70,6 +70,8 @@ cdef extern from "_bconv_kernels.h" nogil:
     # The bit-plane conv (kernels/_bconv_planes.h; BNN_HAVE_PLANES: AVX2 build).
     int BNN_HAVE_PLANES
     int BNN_PL_PIX
+    int BNN_PL_GROUP
+    int BNN_PL_SET
     int BNN_PL_HI_MIN
     int BNN_PL_HI_MAX
     ctypedef struct bnn_planes:
@@ -113,6 +115,8 @@ HAVE_AVX2 = bool(BNN_HAVE_AVX2)
 HAVE_PLANES = bool(BNN_HAVE_PLANES)
 PLANES_PIXELS = BNN_PL_PIX
 PLANES_HI = (BNN_PL_HI_MIN, BNN_PL_HI_MAX)
+#: Channels per group (one output word) and per set summed together.
+PLANES_SETS = (BNN_PL_GROUP, BNN_PL_SET)
 #: The bit-plane conv runs only when a block holds at least this many of its
 #: 256 pixels (a smaller batch of small images leaves most bits of every
 #: plane idle, and the popcount core is then faster).

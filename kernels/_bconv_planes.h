@@ -13,11 +13,12 @@
  * S0 = sum_{k: w_k=0} x_k and S1 = sum_{k in W1} x_k.  The weights are
  * constant, so the XOR becomes a choice of which x_k to add: channel c adds
  * only the planes of one side, W1 (flag ``ones``) or W0, with no XOR.
- * Channels go in pairs (2j, 2j+1) whose sides are chosen so that their
- * union is smallest; the union is summed as three lists, only c's, only
- * c+1's and both, and c's sum = only c's + both (bit-sliced, one ripple),
- * so a plane both need is added once: about 3/4 K planes per pair instead
- * of twice K/2 (bnn_planes_pair).
+ * Channels go in sets of three (BNN_PL_SET) whose sides are chosen so that
+ * their union is smallest; the union is split by which of the set's
+ * channels need a plane (seven lists, one per non-empty subset), each list
+ * is summed once and a channel's sum is that of the lists holding it
+ * (bit-sliced ripple adds), so a plane several channels need is added once:
+ * about 7/8 K planes per set instead of three times K/2 (bnn_planes_set).
  *
  * The layout.  A block is 256 output pixels, pixel p at bit p % 64 of lane
  * p / 64 of a ymm.  Plane k of the block is one ymm whose bit p is x_k of
@@ -43,6 +44,9 @@
 #define BNN_HAVE_PLANES BNN_AVX2
 #define BNN_PL_PIX 256     /* pixels per block: the 256 bits of a ymm */
 #define BNN_PL_GROUP 64    /* output channels per epilogue pass: one bits word */
+#define BNN_PL_SET 3       /* channels summed together (bnn_planes_set) */
+#define BNN_PL_PATTERNS ((1 << BNN_PL_SET) - 1)  /* lists per set: its non-empty subsets */
+#define BNN_PL_SETS ((BNN_PL_GROUP + BNN_PL_SET - 1) / BNN_PL_SET)   /* per group */
 #define BNN_PL_HI_MIN 6    /* levels of the sixteens counter (variants 6..11) */
 #define BNN_PL_HI_MAX 11   /* lists of up to 16 * 2^11 planes: K < 32768 */
 #define BNN_PL_KW_RUN 16   /* kernel widths up to this take the sliding T sums */
@@ -52,8 +56,8 @@ typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
 
 /* The plane lists (see bnnlite.backend._plane_lists). */
 typedef struct {
-    const uint16_t *idx;     /* list t of pair j: idx[off[3j+t] .. off[3j+t+1]) */
-    const int32_t *off;      /* (3 * pairs + 1,); t: only 2j's, only 2j+1's, both */
+    const uint16_t *idx;     /* list m of set s: idx[off[7s+m-1] .. off[7s+m]) */
+    const int32_t *off;      /* (7 * sets + 1,); m: bit i = the set's channel i */
     const int32_t *w1;       /* |W1| of channel c */
     const uint8_t *ones;     /* 1: channel c's side is W1, 0: it is W0 */
     int nplanes;             /* kh*kw*cw*64 + 1; the last plane is zero */
@@ -347,31 +351,41 @@ static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc
         }
 }
 
-/* Counts of the pair of channels c, c+1 (c even; out, out + 256), or of
- * c alone when two == 0: the sums of the pair's three lists (only c's,
- * only c+1's, both: bnnlite.backend._plane_lists), then c's = only c's +
- * both.  Dispatch on the constant number of sixteens levels. */
-static void bnn_planes_pair(const __m256i *planes, const bnn_planes *pl, int c, int two,
-                            const int16_t *T, int16_t *out)
+/* Counts of the set of g (1..3) channels c .. c+g-1, set number ``set``
+ * (out + i*256 for channel c+i): the sums of the set's seven lists (list
+ * m-1: the planes that exactly the channels in bit pattern m need;
+ * bnnlite.backend._plane_lists), three chains at a time, then channel i's
+ * sum = the sum of the lists whose pattern holds bit i.  Dispatch on the
+ * constant number of sixteens levels. */
+static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set, int c, int g,
+                           const int16_t *T, int16_t *out)
 {
-    __m256i P[3][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
-    const int32_t *off = pl->off + 3 * (c / 2);
-    const uint16_t *const idx[3] = {pl->idx + off[0], pl->idx + off[1], pl->idx + off[2]};
-    const int n[3] = {off[1] - off[0], off[2] - off[1], off[3] - off[2]};
-    const int nb = 4 + pl->hi;
-    switch (pl->hi) {
-    case 6: bnn_planes_sum3(planes, idx, n, 6, P); break;
-    case 7: bnn_planes_sum3(planes, idx, n, 7, P); break;
-    case 8: bnn_planes_sum3(planes, idx, n, 8, P); break;
-    case 9: bnn_planes_sum3(planes, idx, n, 9, P); break;
-    case 10: bnn_planes_sum3(planes, idx, n, 10, P); break;
-    default: bnn_planes_sum3(planes, idx, n, 11, P); break;
+    enum { L = BNN_PL_PATTERNS + 2 };       /* rounded up to chains of three */
+    __m256i P[L][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
+    const int32_t *off = pl->off + BNN_PL_PATTERNS * set;
+    const uint16_t *idx[L];
+    int n[L];
+    for (int l = 0; l < L; l++) {
+        idx[l] = pl->idx + off[bnn_min(l, BNN_PL_PATTERNS)];
+        n[l] = l < BNN_PL_PATTERNS ? off[l + 1] - off[l] : 0;
     }
-    bnn_planes_add(P[0], P[2], nb, S);
-    bnn_planes_counts(S, nb, T, pl->w1[c], pl->ones[c], out);
-    if (two) {
-        bnn_planes_add(P[1], P[2], nb, S);
-        bnn_planes_counts(S, nb, T, pl->w1[c + 1], pl->ones[c + 1], out + BNN_PL_PIX);
+    const int nb = 4 + pl->hi;
+    for (int l = 0; l < L; l += 3)
+        switch (pl->hi) {
+        case 6: bnn_planes_sum3(planes, idx + l, n + l, 6, P + l); break;
+        case 7: bnn_planes_sum3(planes, idx + l, n + l, 7, P + l); break;
+        case 8: bnn_planes_sum3(planes, idx + l, n + l, 8, P + l); break;
+        case 9: bnn_planes_sum3(planes, idx + l, n + l, 9, P + l); break;
+        case 10: bnn_planes_sum3(planes, idx + l, n + l, 10, P + l); break;
+        default: bnn_planes_sum3(planes, idx + l, n + l, 11, P + l); break;
+        }
+    for (int i = 0; i < g; i++) {
+        for (int k = 0; k < nb; k++)
+            S[k] = _mm256_setzero_si256();
+        for (int m = 1; m <= BNN_PL_PATTERNS; m++)
+            if ((m >> i & 1) && n[m - 1])
+                bnn_planes_add(S, P[m - 1], nb, S);
+        bnn_planes_counts(S, nb, T, pl->w1[c + i], pl->ones[c + i], out + i * BNN_PL_PIX);
     }
 }
 
@@ -586,15 +600,16 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     bnn_planes_ones(prm, pix, np, T);
     for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP) {
         const int nco = bnn_min(BNN_PL_GROUP, prm->cout - g0);
-        for (int c = 0; c < nco; c += 2) {
-            const int two = c + 1 < nco;
+        for (int c = 0; c < nco; c += BNN_PL_SET) {
+            const int g = bnn_min(BNN_PL_SET, nco - c);
             /* The residual (the previous layer's output, often in L3 only)
              * of the group's channels, a few pixels per channel, into L2:
              * perf showed the epilogue waiting on it. */
             if (io->res)
-                for (int p = c * np / nco; p < (c + 1 + two) * np / nco; p++)
+                for (int p = c * np / nco; p < (c + g) * np / nco; p++)
                     bnn_prefetch_planes_res(prm, io, u0, p, g0, nco);
-            bnn_planes_pair(planes, pl, g0 + c, two, T, s16 + c * BNN_PL_PIX);
+            bnn_planes_set(planes, pl, g0 / BNN_PL_GROUP * BNN_PL_SETS + c / BNN_PL_SET, g0 + c, g,
+                           T, s16 + c * BNN_PL_PIX);
         }
         if (bnn_planes_f8_fits(prm, io, nco)) {
             bnn_planes_epilogue_f8(prm, io, u0, nu, g0, nco, s16);

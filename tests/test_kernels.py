@@ -8,6 +8,7 @@ garbage so any element a kernel forgets to write is caught.
 """
 import importlib.util
 import os
+import itertools
 import subprocess
 import sys
 import warnings
@@ -931,48 +932,56 @@ class TestBitPlanes:
             t.join()
         assert len(bad) == 90 and not any(bad)
 
-    @pytest.mark.parametrize("cout", [40, 41])
-    def test_plane_lists_split_each_pair_into_own_and_shared(self, avx2, cout):
-        """Pair j = channels 2j, 2j+1: lists A (only 2j's side), B (only
-        2j+1's), AB (both), their union the smallest of the four choices of
-        sides; an odd last channel alone takes its shorter side."""
+    @pytest.mark.parametrize("cout", [40, 41, 70])
+    def test_plane_lists_split_each_set_by_which_channels_need_a_plane(self, avx2, cout):
+        """Sets of up to 3 consecutive channels, never across a group of 64;
+        list m of a set holds the planes exactly the channels in bit pattern
+        m need, the union of the sides is the smallest of all choices, and a
+        set of one takes its shorter side."""
         rng = np.random.default_rng(3)
         cin = 70
         wf = rng.standard_normal((cout, 3, 3, cin))
         wf[0] = 1.0                             # no -1 bit at all: an empty W1 side
         wf[1] = -1.0                            # all -1
-        wf[3] = -wf[2]                          # complements: one side of each is the same list
+        wf[2] = 1.0                             # set 0: all three sides can be empty
+        wf[4] = -wf[3]                          # complements: one side of each is the same list
         w = pack_bits(wf)
-        idx, off, w1, ones, nplanes, hi = B._plane_lists(w, cin, avx2._impl.mod.PLANES_HI)
+        group, size = avx2._impl.mod.PLANES_SETS
+        P = 2 ** size - 1
+        idx, off, w1, ones, nplanes, hi = B._plane_lists(w, cin, avx2._impl.mod.PLANES_HI,
+                                                         (group, size))
         cpix = words_for(cin) * WORD_BITS
-        assert nplanes == 9 * cpix + 1 and len(off) == 3 * ((cout + 1) // 2) + 1
         bits = unpack_bits(w, cin).reshape(cout, -1) < 0          # -1 -> True
         plane = (np.arange(9)[:, None] * cpix + np.arange(cin)).reshape(-1)
-        side = {co: set(plane[bits[co] == bool(ones[co])]) for co in range(cout)}
+        sets = [range(c, min(c + size, g + group, cout))
+                for g in range(0, cout, group) for c in range(g, min(g + group, cout), size)]
+        assert nplanes == 9 * cpix + 1 and len(off) == P * len(sets) + 1
         assert (w1 == bits.sum(axis=1)).all()
-        for j in range(len(off) // 3):
+        side = {co: set(plane[bits[co] == bool(ones[co])]) for co in range(cout)}
+        for s, chans in enumerate(sets):
             parts = []
-            for lst in (idx[off[3 * j + t]:off[3 * j + t + 1]] for t in range(3)):
-                assert len(lst) % 16 == 0
+            for m in range(1, P + 1):
+                lst = idx[off[P * s + m - 1]:off[P * s + m]]
                 real = lst[lst != nplanes - 1]
-                assert len(lst) - len(real) < 16 and len(set(real)) == len(real)
+                assert len(lst) % 16 == 0 and len(lst) - len(real) < 16
                 parts.append(set(real))
-            a, b = 2 * j, 2 * j + 1
-            if b == cout:
-                assert parts[1] == parts[2] == set()
-                assert ones[a] == (w1[a] <= bits[a].size - w1[a])
-                assert parts[0] == side[a]
-                continue
-            assert parts[0] | parts[2] == side[a] and parts[1] | parts[2] == side[b]
-            assert parts[2] == side[a] & side[b] and not parts[0] & parts[1]
-            best = min(np.count_nonzero((bits[a] == sa) | (bits[b] == sb))
-                       for sa in (True, False) for sb in (True, False))
-            assert len(side[a] | side[b]) == best
-        assert off[3] == 0                          # pair 0: all +1 and all -1, nothing to add
-        assert off[3] == off[4] == off[5] < off[6]  # pair 1: complements, one shared list
-        sums = [(off[3 * j + 1] - off[3 * j]) + (off[3 * j + 3] - off[3 * j + 2])
-                for j in range(len(off) // 3)]
-        assert 2 ** hi > max(sums) // 16
+            for i, c in enumerate(chans):
+                assert set().union(*(parts[m - 1] for m in range(1, P + 1) if m >> i & 1)) == side[c]
+            for m in range(1, P + 1):
+                assert not parts[m - 1] or m < 1 << len(chans)
+                for m2 in range(m + 1, P + 1):
+                    assert not parts[m - 1] & parts[m2 - 1]
+            best = min(np.count_nonzero(np.any([bits[c] == sc for c, sc in zip(chans, ss)], axis=0))
+                       for ss in itertools.product((True, False), repeat=len(chans)))
+            assert len(set().union(*parts)) == best
+            if len(chans) == 1:
+                assert ones[chans[0]] == (w1[chans[0]] <= bits.shape[1] - w1[chans[0]])
+        assert off[P] == 0                                  # set 0: nothing to add
+        # set 1: channels 3 and 4 share one side: nothing in the lists of one but not the other
+        assert off[P] == off[P + 2] and off[P + 4] == off[P + 6]
+        per_channel = [sum(off[P * s + m] - off[P * s + m - 1] for m in range(1, P + 1) if m >> i & 1)
+                       for s, chans in enumerate(sets) for i in range(len(chans))]
+        assert 2 ** hi > max(per_channel) // 16
 
     def test_layers_beyond_the_int16_counts_use_the_core(self, avx2):
         w = np.zeros((1, 3, 3, words_for(4096)), WORD_DTYPE)      # K = 36864 >= 2^15
