@@ -1,0 +1,93 @@
+"""A/B of two builds of the compiled kernels, layer by layer, in one process.
+
+Loads a second copy of the Cython extension from a file (say, a build of the
+previous commit saved before rebuilding) next to the installed one, binds each
+binary conv of the shipped model to both, checks that their outputs are
+identical, and times them in alternation.  The median of the per-round ratios
+is far steadier on a shared machine than comparing two separate runs.  Both
+builds must read the same plane lists (bnnlite.backend._plane_lists).
+
+    cp bnnlite/_bconv_avx2.*.so /tmp/before.so    # before the change
+    python setup.py build_ext --inplace           # after it
+    python tools/kernel_ab.py /tmp/before.so      # A = before, B = installed
+"""
+from __future__ import annotations
+
+import copy
+import importlib.util
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+import bnnlite
+from bnnlite.bitpack import pack_bits
+from bnnlite.graph import BConv2D, _Context
+
+
+def _load(path: Path, tag: str, name: str):
+    """The extension in ``path``, whatever the file is called; ``name`` is its
+    module name (e.g. _bconv_avx2: the name its init function carries)."""
+    spec = importlib.util.spec_from_file_location(f"{tag}.{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@click.command()
+@click.argument("build_a", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("build_b", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=False)
+@click.option("--rounds", type=click.IntRange(min=3), default=10, show_default=True)
+@click.option("--chunk", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Images per call (Model.chunk).")
+@click.option("--calls", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Calls per timed round (32 x chunk 4 = batch 128).")
+def main(build_a, build_b, rounds, chunk, calls):
+    """Time BUILD_A against BUILD_B (default: the installed build)."""
+    model = bnnlite.Model.pretrained(threads=1, backend="cython")
+    installed = model.backend._impl.mod
+    name = installed.__name__.rsplit(".", 1)[-1]
+    mods = {"A": _load(build_a, "build_a", name),
+            "B": _load(build_b, "build_b", name) if build_b else installed}
+    plan = model.graph.plan(chunk)
+    rng = np.random.default_rng(0)
+    for t in plan.tensors.values():
+        if t.dtype == np.float32:
+            t[...] = rng.standard_normal(t.shape, dtype=np.float32)
+    for name in plan.storage:          # random +-1 activations, the +1 padding kept
+        inner = plan.tensors[name]
+        inner[...] = pack_bits(rng.standard_normal(inner.shape[:3] + (model.graph.shapes[name][2],)), 0.0)
+    total = {"A": 0.0, "B": 0.0}
+    for op in model.graph.ops:
+        if not isinstance(op, BConv2D):
+            continue
+        calls_, outs = {}, {}
+        for k, mod in mods.items():
+            backend = copy.copy(model.backend)          # the module is looked up per call
+            backend._impl = copy.copy(model.backend._impl)
+            backend._impl.mod = mod
+            calls_[k] = op.bind(plan.tensors, _Context(plan, backend, 1))
+            calls_[k]()
+            names = list(op.outputs) + ([op.fused_pack[0]] if op.fused_pack else [])
+            outs[k] = [plan.tensors[n].copy() for n in names]
+        same = all(np.array_equal(a, b) for a, b in zip(outs["A"], outs["B"]))
+        times = {"A": [], "B": []}
+        for _ in range(rounds):
+            for k, call in calls_.items():
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                times[k].append(time.perf_counter() - t0)
+        for k in times:
+            total[k] += float(np.median(times[k]))
+        ratio = np.median([a / b for a, b in zip(times["A"], times["B"])])
+        click.echo(f"{op.name:8s} outputs {'identical' if same else 'DIFFER'}  "
+                   f"A {1e3 * np.median(times['A']):7.1f} ms  B {1e3 * np.median(times['B']):7.1f} ms  "
+                   f"median A/B {ratio:.3f}")
+    click.echo(f"all layers: A {1e3 * total['A']:.1f} ms, B {1e3 * total['B']:.1f} ms (medians), "
+               f"A/B {total['A'] / total['B']:.3f}")
+
+
+if __name__ == "__main__":
+    main()
