@@ -114,17 +114,18 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
     return data
 
 
-def _plane_lists(w: np.ndarray, cin, hi_range, sets=(64, 3)):
+def _plane_lists(w: np.ndarray, cin, hi_range, sets):
     """The plane lists of the bit-plane conv (kernels/_bconv_planes.h), or
     None when the layer is too large for them.
 
     Plane k = (i*KW + j)*Cw*64 + c holds input bit c of tap (i, j) for 256
     pixels.  Channel co adds up one side of its taps (real channels c < cin
     only): W1, those whose weight bit is 1 (-1; ``ones[co]`` = 1), or W0;
-    ``w1[co]`` = |W1|.  ``sets`` = (group, size): channels go in sets of up
-    to ``size`` (3) consecutive ones, never across a group of ``group`` (64,
-    one output word), set s numbered from 0 in channel order, and a set's
-    sides are chosen so that their union is smallest.  The union is split by
+    ``w1[co]`` = |W1|.  ``sets`` = (group, size), the kernel module's
+    PLANES_SETS: channels go in sets of up to ``size`` (3) consecutive ones,
+    never across a group of ``group`` (64, one output word), set s numbered
+    from 0 in channel order, and a set's sides are chosen so that their
+    union is smallest.  The union is split by
     which of the set's channels need each plane: with P = 2**size - 1 lists
     per set (7), list m (m = 1..P, bit i = the set's channel i) of set s is
     idx[off[P*s+m-1]:off[P*s+m]], padded with the zero plane (the last one)
@@ -160,11 +161,10 @@ def _plane_lists(w: np.ndarray, cin, hi_range, sets=(64, 3)):
             for i, (c, sc) in enumerate(zip(chans, senses)):
                 ones[c] = sc
                 member |= (bits[c] == sc).astype(np.int64) << i
-            for m in range(1, patterns + 1):
-                x = plane[member == m]
-                lists.append((x, -(-len(x) // 16) * 16))
-            per_channel += [sum(lists[m - 1 - patterns][1] for m in range(1, patterns + 1) if m >> i & 1)
-                            for i in range(len(chans))]
+            set_lists = [plane[member == m] for m in range(1, patterns + 1)]
+            lens = [-(-len(x) // 16) * 16 for x in set_lists]
+            lists += zip(set_lists, lens)
+            per_channel += [sum(n for m, n in enumerate(lens, 1) if m >> i & 1) for i in range(len(chans))]
     off = np.zeros(len(lists) + 1, np.int32)
     off[1:] = np.cumsum([n for _, n in lists])
     idx = np.full(max(int(off[-1]), 1), nplanes - 1, np.uint16)

@@ -57,7 +57,7 @@ typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
 /* The plane lists (see bnnlite.backend._plane_lists). */
 typedef struct {
     const uint16_t *idx;     /* list m of set s: idx[off[7s+m-1] .. off[7s+m]) */
-    const int32_t *off;      /* (7 * sets + 1,); m: bit i = the set's channel i */
+    const int32_t *off;      /* (7 * sets + 1,): BNN_PL_PATTERNS lists a set; m: bit i = its channel i */
     const int32_t *w1;       /* |W1| of channel c */
     const uint8_t *ones;     /* 1: channel c's side is W1, 0: it is W0 */
     int nplanes;             /* kh*kw*cw*64 + 1; the last plane is zero */
@@ -242,7 +242,7 @@ BNN_INLINE void bnn_planes_sum3(const __m256i *planes, const uint16_t *const idx
 }
 
 /* S = a + b, bit-sliced (nb planes; the sum fits them): a ripple of full
- * adders. */
+ * adders.  S may be a (plane k is read before it is written). */
 BNN_INLINE void bnn_planes_add(const __m256i *a, const __m256i *b, int nb, __m256i *S)
 {
     __m256i carry = _mm256_setzero_si256();
@@ -407,24 +407,22 @@ BNN_INLINE __m256 bnn_pl_chain(__m256i kv, __m256i p, __m256 sc, __m256 mu, __m2
     return y;
 }
 
-/* The float epilogue of one channel group for the block's pixels, with the
- * channel octets outer and the pixels inner so that the eight channels'
- * constants stay in registers (the per-pixel epilogue reloads seven vectors
- * per eight outputs).  It reads the counts s16 ([c][256] int16) itself, 8x8
- * at a time (bnn_pl_t8x8), so no [p][c] copy goes through memory.  Needs
- * float mode, nco % 8 == 0, cres % 8 == 0 and runs of conv pixels that are
- * whole octets (bnn_planes_f8_fits); bit-identical to bnn_planes_epilogue
- * (same chain, same pooling pairs). */
-static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                   int u0, int nu, int g0, int nco, const int16_t *s16);
-
-/* Whether bnn_planes_epilogue_f8 can take this layer's group of nco. */
+/* Whether bnn_planes_epilogue_f8 can take this layer's group of nco:
+ * float mode, nco % 8 == 0, cres % 8 == 0, rows of conv pixels in whole
+ * octets. */
 static int bnn_planes_f8_fits(const bnn_conv_params *prm, const bnn_planes_io *io, int nco)
 {
     return !prm->thr && nco % BNN_LANES == 0 && (!io->res || prm->cres % BNN_LANES == 0) &&
            (io->pool ? 2 * io->wpool : prm->wo) % 8 == 0;
 }
 
+/* The float epilogue of one channel group for the block's pixels, with the
+ * channel octets outer and the pixels inner so that the eight channels'
+ * constants stay in registers (the per-pixel epilogue reloads seven vectors
+ * per eight outputs).  It reads the counts s16 ([c][256] int16) itself, 8x8
+ * at a time (bnn_pl_t8x8), so no [p][c] copy goes through memory.  Only
+ * where bnn_planes_f8_fits; bit-identical to bnn_planes_epilogue (same
+ * chain, same pooling pairs). */
 static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
                                    int u0, int nu, int g0, int nco, const int16_t *s16)
 {
