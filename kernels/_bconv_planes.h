@@ -246,6 +246,7 @@ BNN_INLINE void bnn_planes_sum3(const __m256i *planes, const uint16_t *const idx
 BNN_INLINE void bnn_planes_add(const __m256i *a, const __m256i *b, int nb, __m256i *S)
 {
     __m256i carry = _mm256_setzero_si256();
+#pragma GCC unroll 16
     for (int k = 0; k < nb; k++)
         BNN_PL_CSA_(carry, S[k], a[k], b[k], carry);
 }
@@ -355,10 +356,11 @@ static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc
  * (out + i*256 for channel c+i): the sums of the set's seven lists (list
  * m-1: the planes that exactly the channels in bit pattern m need;
  * bnnlite.backend._plane_lists), three chains at a time, then channel i's
- * sum = the sum of the lists whose pattern holds bit i.  Dispatch on the
- * constant number of sixteens levels. */
-static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set, int c, int g,
-                           const int16_t *T, int16_t *out)
+ * sum = the sum of the lists whose pattern holds bit i.  H = pl->hi, a
+ * constant (see bnn_planes_set), so that the merges and the counts of the
+ * 4 + H planes are unrolled and stay in registers. */
+BNN_INLINE void bnn_planes_set_(const __m256i *planes, const bnn_planes *pl, int set, int c,
+                                int g, const int16_t *T, int16_t *out, const int H)
 {
     enum { L = BNN_PL_PATTERNS + 2 };       /* rounded up to chains of three */
     __m256i P[L][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
@@ -369,16 +371,9 @@ static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set,
         idx[l] = pl->idx + off[bnn_min(l, BNN_PL_PATTERNS)];
         n[l] = l < BNN_PL_PATTERNS ? off[l + 1] - off[l] : 0;
     }
-    const int nb = 4 + pl->hi;
+    const int nb = 4 + H;
     for (int l = 0; l < L; l += 3)
-        switch (pl->hi) {
-        case 6: bnn_planes_sum3(planes, idx + l, n + l, 6, P + l); break;
-        case 7: bnn_planes_sum3(planes, idx + l, n + l, 7, P + l); break;
-        case 8: bnn_planes_sum3(planes, idx + l, n + l, 8, P + l); break;
-        case 9: bnn_planes_sum3(planes, idx + l, n + l, 9, P + l); break;
-        case 10: bnn_planes_sum3(planes, idx + l, n + l, 10, P + l); break;
-        default: bnn_planes_sum3(planes, idx + l, n + l, 11, P + l); break;
-        }
+        bnn_planes_sum3(planes, idx + l, n + l, H, P + l);
     for (int i = 0; i < g; i++) {
         for (int k = 0; k < nb; k++)
             S[k] = _mm256_setzero_si256();
@@ -386,6 +381,20 @@ static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set,
             if ((m >> i & 1) && n[m - 1])
                 bnn_planes_add(S, P[m - 1], nb, S);
         bnn_planes_counts(S, nb, T, pl->w1[c + i], pl->ones[c + i], out + i * BNN_PL_PIX);
+    }
+}
+
+/* bnn_planes_set_ for the layer's number of sixteens levels. */
+static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set, int c, int g,
+                           const int16_t *T, int16_t *out)
+{
+    switch (pl->hi) {
+    case 6: bnn_planes_set_(planes, pl, set, c, g, T, out, 6); break;
+    case 7: bnn_planes_set_(planes, pl, set, c, g, T, out, 7); break;
+    case 8: bnn_planes_set_(planes, pl, set, c, g, T, out, 8); break;
+    case 9: bnn_planes_set_(planes, pl, set, c, g, T, out, 9); break;
+    case 10: bnn_planes_set_(planes, pl, set, c, g, T, out, 10); break;
+    default: bnn_planes_set_(planes, pl, set, c, g, T, out, 11); break;
     }
 }
 
