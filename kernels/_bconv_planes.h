@@ -83,7 +83,7 @@ static inline size_t bnn_planes_ws_bytes(int nplanes)
          + (size_t)BNN_PL_GROUP * BNN_PL_PIX * 2      /* s16: [c][p] int16 */
          + (size_t)BNN_PL_PIX * BNN_PL_GROUP * 4      /* pc: [p][c] int32 */
          + (size_t)BNN_PL_PIX * 2                     /* T: int16 */
-         + (size_t)BNN_PL_PIX * sizeof(void *);       /* pixel pointers */
+         + (size_t)BNN_PL_PIX * sizeof(void *) * 2;   /* pixel and residual pointers */
 }
 
 /* Conv pixels per unit (0 when a unit does not fit a block). */
@@ -556,21 +556,11 @@ static void bnn_planes_epilogue(const bnn_conv_params *prm, const bnn_planes_io 
     }
 }
 
-/* Prefetch (into L2) the residual of conv pixel p of the block starting at
- * unit u0, channels g0 .. g0+nco-1 (taken mod cres). */
-BNN_INLINE void bnn_prefetch_planes_res(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                        int u0, int p, int g0, int nco)
+/* Prefetch (into L2) the residual of a conv pixel (px: its channel 0),
+ * channels g0 .. g0+nco-1 (taken mod cres). */
+BNN_INLINE void bnn_prefetch_planes_res(const bnn_conv_params *prm, const float *px, int g0,
+                                        int nco)
 {
-    int u, r, q;
-    if (io->pool) {
-        const int wc = 2 * io->wpool;
-        u = p / (2 * wc); r = (p / wc) % 2; q = p % wc;
-    } else {
-        u = p / prm->wo; r = 0; q = p % prm->wo;
-    }
-    const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
-    const int h = io->pool ? 2 * i + r : i;
-    const float *px = io->res + n * io->srn + h * io->srh + q * io->srw;
     const int rc = g0 % prm->cres, nr = bnn_min(nco, prm->cres);
     for (int l = 0; l < nr; l += 16)
         __builtin_prefetch(px + rc + l, 0, 2);
@@ -586,19 +576,21 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     int32_t *pc = (int32_t *)(s16 + BNN_PL_GROUP * BNN_PL_PIX);
     int16_t *T = (int16_t *)(pc + BNN_PL_PIX * BNN_PL_GROUP);
     const bnn_word_t **pix = (const bnn_word_t **)(T + BNN_PL_PIX);
+    const float **rpx = (const float **)(pix + BNN_PL_PIX);   /* residual pixels, if any */
     const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
     int np = 0;
     for (int u = 0; u < nu; u++) {
         const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
         const bnn_word_t *xn = io->x + n * io->sxn;
-        if (io->pool) {
-            for (int r = 0; r < 2; r++)
-                for (int q = 0; q < 2 * io->wpool; q++)
-                    pix[np++] = xn + (2 * i + r) * sh + q * sw;
-        } else {
-            for (int q = 0; q < prm->wo; q++)
-                pix[np++] = xn + i * sh + q * sw;
-        }
+        const float *rn = io->res ? io->res + n * io->srn : NULL;
+        const int rows = io->pool ? 2 : 1, cols = io->pool ? 2 * io->wpool : prm->wo;
+        for (int r = 0; r < rows; r++)
+            for (int q = 0; q < cols; q++) {
+                const int h = rows * i + r;
+                if (rn)
+                    rpx[np] = rn + h * io->srh + q * io->srw;
+                pix[np++] = xn + h * sh + q * sw;
+            }
     }
     /* Unused pixels repeat pixel 0: computed, never stored. */
     for (int p = np; p < BNN_PL_PIX; p++)
@@ -614,7 +606,7 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
              * perf showed the epilogue waiting on it. */
             if (io->res)
                 for (int p = c * np / nco; p < (c + g) * np / nco; p++)
-                    bnn_prefetch_planes_res(prm, io, u0, p, g0, nco);
+                    bnn_prefetch_planes_res(prm, rpx[p], g0, nco);
             bnn_planes_set(planes, pl, g0 / BNN_PL_GROUP * BNN_PL_SETS + c / BNN_PL_SET, g0 + c, g,
                            T, s16 + c * BNN_PL_PIX);
         }
