@@ -431,18 +431,21 @@ static int bnn_planes_f8_fits(const bnn_conv_params *prm, const bnn_planes_io *i
  * per eight outputs).  It reads the counts s16 ([c][256] int16) itself, 8x8
  * at a time (bnn_pl_t8x8), so no [p][c] copy goes through memory.  Only
  * where bnn_planes_f8_fits; bit-identical to bnn_planes_epilogue (same
- * chain, same pooling pairs). */
-static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                   int u0, int nu, int g0, int nco, const int16_t *s16)
+ * chain, same pooling pairs).  pool, res (a residual is added) and rp
+ * (RPReLU) are constants (see bnn_planes_epilogue_f8): the inner loops
+ * unroll, with no tests and no address products left in them. */
+BNN_INLINE void bnn_planes_epilogue_f8_(const bnn_conv_params *prm, const bnn_planes_io *io,
+                                        int u0, int nu, int g0, int nco, const int16_t *s16,
+                                        const int pool, const int res, const int rp)
 {
-    const int wo = prm->wo, pool = io->pool, wc = 2 * io->wpool;
+    const int wo = prm->wo, wc = 2 * io->wpool;
     const int per_u = pool ? io->wpool : wo;       /* output pixels per unit */
     const int step = pool ? 4 : 8;                 /* output pixels per 8x8 block */
+    const ptrdiff_t srw = io->srw, sow = io->sow;
     bnn_word_t wb[BNN_PL_PIX];
     for (int p = 0; p < nu * per_u; p++)
         wb[p] = 0;
     const __m256i kv = _mm256_set1_epi32((int)prm->k_bits);
-    const int rp = prm->gamma != NULL;
     for (int o = 0; o < nco; o += BNN_LANES) {
         const int co = g0 + o;
         const int16_t *so = s16 + o * BNN_PL_PIX;
@@ -452,42 +455,50 @@ static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_
         const __m256 be = rp ? _mm256_loadu_ps(prm->beta + co) : _mm256_setzero_ps();
         const __m256 ze = rp ? _mm256_loadu_ps(prm->zeta + co) : _mm256_setzero_ps();
         const __m256 nt = prm->next_thr ? _mm256_loadu_ps(prm->next_thr + co) : _mm256_setzero_ps();
-        const int rc = io->res ? co % prm->cres : 0;
         const int sh = co % BNN_WORD_BITS;
         for (int u = 0; u < nu; u++) {
             const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
-            const float *rn = io->res ? io->res + n * io->srn + rc : NULL;
+            /* Residual of the unit's (first) conv row, channel co; the second row of a pool pair. */
+            const float *r0 = res ? io->res + n * io->srn + (pool ? 2 * i : i) * io->srh + co % prm->cres
+                                  : NULL;
+            const float *r1 = res && pool ? r0 + io->srh : NULL;
             float *on = io->out ? io->out + n * io->son + i * io->soh + co : NULL;
+            bnn_word_t *wu = wb + u * per_u;
             for (int q0 = 0; q0 < per_u; q0 += step) {
                 __m256 y[8];
                 if (!pool) {
                     __m256i v[8];
                     bnn_pl_t8x8(so + u * wo + q0, v);
+                    const float *rq = res ? r0 + q0 * srw : NULL;
+#pragma GCC unroll 8
                     for (int k = 0; k < 8; k++)
-                        y[k] = bnn_pl_chain(kv, v[k], sc, mu, bi,
-                                            rn ? rn + i * io->srh + (q0 + k) * io->srw : NULL,
+                        y[k] = bnn_pl_chain(kv, v[k], sc, mu, bi, res ? rq + k * srw : NULL,
                                             rp, gm, be, ze);
                 } else {
                     __m256i va[8], vb[8];           /* conv rows 2i and 2i+1 */
                     bnn_pl_t8x8(so + u * 2 * wc + 2 * q0, va);
                     bnn_pl_t8x8(so + u * 2 * wc + wc + 2 * q0, vb);
+                    const float *ra = res ? r0 + 2 * q0 * srw : NULL;
+                    const float *rb = res ? r1 + 2 * q0 * srw : NULL;
+#pragma GCC unroll 4
                     for (int k = 0; k < 4; k++) {
-                        const float *r0 = rn ? rn + 2 * i * io->srh + 2 * (q0 + k) * io->srw : NULL;
-                        const float *r1 = rn ? r0 + io->srh : NULL;
-                        const __m256 a0 = bnn_pl_chain(kv, va[2 * k], sc, mu, bi, r0, rp, gm, be, ze);
+                        const __m256 a0 = bnn_pl_chain(kv, va[2 * k], sc, mu, bi,
+                                                       res ? ra + 2 * k * srw : NULL, rp, gm, be, ze);
                         const __m256 a1 = bnn_pl_chain(kv, va[2 * k + 1], sc, mu, bi,
-                                                       r0 ? r0 + io->srw : NULL, rp, gm, be, ze);
-                        const __m256 b0 = bnn_pl_chain(kv, vb[2 * k], sc, mu, bi, r1, rp, gm, be, ze);
+                                                       res ? ra + (2 * k + 1) * srw : NULL, rp, gm, be, ze);
+                        const __m256 b0 = bnn_pl_chain(kv, vb[2 * k], sc, mu, bi,
+                                                       res ? rb + 2 * k * srw : NULL, rp, gm, be, ze);
                         const __m256 b1 = bnn_pl_chain(kv, vb[2 * k + 1], sc, mu, bi,
-                                                       r1 ? r1 + io->srw : NULL, rp, gm, be, ze);
+                                                       res ? rb + (2 * k + 1) * srw : NULL, rp, gm, be, ze);
                         y[k] = bnn_fmax_np8(bnn_fmax_np8(a0, a1), bnn_fmax_np8(b0, b1));
                     }
                 }
+#pragma GCC unroll 8
                 for (int k = 0; k < step; k++) {
                     if (on)
-                        _mm256_storeu_ps(on + (q0 + k) * io->sow, y[k]);
+                        _mm256_storeu_ps(on + (q0 + k) * sow, y[k]);
                     if (prm->next_thr)
-                        wb[u * per_u + q0 + k] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(
+                        wu[q0 + k] |= (bnn_word_t)(unsigned)_mm256_movemask_ps(
                             _mm256_cmp_ps(y[k], nt, _CMP_LT_OQ)) << sh;
                 }
             }
@@ -500,6 +511,23 @@ static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_
                 io->bits[n * io->sbn + i * io->sbh + q * io->sbw + g0 / BNN_WORD_BITS] =
                     wb[u * per_u + q];
         }
+}
+
+/* bnn_planes_epilogue_f8_ for this layer's pooling, residual and RPReLU. */
+static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
+                                   int u0, int nu, int g0, int nco, const int16_t *s16)
+{
+#define BNN_PL_F8_(pool, res, rp) \
+    bnn_planes_epilogue_f8_(prm, io, u0, nu, g0, nco, s16, pool, res, rp)
+    const int res = io->res != NULL, rp = prm->gamma != NULL;
+    if (io->pool) {
+        if (res) { if (rp) BNN_PL_F8_(1, 1, 1); else BNN_PL_F8_(1, 1, 0); }
+        else     { if (rp) BNN_PL_F8_(1, 0, 1); else BNN_PL_F8_(1, 0, 0); }
+    } else {
+        if (res) { if (rp) BNN_PL_F8_(0, 1, 1); else BNN_PL_F8_(0, 1, 0); }
+        else     { if (rp) BNN_PL_F8_(0, 0, 1); else BNN_PL_F8_(0, 0, 0); }
+    }
+#undef BNN_PL_F8_
 }
 
 /* Epilogue of one channel group (g0 .. g0+nco-1) for the block's pixels,
