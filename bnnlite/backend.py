@@ -122,12 +122,12 @@ def _plane_lists(w: np.ndarray, cin, hi_range, sets):
     pixels.  Channel co adds up one side of its taps (real channels c < cin
     only): W1, those whose weight bit is 1 (-1; ``ones[co]`` = 1), or W0;
     ``w1[co]`` = |W1|.  ``sets`` = (group, size), the kernel module's
-    PLANES_SETS: channels go in sets of up to ``size`` (3) consecutive ones,
+    PLANES_SETS: channels go in sets of up to ``size`` (4) consecutive ones,
     never across a group of ``group`` (64, one output word), set s numbered
     from 0 in channel order, and a set's sides are chosen so that their
     union is smallest.  The union is split by
     which of the set's channels need each plane: with P = 2**size - 1 lists
-    per set (7), list m (m = 1..P, bit i = the set's channel i) of set s is
+    per set (15), list m (m = 1..P, bit i = the set's channel i) of set s is
     idx[off[P*s+m-1]:off[P*s+m]], padded with the zero plane (the last one)
     to a multiple of 16.  The kernel sums each list once, so a plane that
     several channels need is added once.  The sixteens counter needs ``hi``

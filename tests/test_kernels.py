@@ -934,19 +934,18 @@ class TestBitPlanes:
 
     @pytest.mark.parametrize("cout", [40, 41, 70])
     def test_plane_lists_split_each_set_by_which_channels_need_a_plane(self, avx2, cout):
-        """Sets of up to 3 consecutive channels, never across a group of 64;
-        list m of a set holds the planes exactly the channels in bit pattern
-        m need, the union of the sides is the smallest of all choices, and a
-        set of one takes its shorter side."""
+        """Sets of up to ``size`` (PLANES_SETS) consecutive channels, never
+        across a group of 64; list m of a set holds the planes exactly the
+        channels in bit pattern m need, the union of the sides is the
+        smallest of all choices, and a set of one takes its shorter side."""
         rng = np.random.default_rng(3)
         cin = 70
+        group, size = avx2._impl.mod.PLANES_SETS
         wf = rng.standard_normal((cout, 3, 3, cin))
         wf[0] = 1.0                             # no -1 bit at all: an empty W1 side
-        wf[1] = -1.0                            # all -1
-        wf[2] = 1.0                             # set 0: all three sides can be empty
-        wf[4] = -wf[3]                          # complements: one side of each is the same list
+        wf[1:size] = -1.0                       # all -1: set 0's sides can all be empty
+        wf[size + 1] = -wf[size]                # complements: one side of each is the same list
         w = pack_bits(wf)
-        group, size = avx2._impl.mod.PLANES_SETS
         P = 2 ** size - 1
         idx, off, w1, ones, nplanes, hi = B._plane_lists(w, cin, avx2._impl.mod.PLANES_HI,
                                                          (group, size))
@@ -977,8 +976,8 @@ class TestBitPlanes:
             if len(chans) == 1:
                 assert ones[chans[0]] == (w1[chans[0]] <= bits.shape[1] - w1[chans[0]])
         assert off[P] == 0                                  # set 0: nothing to add
-        # set 1: channels 3 and 4 share one side: nothing in the lists of one but not the other
-        assert off[P] == off[P + 2] and off[P + 4] == off[P + 6]
+        # set 1: its first two channels share one side: nothing in the lists of one but not the other
+        assert all(off[P + m - 1] == off[P + m] for m in range(1, P + 1) if (m ^ m >> 1) & 1)
         per_channel = [sum(off[P * s + m] - off[P * s + m - 1] for m in range(1, P + 1) if m >> i & 1)
                        for s, chans in enumerate(sets) for i in range(len(chans))]
         assert 2 ** hi > max(per_channel) // 16
