@@ -5,7 +5,11 @@ Public names: ENGINES, main.
 Every engine takes the same input (uint8 NHWC images; normalisation and any
 layout change are part of its timed work), runs the same VGG-small topology
 and is measured in a fresh subprocess of its own, so peak resident memory is
-that engine's alone.  Engines:
+that engine's alone.  The subprocesses are all started first and then timed
+in alternation, round by round (each engine's batch, then the next's), so
+that the machine's drift in speed (on a shared machine, other tenants come
+and go) falls on every engine alike instead of on whichever ran in a slow
+minute; each figure is the median over the rounds.  Engines:
 
 * ``bnnlite``        -- the bundle on the compiled (Cython) kernels.
 * ``bnnlite-numba``  -- the same bundle on the numba fallback.
@@ -15,7 +19,7 @@ that engine's alone.  Engines:
 * ``ort-bnn``        -- ONNX Runtime on the BNN bundle as Sign + float Conv.
 
 Columns: accuracy, batch-1 latency (median of ``--runs`` single-image calls),
-batch-N throughput (median of repeated batches), peak RSS (after loading and
+batch-N throughput (median of the rounds' batches), peak RSS (after loading and
 running batch N; accuracy is measured afterwards, so the data set is not
 counted), weight storage.  ``--layers`` times each binary conv alone.
 """
@@ -194,33 +198,63 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux, bytes on macOS
 
 
-def _worker(engine, model_path, fp32_path, data, limit, threads, batch, runs):
-    images, labels = _load_eval_set(data, limit)
-    timing_batch = np.ascontiguousarray(np.resize(images, (batch,) + images.shape[1:]))
-    singles = [np.ascontiguousarray(images[i % len(images)][None]) for i in range(runs)]
-    del images, labels  # not resident while memory is measured; reloaded below
-    run, nbytes, note = _make_engine(engine, model_path, fp32_path, threads)
-    for x in singles[:5]:
-        run(x)
-    lat = []
-    for x in singles:
+class _Engine:
+    """One engine as its worker holds it: loaded and warmed up once, then
+    timed on request (``_serve``)."""
+
+    def __init__(self, engine, model_path, fp32_path, data, limit, threads, batch, runs):
+        self.engine, self.data, self.limit, self.batch, self.threads = engine, data, limit, batch, threads
+        images, _ = _load_eval_set(data, limit)
+        self.timing_batch = np.ascontiguousarray(np.resize(images, (batch,) + images.shape[1:]))
+        self.singles = [np.ascontiguousarray(images[i % len(images)][None]) for i in range(runs)]
+        del images  # not resident while memory is measured; reloaded by finish()
+        self.run, self.nbytes, self.note = _make_engine(engine, model_path, fp32_path, threads)
+        for x in self.singles[:5]:
+            self.run(x)
+        self.run(self.timing_batch)
+
+    def single_times(self, lo, hi):
+        """Seconds of each batch-1 call on singles[lo:hi]."""
+        out = []
+        for x in self.singles[lo:hi]:
+            t = time.perf_counter()
+            self.run(x)
+            out.append(time.perf_counter() - t)
+        return out
+
+    def batch_time(self):
         t = time.perf_counter()
-        run(x)
-        lat.append(time.perf_counter() - t)
-    run(timing_batch)
-    tput, t_end = [], time.perf_counter() + 3.0
-    while len(tput) < 3 or (time.perf_counter() < t_end and len(tput) < 20):
-        t = time.perf_counter()
-        run(timing_batch)
-        tput.append(time.perf_counter() - t)
-    rss = _peak_rss_mb()
-    images, labels = _load_eval_set(data, limit)
-    correct = 0
-    for i in range(0, len(images), batch):
-        correct += int((np.argmax(run(images[i:i + batch]), axis=1) == labels[i:i + batch]).sum())
-    return {"engine": engine, "accuracy": correct / len(labels), "eval_images": int(len(labels)),
-            "latency_ms_b1": 1e3 * float(np.median(lat)), "throughput_ips": batch / float(np.median(tput)),
-            "batch": batch, "peak_rss_mb": rss, "weight_bytes": int(nbytes), "threads": threads, "note": note}
+        self.run(self.timing_batch)
+        return time.perf_counter() - t
+
+    def finish(self):
+        """Peak RSS so far (loading and timing), then accuracy."""
+        rss = _peak_rss_mb()
+        images, labels = _load_eval_set(self.data, self.limit)
+        correct = 0
+        for i in range(0, len(images), self.batch):
+            correct += int((np.argmax(self.run(images[i:i + self.batch]), axis=1) ==
+                            labels[i:i + self.batch]).sum())
+        return {"engine": self.engine, "accuracy": correct / len(labels), "eval_images": int(len(labels)),
+                "batch": self.batch, "peak_rss_mb": rss, "weight_bytes": int(self.nbytes),
+                "threads": self.threads, "note": self.note}
+
+
+def _serve(engine, model_path, fp32_path, data, limit, threads, batch, runs):
+    """A worker: one JSON line per request read from stdin, one JSON line of
+    answer on stdout ({"ready": ...} first, once the engine is loaded)."""
+    eng = _Engine(engine, model_path, fp32_path, data, limit, threads, batch, runs)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        if req["do"] == "singles":
+            out = {"t": eng.single_times(req["lo"], req["hi"])}
+        elif req["do"] == "batch":
+            out = {"t": eng.batch_time()}
+        else:  # "finish"
+            print(json.dumps(eng.finish()), flush=True)
+            return
+        print(json.dumps(out), flush=True)
 
 
 def _scaling_worker(model_path, data, limit, threads, scaling, batch, pairs=10):
@@ -256,7 +290,7 @@ def _abs(path) -> str:
     return str(Path(path).resolve())
 
 
-def _spawn(engine, args) -> dict:
+def _worker_cmd(engine, args):
     env = dict(os.environ)
     for k in THREAD_VARS:
         env[k] = str(max(args["threads"], args.get("scaling", 0)))
@@ -269,11 +303,100 @@ def _spawn(engine, args) -> dict:
         cmd += ["--data", _abs(args["data"])]
     if args["limit"]:
         cmd += ["--limit", str(args["limit"])]
+    return cmd, env
+
+
+def _spawn(engine, args) -> dict:
+    """Run a one-shot worker (the thread-scaling one) and return its JSON answer."""
+    cmd, env = _worker_cmd(engine, args)
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=_PACKAGE_ROOT)
     if p.returncode != 0:
         tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
         return {"engine": engine, "error": " | ".join(tail) or f"exit code {p.returncode}"}
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+class _Worker:
+    """The parent's handle on one engine's serving subprocess (``_serve``).
+    A worker that fails keeps its error; later requests to it return None."""
+
+    def __init__(self, engine, args):
+        self.engine, self.error = engine, None
+        cmd, env = _worker_cmd(engine, args)
+        self._stderr = tempfile.TemporaryFile(mode="w+")   # a file, not a pipe: it never fills up
+        self._p = subprocess.Popen(cmd, env=env, cwd=_PACKAGE_ROOT, stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self._answer()
+
+    def _answer(self):
+        line = self._p.stdout.readline()
+        if line:
+            try:
+                return json.loads(line)
+            except ValueError:
+                pass
+        self._p.wait()
+        self._stderr.seek(0)
+        tail = (self._stderr.read().strip() or line.strip()).splitlines()[-3:]
+        self.error = " | ".join(tail) or f"exit code {self._p.returncode}"
+        return None
+
+    def ask(self, do, **kw):
+        if self.error:
+            return None
+        try:
+            self._p.stdin.write(json.dumps({"do": do, **kw}) + "\n")
+            self._p.stdin.flush()
+        except OSError:
+            pass  # it died: _answer reads the reason
+        return self._answer()
+
+    def close(self):
+        if self._p.poll() is None:
+            self._p.kill()
+        self._p.wait()
+        self._stderr.close()
+
+
+def _measure(engines, args, rounds_min=5, rounds_max=20, budget_s=20.0):
+    """Rows for ``engines``: all workers started, then timed in alternation.
+    Batch-1: ``rounds_min`` rounds, each of runs // rounds_min calls per
+    engine.  Batch-N: rounds of one batch per engine, at least ``rounds_min``
+    and then until ``budget_s`` has passed (at most ``rounds_max``)."""
+    workers = []
+    try:
+        for e in engines:
+            workers.append(_Worker(e, args))
+        lat = {w.engine: [] for w in workers}
+        tput = {w.engine: [] for w in workers}
+        per = args["runs"] // rounds_min
+        for r in range(rounds_min):
+            hi = args["runs"] if r == rounds_min - 1 else (r + 1) * per
+            for w in workers:
+                a = w.ask("singles", lo=r * per, hi=hi)
+                if a:
+                    lat[w.engine] += a["t"]
+        t_end = time.perf_counter() + budget_s
+        rounds = 0
+        while rounds < rounds_min or (time.perf_counter() < t_end and rounds < rounds_max):
+            for w in workers:
+                a = w.ask("batch")
+                if a:
+                    tput[w.engine].append(a["t"])
+            rounds += 1
+        rows = []
+        for w in workers:
+            a = w.ask("finish")
+            if a is None:
+                rows.append({"engine": w.engine, "error": w.error})
+                continue
+            a.update(latency_ms_b1=1e3 * float(np.median(lat[w.engine])),
+                     throughput_ips=args["batch"] / float(np.median(tput[w.engine])), rounds=rounds)
+            rows.append(a)
+        return rows
+    finally:
+        for w in workers:
+            w.close()
 
 
 _IMPORT_PROBE = """
@@ -426,7 +549,7 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, scaling, layer
             print(json.dumps(_scaling_worker(model, data, limit, threads, scaling, batch)))
             return
         if worker:
-            print(json.dumps(_worker(worker, model, fp32, data, limit, threads, batch, runs)))
+            _serve(worker, model, fp32, data, limit, threads, batch, runs)
             return
         if layers:
             rows = _layers(model, threads, batch)
@@ -441,15 +564,16 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, scaling, layer
                                  param_hint="--engines")
     args = {"model": model, "fp32": fp32, "data": data, "limit": limit, "threads": threads, "batch": batch,
             "runs": runs}
-    rows = []
+    skipped = {}
     for e in wanted:
         why = _missing(e) or (None if fp32 or e not in ("torch-fp32", "ort-fp32") else "no FP32 bundle (--fp32)")
         if why:
-            rows.append({"engine": e, "skipped": why})
-            continue
-        if not as_json:
-            click.echo(f"running {e} ...", err=True)
-        rows.append(_spawn(e, args))
+            skipped[e] = {"engine": e, "skipped": why}
+    runnable = [e for e in wanted if e not in skipped]
+    if not as_json:
+        click.echo(f"running {', '.join(runnable)} in alternation ...", err=True)
+    measured = {r["engine"]: r for r in _measure(runnable, args)}
+    rows = [skipped.get(e) or measured[e] for e in wanted]
     extra = {"import": _import_times()}
     base = next((r for r in rows if r["engine"] == "bnnlite" and "error" not in r and "skipped" not in r), None)
     if scaling and base and scaling != threads:

@@ -62,6 +62,20 @@ def test_workers_import_this_package_not_the_working_directory(tmp_path, monkeyp
     assert "error" not in out["import"], out["import"]
 
 
+@pytest.mark.skipif("cython" not in available_backends(), reason="the compiled extension is not built")
+def test_engines_are_timed_in_rounds_and_a_failing_one_gets_its_error(tmp_path):
+    """All engines' workers run side by side, timed in alternating rounds; one whose
+    bundle is bad reports why, and the others are still measured."""
+    pytest.importorskip("torch")
+    bad = tmp_path / "fp32.h5"
+    bad.write_bytes(b"not an HDF5 file")
+    out = json.loads(_run("--engines", "bnnlite,torch-fp32", "--fp32", str(bad), "--limit", "8",
+                          "--batch", "4", "--scaling", "0", "--json"))
+    ok, failed = out["results"]
+    assert ok["engine"] == "bnnlite" and "error" not in ok and ok["rounds"] >= 5, ok
+    assert failed["engine"] == "torch-fp32" and "fp32.h5" in failed["error"], failed
+
+
 def test_layers_run_per_chunk():
     rows = json.loads(_run("--layers", "--batch", "4", "--json"))
     assert [r["layer"] for r in rows] == ["bconv1", "bconv2", "bconv3", "bconv4", "bconv5"]

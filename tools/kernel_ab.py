@@ -6,10 +6,14 @@ binary conv of the shipped model to both, checks that their outputs are
 identical, and times them in alternation.  The median of the per-round ratios
 is far steadier on a shared machine than comparing two separate runs.  Both
 builds must read the same plane lists (bnnlite.backend._plane_lists).
+``--model`` times the whole model instead (Model.logits on a batch of 128
+random images), each build with a graph made through it, so with its own
+plane lists: builds whose lists differ (another PLANES_SETS) compare too.
 
     cp bnnlite/_bconv_avx2.*.so /tmp/before.so    # before the change
     python setup.py build_ext --inplace           # after it
     python tools/kernel_ab.py /tmp/before.so      # A = before, B = installed
+    python tools/kernel_ab.py --model /tmp/before.so
 """
 from __future__ import annotations
 
@@ -23,7 +27,39 @@ import numpy as np
 
 import bnnlite
 from bnnlite.bitpack import pack_bits
-from bnnlite.graph import BConv2D, _Context
+from bnnlite.graph import BConv2D, Graph, _Context
+
+
+def _bound(model, mod):
+    """A copy of ``model.backend`` whose kernel module is ``mod`` (the
+    module is looked up at each call, so the copy must carry its own)."""
+    backend = copy.copy(model.backend)
+    backend._impl = copy.copy(model.backend._impl)
+    backend._impl.mod = mod
+    return backend
+
+
+def _whole_model(mods, rounds):
+    """Model.logits of 128 random images, A and B in alternation, each on a
+    model whose graph (so whose plane lists) was made through its build."""
+    models = {}
+    for k, mod in mods.items():
+        m = bnnlite.Model.pretrained(threads=1, backend="cython")
+        m.backend = _bound(m, mod)
+        m.graph = Graph(m.bundle, m.backend)
+        models[k] = m
+    x = np.random.default_rng(0).integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
+    same = np.array_equal(models["A"].logits(x), models["B"].logits(x))
+    times = {"A": [], "B": []}
+    for _ in range(rounds):
+        for k, m in models.items():
+            t0 = time.perf_counter()
+            m.logits(x)
+            times[k].append(time.perf_counter() - t0)
+    ratio = np.median([a / b for a, b in zip(times["A"], times["B"])])
+    click.echo(f"model    logits {'identical' if same else 'DIFFER'}  "
+               f"A {128 / np.median(times['A']):6.1f} img/s  B {128 / np.median(times['B']):6.1f} img/s  "
+               f"median A/B {ratio:.3f}")
 
 
 def _load(path: Path, tag: str, name: str):
@@ -43,13 +79,18 @@ def _load(path: Path, tag: str, name: str):
               help="Images per call (Model.chunk).")
 @click.option("--calls", type=click.IntRange(min=1), default=32, show_default=True,
               help="Calls per timed round (32 x chunk 4 = batch 128).")
-def main(build_a, build_b, rounds, chunk, calls):
+@click.option("--model", "whole", is_flag=True,
+              help="Time the whole model (Model.logits, batch 128) instead of each layer.")
+def main(build_a, build_b, rounds, chunk, calls, whole):
     """Time BUILD_A against BUILD_B (default: the installed build)."""
     model = bnnlite.Model.pretrained(threads=1, backend="cython")
     installed = model.backend._impl.mod
     name = installed.__name__.rsplit(".", 1)[-1]
     mods = {"A": _load(build_a, "build_a", name),
             "B": _load(build_b, "build_b", name) if build_b else installed}
+    if whole:
+        _whole_model(mods, rounds)
+        return
     plan = model.graph.plan(chunk)
     rng = np.random.default_rng(0)
     for t in plan.tensors.values():
@@ -64,10 +105,7 @@ def main(build_a, build_b, rounds, chunk, calls):
             continue
         calls_, outs = {}, {}
         for k, mod in mods.items():
-            backend = copy.copy(model.backend)          # the module is looked up per call
-            backend._impl = copy.copy(model.backend._impl)
-            backend._impl.mod = mod
-            calls_[k] = op.bind(plan.tensors, _Context(plan, backend, 1))
+            calls_[k] = op.bind(plan.tensors, _Context(plan, _bound(model, mod), 1))
             calls_[k]()
             names = list(op.outputs) + ([op.fused_pack[0]] if op.fused_pack else [])
             outs[k] = [plan.tensors[n].copy() for n in names]
