@@ -570,7 +570,7 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, scaling, layer
         if why:
             skipped[e] = {"engine": e, "skipped": why}
     runnable = [e for e in wanted if e not in skipped]
-    if not as_json:
+    if runnable and not as_json:
         click.echo(f"running {', '.join(runnable)} in alternation ...", err=True)
     measured = {r["engine"]: r for r in _measure(runnable, args)}
     rows = [skipped.get(e) or measured[e] for e in wanted]

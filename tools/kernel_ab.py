@@ -91,6 +91,10 @@ def main(build_a, build_b, rounds, chunk, calls, whole):
     if whole:
         _whole_model(mods, rounds)
         return
+    sets = {k: getattr(mod, "PLANES_SETS", None) for k, mod in mods.items()}
+    if sets["A"] != sets["B"]:
+        raise click.UsageError(f"the builds' plane lists differ (PLANES_SETS {sets['A']} and {sets['B']}), "
+                               f"so the layers cannot share them: compare with --model")
     plan = model.graph.plan(chunk)
     rng = np.random.default_rng(0)
     for t in plan.tensors.values():
