@@ -19,8 +19,9 @@
  * summed once and a channel's sum is that of the lists holding it
  * (bit-sliced ripple adds), so a plane several channels need is added once:
  * about 15/16 K planes per set instead of four times K/2 (bnn_planes_set).
- * Sets of four measured 1.05-1.09x sets of three end to end, sets of five
- * 0.97x sets of four: the merges grow with the set.
+ * Sets of four measured 1.03-1.06x sets of three end to end and sets of
+ * five no better than four (docs/benchmarks.md, session 7): a channel's
+ * merges double with each channel added to the set.
  *
  * The layout.  A block is 256 output pixels, pixel p at bit p % 64 of lane
  * p / 64 of a ymm.  Plane k of the block is one ymm whose bit p is x_k of
