@@ -320,24 +320,24 @@ class _Worker:
     """The parent's handle on one engine's serving subprocess (``_serve``).
     A worker that fails keeps its error; later requests to it return None."""
 
-    def __init__(self, engine, args):
+    def __init__(self, engine, cmd, env=None):
         self.engine, self.error = engine, None
-        cmd, env = _worker_cmd(engine, args)
         self._stderr = tempfile.TemporaryFile(mode="w+")   # a file, not a pipe: it never fills up
         self._p = subprocess.Popen(cmd, env=env, cwd=_PACKAGE_ROOT, stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, stderr=self._stderr, text=True)
         self._answer()
 
     def _answer(self):
-        line = self._p.stdout.readline()
-        if line:
+        """The worker's next JSON line (lines that are not JSON, printed by
+        some library, are skipped), or None once it has exited."""
+        for line in self._p.stdout:
             try:
                 return json.loads(line)
             except ValueError:
-                pass
+                continue
         self._p.wait()
         self._stderr.seek(0)
-        tail = (self._stderr.read().strip() or line.strip()).splitlines()[-3:]
+        tail = self._stderr.read().strip().splitlines()[-3:]
         self.error = " | ".join(tail) or f"exit code {self._p.returncode}"
         return None
 
@@ -366,7 +366,7 @@ def _measure(engines, args, rounds_min=5, rounds_max=20, budget_s=20.0):
     workers = []
     try:
         for e in engines:
-            workers.append(_Worker(e, args))
+            workers.append(_Worker(e, *_worker_cmd(e, args)))
         lat = {w.engine: [] for w in workers}
         tput = {w.engine: [] for w in workers}
         per = args["runs"] // rounds_min

@@ -76,6 +76,26 @@ def test_engines_are_timed_in_rounds_and_a_failing_one_gets_its_error(tmp_path):
     assert failed["engine"] == "torch-fp32" and "fp32.h5" in failed["error"], failed
 
 
+def test_worker_skips_what_libraries_print_and_reports_its_exit():
+    import sys
+
+    from bnnlite.bench import _Worker
+    script = ("import json, sys\n"
+              "print('a library talking'); print(json.dumps({'ready': True}), flush=True)\n"
+              "for line in sys.stdin:\n"
+              "    print('more talk'); print(json.dumps({'t': 0.5}), flush=True)\n"
+              "sys.exit('worker gave up')\n")
+    w = _Worker("fake", [sys.executable, "-c", script])
+    try:
+        assert w.error is None
+        assert w.ask("batch") == {"t": 0.5}
+        w._p.stdin.close()                      # the worker leaves its loop and fails
+        assert w._answer() is None and w.error == "worker gave up"
+        assert w.ask("batch") is None
+    finally:
+        w.close()
+
+
 def test_layers_run_per_chunk():
     rows = json.loads(_run("--layers", "--batch", "4", "--json"))
     assert [r["layer"] for r in rows] == ["bconv1", "bconv2", "bconv3", "bconv4", "bconv5"]
