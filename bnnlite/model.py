@@ -35,8 +35,8 @@ class Model:
             once per chunk size and reused).  Default (None): 4: the bit-plane
             conv (AVX2) fills its 256-pixel blocks from four 8x8 images, and
             the activations stay small (2 measured ~2x faster than 16 on Zen 5;
-            on AVX2, 4 ran the model 1.13x faster than 2: ``tools/planes_ab.py``,
-            docs/benchmarks.md).
+            on AVX2, 4 ran the model 1.23x faster than 2 (``tools/planes_ab.py``),
+            and 8 within 3% of 4 when timed in alternation; docs/benchmarks.md).
 
     With ``threads`` > 1, a batch of several chunks is shared out chunk by
     chunk: each of ``threads`` Python threads runs whole chunks through the

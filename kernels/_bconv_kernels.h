@@ -310,6 +310,27 @@ BNN_INLINE void bnn_epilogue(const bnn_conv_params *prm, const int64_t *t,
 #endif
 
 #if BNN_AVX2
+/* The float chain of every AVX2 epilogue on 8 channels: the portable
+ * epilogue's float32 operations in its order (vmulps, then one vfmadd for
+ * fmaf), so the results are identical.  acc = K - 2*popcount as int32;
+ * y = float(acc) * scale; y = fma(y, mult, bias); y += r (when res);
+ * RPReLU (when rp): (y >= gamma ? y - gamma : beta*(y - gamma)) + zeta.
+ * The int32 -> float conversion rounds like (float)(int64_t)acc. */
+BNN_INLINE __m256 bnn_float_chain8(__m256i acc, __m256 scale, __m256 mult, __m256 bias, int res,
+                                   __m256 r, int rp, __m256 gamma, __m256 beta, __m256 zeta)
+{
+    __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc), scale);
+    y = _mm256_fmadd_ps(y, mult, bias);
+    if (res)
+        y = _mm256_add_ps(y, r);
+    if (rp) {
+        const __m256 ge = _mm256_cmp_ps(y, gamma, _CMP_GE_OQ);
+        const __m256 d = _mm256_sub_ps(y, gamma);
+        y = _mm256_add_ps(_mm256_blendv_ps(_mm256_mul_ps(beta, d), d, ge), zeta);
+    }
+    return y;
+}
+
 /* The portable epilogue on one group of 8 channels co .. co+7 of one pixel:
  * the same per-channel integer and float32 operations in the same order
  * (vmulps, then one vfmadd for fmaf), so the results are identical.
@@ -322,12 +343,8 @@ BNN_INLINE unsigned bnn_epilogue8_avx2(const bnn_conv_params *prm, __m256i a, in
     if (prm->thr)   /* a < thr as int32 */
         return (unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(
             _mm256_cmpgt_epi32(_mm256_loadu_si256((const __m256i *)(prm->thr + co)), a)));
-    /* The int32 -> float conversion rounds like (float)(int64_t)acc. */
-    __m256 y = _mm256_cvtepi32_ps(a);
-    y = _mm256_mul_ps(y, _mm256_loadu_ps(prm->scale + co));
-    y = _mm256_fmadd_ps(y, _mm256_loadu_ps(prm->mult + co), _mm256_loadu_ps(prm->bias + co));
+    __m256 r = _mm256_setzero_ps();
     if (res_px) {
-        __m256 r;
         if (prm->cres % BNN_LANES == 0) {
             /* rc .. rc+7 is contiguous inside one residual copy. */
             r = _mm256_loadu_ps(res_px + rc);
@@ -337,16 +354,13 @@ BNN_INLINE unsigned bnn_epilogue8_avx2(const bnn_conv_params *prm, __m256i a, in
                 tmp[k] = res_px[(co + k) % prm->cres];
             r = _mm256_loadu_ps(tmp);
         }
-        y = _mm256_add_ps(y, r);
     }
-    if (prm->gamma) {
-        const __m256 gm = _mm256_loadu_ps(prm->gamma + co);
-        const __m256 ge = _mm256_cmp_ps(y, gm, _CMP_GE_OQ);
-        const __m256 d = _mm256_sub_ps(y, gm);
-        const __m256 e = _mm256_mul_ps(_mm256_loadu_ps(prm->beta + co), d);
-        /* (y >= gamma ? d : beta*d) + zeta */
-        y = _mm256_add_ps(_mm256_blendv_ps(e, d, ge), _mm256_loadu_ps(prm->zeta + co));
-    }
+    const int rp = prm->gamma != NULL;
+    const __m256 y = bnn_float_chain8(
+        a, _mm256_loadu_ps(prm->scale + co), _mm256_loadu_ps(prm->mult + co),
+        _mm256_loadu_ps(prm->bias + co), res_px != NULL, r, rp,
+        rp ? _mm256_loadu_ps(prm->gamma + co) : r, rp ? _mm256_loadu_ps(prm->beta + co) : r,
+        rp ? _mm256_loadu_ps(prm->zeta + co) : r);
     if (out_px)
         _mm256_storeu_ps(out_px + (co - ocol), y);
     if (prm->next_thr)

@@ -401,22 +401,13 @@ static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set,
     }
 }
 
-/* The float chain of bnn_epilogue8_avx2 (same operations, same order) with
- * the channel constants already in registers: y = float(K - 2*p) * scale;
- * y = fma(y, mult, bias); y += residual (res != NULL); RPReLU (rp). */
+/* bnn_float_chain8 on popcounts p (acc = K - 2p), the channel constants
+ * already in registers, the residual (if res) read at res. */
 BNN_INLINE __m256 bnn_pl_chain(__m256i kv, __m256i p, __m256 sc, __m256 mu, __m256 bi,
                                const float *res, int rp, __m256 gm, __m256 be, __m256 ze)
 {
-    __m256 y = _mm256_cvtepi32_ps(_mm256_sub_epi32(kv, _mm256_add_epi32(p, p)));
-    y = _mm256_fmadd_ps(_mm256_mul_ps(y, sc), mu, bi);
-    if (res)
-        y = _mm256_add_ps(y, _mm256_loadu_ps(res));
-    if (rp) {
-        const __m256 ge = _mm256_cmp_ps(y, gm, _CMP_GE_OQ);
-        const __m256 d = _mm256_sub_ps(y, gm);
-        y = _mm256_add_ps(_mm256_blendv_ps(_mm256_mul_ps(be, d), d, ge), ze);
-    }
-    return y;
+    return bnn_float_chain8(_mm256_sub_epi32(kv, _mm256_add_epi32(p, p)), sc, mu, bi, res != NULL,
+                            res ? _mm256_loadu_ps(res) : _mm256_setzero_ps(), rp, gm, be, ze);
 }
 
 /* Whether bnn_planes_epilogue_f8 can take this layer's group of nco:

@@ -7,8 +7,8 @@ not built here are skipped with the reason.  Outputs are pre-filled with
 garbage so any element a kernel forgets to write is caught.
 """
 import importlib.util
-import os
 import itertools
+import os
 import subprocess
 import sys
 import warnings

@@ -7,8 +7,9 @@ identical, and times them in alternation.  The median of the per-round ratios
 is far steadier on a shared machine than comparing two separate runs.  Both
 builds must read the same plane lists (bnnlite.backend._plane_lists).
 ``--model`` times the whole model instead (Model.logits on a batch of 128
-random images), each build with a graph made through it, so with its own
-plane lists: builds whose lists differ (another PLANES_SETS) compare too.
+random images, ``--chunk`` at a time), each build with a graph made through
+it, so with its own plane lists: builds whose lists differ (another
+PLANES_SETS) compare too.
 
     cp bnnlite/_bconv_avx2.*.so /tmp/before.so    # before the change
     python setup.py build_ext --inplace           # after it
@@ -39,24 +40,30 @@ def _bound(model, mod):
     return backend
 
 
-def _whole_model(mods, rounds):
+def _alternate(runs, rounds):
+    """Seconds of each of ``rounds`` calls of runs["A"] and runs["B"], in
+    alternation, and the median of the rounds' A/B ratios."""
+    times = {"A": [], "B": []}
+    for _ in range(rounds):
+        for k, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[k].append(time.perf_counter() - t0)
+    return times, float(np.median([a / b for a, b in zip(times["A"], times["B"])]))
+
+
+def _whole_model(mods, rounds, chunk):
     """Model.logits of 128 random images, A and B in alternation, each on a
     model whose graph (so whose plane lists) was made through its build."""
     models = {}
     for k, mod in mods.items():
-        m = bnnlite.Model.pretrained(threads=1, backend="cython")
+        m = bnnlite.Model.pretrained(threads=1, backend="cython", chunk=chunk)
         m.backend = _bound(m, mod)
         m.graph = Graph(m.bundle, m.backend)
         models[k] = m
     x = np.random.default_rng(0).integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
     same = np.array_equal(models["A"].logits(x), models["B"].logits(x))
-    times = {"A": [], "B": []}
-    for _ in range(rounds):
-        for k, m in models.items():
-            t0 = time.perf_counter()
-            m.logits(x)
-            times[k].append(time.perf_counter() - t0)
-    ratio = np.median([a / b for a, b in zip(times["A"], times["B"])])
+    times, ratio = _alternate({k: (lambda m=m: m.logits(x)) for k, m in models.items()}, rounds)
     click.echo(f"model    logits {'identical' if same else 'DIFFER'}  "
                f"A {128 / np.median(times['A']):6.1f} img/s  B {128 / np.median(times['B']):6.1f} img/s  "
                f"median A/B {ratio:.3f}")
@@ -89,7 +96,7 @@ def main(build_a, build_b, rounds, chunk, calls, whole):
     mods = {"A": _load(build_a, "build_a", name),
             "B": _load(build_b, "build_b", name) if build_b else installed}
     if whole:
-        _whole_model(mods, rounds)
+        _whole_model(mods, rounds, chunk)
         return
     sets = {k: getattr(mod, "PLANES_SETS", None) for k, mod in mods.items()}
     if sets["A"] != sets["B"]:
@@ -114,16 +121,14 @@ def main(build_a, build_b, rounds, chunk, calls, whole):
             names = list(op.outputs) + ([op.fused_pack[0]] if op.fused_pack else [])
             outs[k] = [plan.tensors[n].copy() for n in names]
         same = all(np.array_equal(a, b) for a, b in zip(outs["A"], outs["B"]))
-        times = {"A": [], "B": []}
-        for _ in range(rounds):
-            for k, call in calls_.items():
-                t0 = time.perf_counter()
+        def repeated(call):
+            def run():
                 for _ in range(calls):
                     call()
-                times[k].append(time.perf_counter() - t0)
+            return run
+        times, ratio = _alternate({k: repeated(call) for k, call in calls_.items()}, rounds)
         for k in times:
             total[k] += float(np.median(times[k]))
-        ratio = np.median([a / b for a, b in zip(times["A"], times["B"])])
         click.echo(f"{op.name:8s} outputs {'identical' if same else 'DIFFER'}  "
                    f"A {1e3 * np.median(times['A']):7.1f} ms  B {1e3 * np.median(times['B']):7.1f} ms  "
                    f"median A/B {ratio:.3f}")
