@@ -8,6 +8,7 @@ Public names: Model, PRETRAINED.
 """
 from __future__ import annotations
 
+import threading
 from importlib import resources
 from pathlib import Path
 
@@ -21,6 +22,21 @@ __all__ = ["Model", "PRETRAINED"]
 
 #: Bundles shipped inside the package (bnnlite/data/).
 PRETRAINED = {"birealnet": "birealnet.h5"}
+
+
+class _SharedIter:
+    """One iterator that several threads draw from, each item handed out once."""
+
+    def __init__(self, items):
+        self._it = iter(items)
+        self._lock = threading.Lock()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        with self._lock:
+            return next(self._it)
 
 
 class Model:
@@ -39,9 +55,11 @@ class Model:
             and 8 within 3% of 4 when timed in alternation; docs/benchmarks.md).
 
     With ``threads`` > 1, a batch of several chunks is shared out chunk by
-    chunk: each of ``threads`` Python threads runs whole chunks through the
-    graph, with buffers of its own and one kernel thread (the kernels release
-    the GIL), so the threads never wait for each other between layers.  A
+    chunk: each of ``threads`` Python threads takes the next chunk from one
+    queue and runs it whole through the graph, with buffers of its own and one
+    kernel thread (the kernels release the GIL), so the threads never wait for
+    each other between layers, and a thread on a core slowed by other load
+    takes fewer chunks.  A
     batch of one chunk (batch 1, say) instead splits each layer's rows
     between ``threads`` OpenMP threads, as does every batch on a backend
     whose ``concurrent_calls`` is False.  Either way an image's result does
@@ -169,7 +187,9 @@ class Model:
         return self._pool
 
     def _run_chunks(self, x, starts, step, out, threads, slot):
-        """out[i:i+step] = logits of x[i:i+step] for each i in starts, on the buffers of ``slot``."""
+        """out[i:i+step] = logits of x[i:i+step] for each i that ``starts`` yields, on the
+        buffers of ``slot``.  Parallel workers share one iterator of starts, so a worker
+        on a core that runs slower (another tenant's load) simply takes fewer chunks."""
         for i in starts:
             part = x[i:i + step]
             buf = self.graph.input_buffer(len(part), slot)
@@ -189,8 +209,8 @@ class Model:
         else:             # whole chunks in parallel, one kernel thread (and one BLAS thread) each
             with self._blas_limit(1):
                 pool = self._executor()
-                jobs = [pool.submit(self._run_chunks, x, starts[k::workers], step, out, 1, k)
-                        for k in range(workers)]
+                shared = _SharedIter(starts)
+                jobs = [pool.submit(self._run_chunks, x, shared, step, out, 1, k) for k in range(workers)]
                 for job in jobs:
                     job.result()
         return out[0] if single else out
