@@ -60,20 +60,23 @@ class PreparedWeights:
     (``layout`` names it); ``cout, kh, kw, cw`` describe the original
     (Cout, KH, KW, Cw) bitpack array; ``cin`` the real input channels if
     they were given to prepare_weights (else None).  ``planes``: the
-    plane lists of the bit-plane conv (see ``_plane_lists``)
-    when the backend has it and the layer fits it, else None (then the
-    popcount core runs; setting it to None forces that).  Only the backend
-    that made it may consume it (checked by ``layout``).
+    plane lists of the bit-plane conv (see ``_plane_lists``), and
+    ``wplanes`` the weight planes of its small-output path (see
+    ``_weight_planes``), when the backend has them and the layer fits them,
+    else None (then the popcount core runs; setting them to None forces
+    that).  Only the backend that made it may consume it (checked by
+    ``layout``).
     """
 
-    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout", "cin", "planes")
+    __slots__ = ("cout", "kh", "kw", "cw", "data", "layout", "cin", "planes", "wplanes")
 
-    def __init__(self, cout, kh, kw, cw, data, layout, cin=None, planes=None):
+    def __init__(self, cout, kh, kw, cw, data, layout, cin=None, planes=None, wplanes=None):
         self.cout, self.kh, self.kw, self.cw = int(cout), int(kh), int(kw), int(cw)
         self.data = data
         self.layout = layout
         self.cin = None if cin is None else int(cin)
         self.planes = planes
+        self.wplanes = wplanes
 
     @property
     def shape(self):
@@ -176,6 +179,39 @@ def _plane_lists(w: np.ndarray, cin, hi_range, sets):
     return (idx, off, w1.astype(np.int32), ones.astype(np.uint8), nplanes, hi)
 
 
+def _weight_planes(w: np.ndarray, cin, hi_range, lanes=256, patterns=15):
+    """The weight planes of the bit-plane conv's small-output path
+    (kernels/_bconv_planes.h, bnn_wplanes_unit), or None when the layer is
+    too large for them.
+
+    Plane k of group g (k numbered as in ``_plane_lists``) holds weight bit
+    k of the ``lanes`` (256) channels 256g .. 256g+255: bit c % 64 of word
+    c // 64, channels past Cout 0; plane nplanes-1 is zero.  ``a``: |W1| of
+    each channel (its count of -1 weights), int16, 0 past Cout.  A pixel
+    adds the planes of its input bits that are 1, spread over ``patterns``
+    lists (15, one per set of pixels that has the bit), padded with the zero
+    plane to multiples of 16, so the sixteens counter needs ``hi`` levels
+    for up to K + 15*15 planes, within hi_range.  Returns (w uint8 (G,
+    nplanes, 32), a int16 (G*256,), nplanes, hi).
+    """
+    cout, kh, kw, cw = w.shape
+    nplanes = kh * kw * cw * WORD_BITS + 1
+    k_real = kh * kw * (cw * WORD_BITS if cin is None else cin)
+    hi = max(hi_range[0], ((nplanes - 1 + patterns * 15) // 16).bit_length())
+    if nplanes > 1 << 16 or k_real >= 1 << 15 or hi > hi_range[1]:  # uint16 planes, int16 counts
+        return None
+    groups = -(-cout // lanes)
+    bits = np.zeros((groups * lanes, nplanes), np.uint8)
+    bits[:cout, :-1] = np.unpackbits(w.astype("<u8").view(np.uint8), axis=-1,
+                                     bitorder="little").reshape(cout, -1)
+    planes = np.packbits(bits.reshape(groups, lanes, nplanes).transpose(0, 2, 1), axis=-1,
+                         bitorder="little")                 # (G, nplanes, 32): bit c of plane k
+    a = bits.sum(axis=1, dtype=np.int64).astype(np.int16)
+    aligned = _aligned_bytes(planes.size).reshape(planes.shape)   # the kernel's loads are aligned
+    aligned[...] = planes
+    return (aligned, a, nplanes, hi)
+
+
 def _aligned_bytes(nbytes: int) -> np.ndarray:
     """A zeroed uint8 array of nbytes whose data pointer is _ALIGN-byte aligned."""
     raw = np.zeros(nbytes + _ALIGN, np.uint8)
@@ -214,32 +250,40 @@ class _CythonImpl:
         return _blocked_layout(w, self.mod.LANES, self.mod.CO_BLOCK)
 
     def prepare_planes(self, w, cin):
+        """(plane lists, weight planes) of the bit-plane conv, each None where
+        the build lacks it or the layer does not fit it."""
         if not getattr(self.mod, "HAVE_PLANES", False):
-            return None
-        return _plane_lists(w, cin, self.mod.PLANES_HI, self.mod.PLANES_SETS)
+            return None, None
+        return (_plane_lists(w, cin, self.mod.PLANES_HI, self.mod.PLANES_SETS),
+                _weight_planes(w, cin, self.mod.PLANES_HI))
 
     def pack(self, x, thr, out, threads):
         self.mod.pack_raw(x, thr, out, threads)
 
     def bconv_scratch(self, x, pw, stride, threads, pool):
-        """(plane lists, workspace) when the bit-plane conv applies to this call,
-        else (None, None).  Made once per bound call (a graph plan), so the
-        kernel allocates nothing per call; a bound call is never run by two
-        threads at once (its outputs would collide), so neither is its scratch."""
-        if pw.planes is None:
-            return None, None
+        """(plane lists, workspace, weight planes) for this call: the lists
+        when the output fills bit-plane blocks (PLANES_MIN_PIXELS of their
+        256 pixels), else the weight planes when its rows fit the
+        small-output path, else neither (the popcount core).  Made once per
+        bound call (a graph plan), so the kernel allocates nothing per call;
+        a bound call is never run by two threads at once (its outputs would
+        collide), so neither is its scratch."""
         ho = (x.shape[1] - pw.kh) // stride + 1
         wo = (x.shape[2] - pw.kw) // stride + 1
-        if self.mod.planes_block_pixels(x.shape[0], ho, wo, pool) < self.mod.PLANES_MIN_PIXELS:
-            return None, None
-        return pw.planes, _aligned_bytes(threads * self.mod.planes_workspace_bytes(pw.planes[4]))
+        if (pw.planes is not None and
+                self.mod.planes_block_pixels(x.shape[0], ho, wo, pool) >= self.mod.PLANES_MIN_PIXELS):
+            return pw.planes, _aligned_bytes(threads * self.mod.planes_workspace_bytes(pw.planes[4])), None
+        if pw.wplanes is not None and self.mod.wplanes_unit_pixels(wo, pool):
+            ws = _aligned_bytes(threads * self.mod.wplanes_workspace_bytes(pw.wplanes[2], pw.cout))
+            return None, ws, pw.wplanes
+        return None, None, None
 
     def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
-              out_bits, next_thr, thr, threads, pool=False, planes=None, ws=None):
+              out_bits, next_thr, thr, threads, pool=False, planes=None, ws=None, wplanes=None):
         g, b, z = rprelu if rprelu is not None else (None, None, None)
         self.mod.bconv_raw(x, pw.data, pw.kh, pw.kw, pw.cw, pw.cout, k_bits, stride,
                            scale, mult, bias, residual, g, b, z, out, out_bits, next_thr,
-                           thr, threads, pool, planes, ws)
+                           thr, threads, pool, planes, ws, wplanes)
 
     def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
         kh, kw, cin, cout = w.shape
@@ -493,9 +537,9 @@ class Backend:
                 raise ValueError(f"w_packed: tail bits (channels >= {cin}) must be 0")
         w_packed = np.ascontiguousarray(w_packed)
         data = self._impl.prepare(w_packed)
-        planes = getattr(self._impl, "prepare_planes", lambda w, c: None)(w_packed, cin)
+        planes, wplanes = getattr(self._impl, "prepare_planes", lambda w, c: (None, None))(w_packed, cin)
         return PreparedWeights(*w_packed.shape, data=data, layout=self._impl.layout,
-                               cin=cin, planes=planes)
+                               cin=cin, planes=planes, wplanes=wplanes)
 
     def _scratch(self, x, wp, stride, threads, pool):
         """Extra arguments of the implementation's bconv: its scratch, if it has any."""

@@ -15,7 +15,7 @@
 #   HAVE_AVX512, HAVE_AVX2, WORD_BITS_C, LANES, CO_BLOCK.
 
 from cython.parallel cimport prange
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t
+from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
 cimport openmp
 
 from _bitpack cimport word_t, WORD_BITS
@@ -96,6 +96,17 @@ cdef extern from "_bconv_kernels.h" nogil:
     int bnn_planes_unit_pixels(int wo, int pool, int wpool)
     void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
                           const bnn_planes_io *io, int u0, int nu, void *ws)
+    # Its small-output path: weight planes, lists from the input bits.
+    int BNN_WP_UNIT_MAX
+    ctypedef struct bnn_wplanes:
+        const void *w
+        const int16_t *a
+        int nplanes
+        int groups
+        int hi
+    size_t bnn_wplanes_ws_bytes(int nplanes, int cout)
+    void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
+                          const bnn_planes_io *io, int u, void *ws)
 
 
 cdef inline float _fmax_np(float a, float b) noexcept nogil:
@@ -136,6 +147,20 @@ def planes_block_pixels(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, bint pool):
         return 0
     cdef Py_ssize_t units = n * (ho // 2 if pool else ho)
     return min(BNN_PL_PIX // upix, units) * upix
+
+
+def wplanes_workspace_bytes(int nplanes, int cout):
+    """Scratch bytes per thread of the small-output path (a multiple of 64)."""
+    return (bnn_wplanes_ws_bytes(nplanes, cout) + 63) // 64 * 64
+
+
+def wplanes_unit_pixels(Py_ssize_t wo, bint pool):
+    """Conv pixels per unit (output row, or pooled pair of rows) on the
+    small-output path, or 0 when a unit is too wide for it."""
+    if not BNN_HAVE_PLANES:
+        return 0
+    cdef Py_ssize_t upix = 4 * (wo // 2) if pool else wo
+    return upix if 0 < upix <= BNN_WP_UNIT_MAX else 0
 WORD_BITS_C = WORD_BITS
 LANES = BNN_LANES
 CO_BLOCK = BNN_CO_BLOCK
@@ -169,13 +194,16 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
               int kh, int kw, int cw, int cout, long long k_bits, int stride,
               scale, mult, bias, residual, gamma, beta, zeta,
               out, out_bits, next_thr, thr, int threads, bint pool=False,
-              planes=None, workspace=None):
+              planes=None, workspace=None, wplanes=None):
     """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
     (scale/mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
     backend.bconv_bits (thr given).  planes: None, or the plane lists
     (idx, off, w1, ones, nplanes, hi) of the bit-plane conv, with workspace a
     uint8 array of threads * planes_workspace_bytes(nplanes) bytes, 64-byte
-    aligned (the caller checked that the layer fits: planes_block_pixels)."""
+    aligned (the caller checked that the layer fits: planes_block_pixels).
+    wplanes: None, or the weight planes (w, a, nplanes, hi) of the
+    small-output path, with workspace of threads * wplanes_workspace_bytes
+    bytes (the caller checked wplanes_unit_pixels)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
     cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
@@ -271,14 +299,10 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     cdef uint8_t[::1] ws_v
     cdef char *wsb
     cdef Py_ssize_t units, upb, nblk, wsz, b
-    if planes is not None:
-        pidx_v, poff_v, pw1_v, pones_v = planes[0], planes[1], planes[2], planes[3]
-        pl.idx = &pidx_v[0]
-        pl.off = &poff_v[0]
-        pl.w1 = &pw1_v[0]
-        pl.ones = &pones_v[0]
-        pl.nplanes = planes[4]
-        pl.hi = planes[5]
+    cdef bnn_wplanes wpl
+    cdef const uint8_t[:, :, ::1] wpw_v
+    cdef const int16_t[::1] wpa_v
+    if planes is not None or wplanes is not None:
         io.x = <const bnn_word_t *>xb
         io.sxn = sxn
         io.res = res_b
@@ -291,10 +315,31 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
         io.pool = 1 if pool else 0
         io.wpool = wpool
         units = N * io.rows
-        upb = BNN_PL_PIX // bnn_planes_unit_pixels(<int>Wo, io.pool, wpool)
-        nblk = (units + upb - 1) // upb
         ws_v = workspace
         wsb = <char *>&ws_v[0]
+    if wplanes is not None:
+        wpw_v, wpa_v = wplanes[0], wplanes[1]
+        wpl.w = &wpw_v[0, 0, 0]
+        wpl.a = &wpa_v[0]
+        wpl.nplanes = wplanes[2]
+        wpl.groups = <int>wpw_v.shape[0]
+        wpl.hi = wplanes[3]
+        wsz = wplanes_workspace_bytes(wpl.nplanes, cout)
+        # Units are independent (whole output rows): threads never share a word.
+        for b in prange(units, nogil=True, schedule="dynamic", chunksize=1,
+                        num_threads=threads):
+            bnn_wplanes_unit(&prm, &wpl, &io, <int>b, wsb + openmp.omp_get_thread_num() * wsz)
+        return
+    if planes is not None:
+        pidx_v, poff_v, pw1_v, pones_v = planes[0], planes[1], planes[2], planes[3]
+        pl.idx = &pidx_v[0]
+        pl.off = &poff_v[0]
+        pl.w1 = &pw1_v[0]
+        pl.ones = &pones_v[0]
+        pl.nplanes = planes[4]
+        pl.hi = planes[5]
+        upb = BNN_PL_PIX // bnn_planes_unit_pixels(<int>Wo, io.pool, wpool)
+        nblk = (units + upb - 1) // upb
         wsz = planes_workspace_bytes(pl.nplanes)
         # Blocks are independent (whole output rows): threads never share a word.
         for b in prange(nblk, nogil=True, schedule="dynamic", chunksize=1,

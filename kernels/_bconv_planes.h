@@ -40,6 +40,17 @@
  * popcount above, and the float epilogue runs the chain of
  * bnn_epilogue8_avx2 on them, so the floats are the very same as the other
  * paths.
+ *
+ * Small outputs (bnn_wplanes_unit).  A block costs the same whether its 256
+ * pixels are all used or not, so an output of fewer pixels (a single image
+ * at 8x8: 64) wastes most of it.  There the roles swap: a plane is one
+ * weight bit k of 256 output channels, made once at load time, and a pixel
+ * adds the planes of its input bits that are 1: S[c] = sum_{k: x_k=1} w_ck,
+ * so popcount(x XOR w_c) = |X1| + |W1_c| - 2 S[c].  Pixels go in fours
+ * whose input bits are split into 15 lists by which of the four have them
+ * (built per call), so a plane two pixels need is added once, as channels
+ * share lists above.  The same counts and epilogue follow.  Its gain at
+ * batch 1 is in docs/benchmarks.md (session 8; tools/planes_ab.py).
  */
 #ifndef BNNLITE_BCONV_PLANES_H
 #define BNNLITE_BCONV_PLANES_H
@@ -87,6 +98,35 @@ static inline size_t bnn_planes_ws_bytes(int nplanes)
          + (size_t)BNN_PL_PIX * BNN_PL_GROUP * 4      /* pc: [p][c] int32 */
          + (size_t)BNN_PL_PIX * 2                     /* T: int16 */
          + (size_t)BNN_PL_PIX * sizeof(void *) * 2;   /* pixel and residual pointers */
+}
+
+/* The weight planes of the small-output path (bnn_wplanes_unit; see
+ * bnnlite.backend._weight_planes).  The roles of pixels and channels swap:
+ * a plane holds one input bit k of the weights of 256 output channels
+ * (bit c of w[g*nplanes + k] = weight bit k of channel 256g + c; plane
+ * nplanes-1 is zero), made once at load time, and the lists of planes to
+ * add come from the input bits, per call. */
+typedef struct {
+    const void *w;           /* (groups, nplanes) planes of 32 bytes */
+    const int16_t *a;        /* (groups * 256,) |W1| of channel c (0 past cout) */
+    int nplanes;             /* kh*kw*cw*64 + 1 */
+    int groups;              /* ceil(cout / 256) */
+    int hi;                  /* sixteens-counter levels, BNN_PL_HI_MIN..MAX */
+} bnn_wplanes;
+
+#define BNN_WP_LANES 256     /* channels per weight plane */
+#define BNN_WP_PIX 4         /* pixels whose lists are built together (15 lists) */
+#define BNN_WP_UNIT_MAX 64   /* conv pixels per unit on this path */
+
+/* Per-thread scratch of the small-output path, 32-byte aligned. */
+static inline size_t bnn_wplanes_ws_bytes(int nplanes, int cout)
+{
+    const size_t k = (size_t)nplanes - 1, cg = (size_t)(cout + 63) / 64 * 64;
+    return ((size_t)BNN_PL_PATTERNS * (k + 16) * 2 + 31) / 32 * 32   /* lists */
+         + (size_t)BNN_WP_PIX * (k / 64) * 8                          /* window words */
+         + (size_t)BNN_WP_UNIT_MAX * cg * 4                            /* pc: [group][p][64] */
+         + (size_t)BNN_WP_PIX * BNN_WP_LANES * 2                       /* counts: [pixel][256] */
+         + (size_t)BNN_WP_UNIT_MAX * sizeof(void *);                   /* pixel pointers */
 }
 
 /* Conv pixels per unit (0 when a unit does not fit a block). */
@@ -641,6 +681,144 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     }
 }
 
+/* Appends to lists[m-1] (lengths n[m-1]) the planes k = w*64 + b whose
+ * bit b is set in exactly the pixels of pattern m (bit j: pixel j) among
+ * the BNN_WP_PIX words a[j] = bits w*64 .. w*64+63 of pixel j's window. */
+BNN_INLINE void bnn_wp_bucket(const uint64_t a[BNN_WP_PIX], int w, uint16_t *lists, size_t stride,
+                              int n[BNN_PL_PATTERNS])
+{
+    typedef char four_pixels[BNN_WP_PIX == 4 ? 1 : -1];
+    const uint64_t lo[4] = {~a[0] & ~a[1], a[0] & ~a[1], ~a[0] & a[1], a[0] & a[1]};
+    const uint64_t hi[4] = {~a[2] & ~a[3], a[2] & ~a[3], ~a[2] & a[3], a[2] & a[3]};
+    for (int m = 1; m <= BNN_PL_PATTERNS; m++) {
+        uint64_t v = lo[m & 3] & hi[m >> 2];
+        uint16_t *L = lists + (size_t)(m - 1) * stride;
+        int k = n[m - 1];
+        while (v) {
+            L[k++] = (uint16_t)(w * 64 + __builtin_ctzll(v));
+            v &= v - 1;
+        }
+        n[m - 1] = k;
+    }
+}
+
+/* Popcounts of the four pixels pix[0..4) against the 256 channels of group
+ * g: the lists of planes (input bits) that exactly the pixels of pattern m
+ * have set, each summed once over the weight planes, then pixel j's sum
+ * S_j = sum over the lists holding j (as bnn_planes_set_, with pixels for
+ * channels).  S_j[c] = sum_{k: x_k = 1} w_ck, so popcount(x XOR w_c) =
+ * |X1| + |W1_c| - 2 S_j[c] (bnn_planes_counts with T = |W1|, w1 = |X1|).
+ * cnt + j*256: the counts of pixel j, channel order. */
+BNN_INLINE void bnn_wp_group_(const bnn_wplanes *wp, int g, const uint16_t *lists, size_t stride,
+                              const int n[BNN_PL_PATTERNS], const int x1[BNN_WP_PIX], int npx,
+                              int16_t *cnt, const int H)
+{
+    enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };
+    __m256i P[L][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
+    const uint16_t *idx[L];
+    int len[L];
+    for (int l = 0; l < L; l++) {
+        idx[l] = lists + (size_t)bnn_min(l, BNN_PL_PATTERNS - 1) * stride;
+        len[l] = l < BNN_PL_PATTERNS ? n[l] : 0;
+    }
+    const __m256i *planes = (const __m256i *)wp->w + (size_t)g * wp->nplanes;
+    const int nb = 4 + H;
+    for (int l = 0; l < L; l += 3)
+        bnn_planes_sum3(planes, idx + l, len + l, H, P + l);
+    for (int j = 0; j < npx; j++) {
+        for (int k = 0; k < nb; k++)
+            S[k] = _mm256_setzero_si256();
+        for (int m = 1; m <= BNN_PL_PATTERNS; m++)
+            if ((m >> j & 1) && len[m - 1])
+                bnn_planes_add(S, P[m - 1], nb, S);
+        bnn_planes_counts(S, nb, wp->a + (size_t)g * BNN_WP_LANES, x1[j], 1, cnt + j * BNN_WP_LANES);
+    }
+}
+
+static void bnn_wp_group(const bnn_wplanes *wp, int g, const uint16_t *lists, size_t stride,
+                         const int n[BNN_PL_PATTERNS], const int x1[BNN_WP_PIX], int npx, int16_t *cnt)
+{
+    switch (wp->hi) {
+    case 6: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 6); break;
+    case 7: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 7); break;
+    case 8: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 8); break;
+    case 9: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 9); break;
+    case 10: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 10); break;
+    default: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 11); break;
+    }
+}
+
+/* One unit (an output row, or a pooled pair of conv rows; at most
+ * BNN_WP_UNIT_MAX conv pixels) of a layer whose output has too few pixels
+ * to fill the 256 lanes of bit-plane blocks (a single small image, say).
+ * The conv pixels go four at a time: their window words are gathered, the
+ * input bits bucketed into 15 lists (bnn_wp_bucket), the lists summed over
+ * the weight planes of each group of 256 channels (bnn_wp_group); then the
+ * epilogue of the bit-plane conv (bnn_planes_epilogue) on the unit's
+ * popcounts.  The same integers as the popcount core, so the same floats
+ * and bits.  ws: this thread's scratch (bnn_wplanes_ws_bytes). */
+static void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
+                             const bnn_planes_io *io, int u, void *ws)
+{
+    const int kwords = (wp->nplanes - 1) / 64, ng = (prm->cout + BNN_PL_GROUP - 1) / BNN_PL_GROUP;
+    const size_t stride = (size_t)wp->nplanes - 1 + 16;
+    uint16_t *lists = (uint16_t *)ws;
+    uint64_t *xw = (uint64_t *)((char *)ws + ((size_t)BNN_PL_PATTERNS * stride * 2 + 31) / 32 * 32);
+    int32_t *pc = (int32_t *)(xw + (size_t)BNN_WP_PIX * kwords);
+    int16_t *cnt = (int16_t *)(pc + (size_t)BNN_WP_UNIT_MAX * ng * BNN_PL_GROUP);
+    const bnn_word_t **pix = (const bnn_word_t **)(cnt + BNN_WP_PIX * BNN_WP_LANES);
+    const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
+    const int n = u / io->rows, i = u % io->rows;
+    const int rows = io->pool ? 2 : 1, cols = io->pool ? 2 * io->wpool : prm->wo;
+    int np = 0;
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < cols; q++)
+            pix[np++] = io->x + n * io->sxn + (rows * i + r) * sh + q * sw;
+    for (int p0 = 0; p0 < np; p0 += BNN_WP_PIX) {
+        const int npx = bnn_min(BNN_WP_PIX, np - p0);
+        int x1[BNN_WP_PIX], len[BNN_PL_PATTERNS];
+        for (int j = 0; j < BNN_WP_PIX; j++) {      /* missing pixels: all zero, in no list */
+            uint64_t *d = xw + (size_t)j * kwords;
+            int ones = 0;
+            for (int t = 0; t < prm->kh * prm->kw; t++)
+                for (int c = 0; c < prm->cw; c++) {
+                    const uint64_t v = j < npx ? (uint64_t)pix[p0 + j][(t / prm->kw) * prm->sxh
+                                                                       + (t % prm->kw) * prm->sxw + c] : 0;
+                    d[t * prm->cw + c] = v;
+                    ones += __builtin_popcountll(v);
+                }
+            x1[j] = ones;
+        }
+        for (int m = 0; m < BNN_PL_PATTERNS; m++)
+            len[m] = 0;
+        for (int w = 0; w < kwords; w++) {
+            uint64_t a[BNN_WP_PIX];
+            for (int j = 0; j < BNN_WP_PIX; j++)
+                a[j] = xw[(size_t)j * kwords + w];
+            bnn_wp_bucket(a, w, lists, stride, len);
+        }
+        for (int m = 0; m < BNN_PL_PATTERNS; m++) {  /* pad to whole steps with the zero plane */
+            uint16_t *L = lists + (size_t)m * stride;
+            while (len[m] % 16)
+                L[len[m]++] = (uint16_t)(wp->nplanes - 1);
+        }
+        for (int g = 0; g < wp->groups; g++) {
+            bnn_wp_group(wp, g, lists, stride, len, x1, npx, cnt);
+            for (int j = 0; j < npx; j++)           /* to pc[group of 64][pixel][64], int32 */
+                for (int c0 = 0; c0 < BNN_WP_LANES && g * BNN_WP_LANES + c0 < prm->cout; c0 += 8) {
+                    const int co = g * BNN_WP_LANES + c0;
+                    const __m256i v = _mm256_cvtepi16_epi32(
+                        _mm_loadu_si128((const __m128i *)(cnt + j * BNN_WP_LANES + c0)));
+                    _mm256_storeu_si256((__m256i *)(pc + ((size_t)(co / BNN_PL_GROUP) * BNN_WP_UNIT_MAX
+                                                          + p0 + j) * BNN_PL_GROUP + co % BNN_PL_GROUP), v);
+                }
+        }
+    }
+    for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP)
+        bnn_planes_epilogue(prm, io, u, 1, g0, bnn_min(BNN_PL_GROUP, prm->cout - g0),
+                            pc + (size_t)(g0 / BNN_PL_GROUP) * BNN_WP_UNIT_MAX * BNN_PL_GROUP);
+}
+
 #else
 /* Other builds: never called (bnnlite.backend passes no plane lists when
  * BNN_HAVE_PLANES is 0). */
@@ -648,6 +826,11 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
                              const bnn_planes_io *io, int u0, int nu, void *ws)
 {
     (void)prm; (void)pl; (void)io; (void)u0; (void)nu; (void)ws;
+}
+static void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
+                             const bnn_planes_io *io, int u, void *ws)
+{
+    (void)prm; (void)wp; (void)io; (void)u; (void)ws;
 }
 #endif /* BNN_AVX2 */
 #endif /* BNNLITE_BCONV_PLANES_H */

@@ -814,6 +814,16 @@ def plane_cases(draw):
                 stride=draw(st.sampled_from([1, 1, 2])), seed=draw(st.integers(0, 2**32 - 1)))
 
 
+@st.composite
+def small_cases(draw):
+    """Outputs too small for plane blocks: n * ho * wo < 128 conv pixels."""
+    k = draw(st.sampled_from([1, 3, 3]))
+    return dict(n=draw(st.integers(1, 2)), h=draw(st.integers(1, 8)), w=draw(st.integers(1, 8)),
+                k=k, pad=k // 2, cin=draw(st.sampled_from(CHANNELS)),
+                cout=draw(st.sampled_from(CHANNELS + [256, 300])),
+                stride=draw(st.sampled_from([1, 1, 2])), seed=draw(st.integers(0, 2**32 - 1)))
+
+
 @pytest.fixture(scope="module")
 def avx2():
     b = _get("cython-avx2")
@@ -835,7 +845,7 @@ class TestBitPlanes:
     @staticmethod
     def _core(be, w, cin=None):
         wp = be.prepare_weights(w, cin=cin)
-        wp.planes = None
+        wp.planes = wp.wplanes = None
         return wp
 
     @given(case=plane_cases(), pool=st.booleans(), use_res=st.booleans(),
@@ -982,7 +992,72 @@ class TestBitPlanes:
                        for s, chans in enumerate(sets) for i in range(len(chans))]
         assert 2 ** hi > max(per_channel) // 16
 
+    @given(case=small_cases(), pool=st.booleans(), use_res=st.booleans(), use_rp=st.booleans(),
+           threads=st.sampled_from([1, 2]))
+    @settings(SETTINGS, max_examples=40)
+    def test_small_outputs_take_the_weight_planes_and_equal_reference_and_core(
+            self, avx2, ref, case, pool, use_res, use_rp, threads):
+        """Outputs too small to fill plane blocks (one small image, say) run on
+        the weight planes (bnn_wplanes_unit): same floats, bits and integers
+        as the NumPy reference and the popcount core."""
+        c = Case(**case)
+        pool = pool and c.ho >= 2 and c.wo >= 2
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        assume(not self._planes_apply(avx2, c, wp, pool))
+        planes, _, wplanes = avx2._impl.bconv_scratch(c.x, wp, c.stride, threads, pool)
+        assert planes is None
+        assume(wplanes is not None)
+        mult, bias, nthr, scale = (c.f32(c.cout) for _ in range(4))
+        residual = c.f32(c.n, c.ho, c.wo, c.cout) if use_res else None
+        rprelu = (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout)) if use_rp else None
+        oshape = (c.n, c.ho // 2, c.wo // 2) if pool else (c.n, c.ho, c.wo)
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, c.cout).astype(np.int32)
+        got = []
+        for b, w in ((avx2, wp), (avx2, self._core(avx2, c.w, c.cin)), (ref, ref.prepare_weights(c.w))):
+            out = np.full(oshape + (c.cout,), np.nan, np.float32)
+            bits = np.full(oshape + (words_for(c.cout),), GARBAGE_WORD, WORD_DTYPE)
+            b.bconv_float(c.x, w, c.k_bits, c.stride, mult, bias, residual, rprelu, out, bits,
+                          nthr, threads=threads, pool=pool, scale=scale)
+            got.append((out, bits, _bits_out(b, c, w, thr, threads)))
+        for other in got[1:]:
+            for a, b in zip(got[0], other):
+                np.testing.assert_array_equal(a, b)
+        acc, _ = _float_out(avx2, c, wp, np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32))
+        np.testing.assert_array_equal(acc, c.oracle_acc().astype(np.float32))
+
+    @pytest.mark.parametrize("fill", ["random", "all_minus_one"])
+    def test_weight_plane_counts_past_the_low_byte_equal_oracle(self, avx2, fill):
+        """K = 9216 on the weight planes: a pixel adds up to 9216 planes, so the
+        sums take up to 14 bits; with every input -1 every plane is added."""
+        c = Case(n=1, h=4, w=4, k=3, pad=1, cin=1024, cout=300, stride=1, seed=12)
+        if fill == "all_minus_one":
+            c.x[:, 1:-1, 1:-1] = pack_bits(-np.ones((1, 4, 4, c.cin)))
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        assert avx2._impl.bconv_scratch(c.x, wp, 1, 1, False)[2] is not None
+        out, _ = _float_out(avx2, c, wp, np.ones(c.cout, np.float32), np.zeros(c.cout, np.float32))
+        np.testing.assert_array_equal(out, c.oracle_acc().astype(np.float32))
+
+    def test_weight_planes_hold_each_channels_bits(self, avx2):
+        """Plane k of group g: bit c = weight bit k of channel 256g + c (plane
+        numbers as the plane lists'), zero past Cout and in the last plane;
+        a = |W1| per channel; 32-byte aligned for the kernel's loads."""
+        rng = np.random.default_rng(4)
+        cout, cin = 300, 70
+        w = pack_bits(rng.standard_normal((cout, 3, 3, cin)))
+        planes, a, nplanes, hi = B._weight_planes(w, cin, avx2._impl.mod.PLANES_HI)
+        cpix = words_for(cin) * WORD_BITS
+        assert planes.shape == (2, nplanes, 32) and nplanes == 9 * cpix + 1
+        assert planes.ctypes.data % 32 == 0
+        bits = np.unpackbits(planes, axis=-1, bitorder="little")        # (G, nplanes, 256)
+        want = np.zeros((512, nplanes), np.uint8)
+        want[:cout, :-1] = (unpack_bits(w, cpix) < 0).reshape(cout, -1)  # -1 -> 1, tail channels 0
+        np.testing.assert_array_equal(bits.transpose(0, 2, 1).reshape(512, nplanes), want)
+        np.testing.assert_array_equal(a, want.sum(axis=1))
+        assert 16 * 2 ** hi > nplanes - 1 + 15 * 15
+
     def test_layers_beyond_the_int16_counts_use_the_core(self, avx2):
         w = np.zeros((1, 3, 3, words_for(4096)), WORD_DTYPE)      # K = 36864 >= 2^15
-        assert avx2.prepare_weights(w, cin=4096).planes is None
-        assert avx2.prepare_weights(w[:, :, :, :1], cin=64).planes is not None
+        big = avx2.prepare_weights(w, cin=4096)
+        assert big.planes is None and big.wplanes is None
+        small = avx2.prepare_weights(w[:, :, :, :1], cin=64)
+        assert small.planes is not None and small.wplanes is not None
