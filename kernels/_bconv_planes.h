@@ -115,6 +115,7 @@ typedef struct {
 } bnn_wplanes;
 
 #define BNN_WP_LANES 256     /* channels per weight plane */
+typedef char bnn_wp_lanes_are_block_pixels[BNN_WP_LANES == BNN_PL_PIX ? 1 : -1];
 #define BNN_WP_PIX 4         /* pixels whose lists are built together (15 lists) */
 #define BNN_WP_UNIT_MAX 64   /* conv pixels per unit on this path */
 
@@ -395,25 +396,19 @@ static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc
         }
 }
 
-/* Counts of the set of g (1..BNN_PL_SET) channels c .. c+g-1, set number
- * ``set`` (out + i*256 for channel c+i): the sums of the set's lists (list
- * m-1: the planes that exactly the channels in bit pattern m need;
- * bnnlite.backend._plane_lists), three chains at a time, then channel i's
- * sum = the sum of the lists whose pattern holds bit i.  H = pl->hi, a
- * constant (see bnn_planes_set), so that the merges and the counts of the
- * 4 + H planes are unrolled and stay in registers. */
-BNN_INLINE void bnn_planes_set_(const __m256i *planes, const bnn_planes *pl, int set, int c,
-                                int g, const int16_t *T, int16_t *out, const int H)
+/* The sums of a set's P lists idx[l][0..n[l]) (multiples of 16), three
+ * chains at a time, then member i's sum (the lists whose pattern holds bit
+ * i) as counts: bnn_planes_counts(S_i, T, w1[i], ones[i]) into out + i*256,
+ * i < g.  The members are channels (bnn_planes_set_) or pixels (the
+ * small-output path, bnn_wp_group_).  H is a constant (see bnn_planes_set),
+ * so that the merges and the counts of the 4 + H planes are unrolled and
+ * stay in registers. */
+BNN_INLINE void bnn_planes_members_(const __m256i *planes, const uint16_t *const *idx, const int *n,
+                                    int g, const int16_t *T, const int32_t *w1, const uint8_t *ones,
+                                    int16_t *out, const int H)
 {
     enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };   /* rounded up to chains of three */
     __m256i P[L][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
-    const int32_t *off = pl->off + BNN_PL_PATTERNS * set;
-    const uint16_t *idx[L];
-    int n[L];
-    for (int l = 0; l < L; l++) {
-        idx[l] = pl->idx + off[bnn_min(l, BNN_PL_PATTERNS)];
-        n[l] = l < BNN_PL_PATTERNS ? off[l + 1] - off[l] : 0;
-    }
     const int nb = 4 + H;
     for (int l = 0; l < L; l += 3)
         bnn_planes_sum3(planes, idx + l, n + l, H, P + l);
@@ -423,8 +418,26 @@ BNN_INLINE void bnn_planes_set_(const __m256i *planes, const bnn_planes *pl, int
         for (int m = 1; m <= BNN_PL_PATTERNS; m++)
             if ((m >> i & 1) && n[m - 1])
                 bnn_planes_add(S, P[m - 1], nb, S);
-        bnn_planes_counts(S, nb, T, pl->w1[c + i], pl->ones[c + i], out + i * BNN_PL_PIX);
+        bnn_planes_counts(S, nb, T, w1[i], ones[i], out + i * BNN_PL_PIX);
     }
+}
+
+/* Counts of the set of g (1..BNN_PL_SET) channels c .. c+g-1, set number
+ * ``set`` (out + i*256 for channel c+i): list m-1 of the set holds the
+ * planes that exactly the channels in bit pattern m need
+ * (bnnlite.backend._plane_lists). */
+BNN_INLINE void bnn_planes_set_(const __m256i *planes, const bnn_planes *pl, int set, int c,
+                                int g, const int16_t *T, int16_t *out, const int H)
+{
+    enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };
+    const int32_t *off = pl->off + BNN_PL_PATTERNS * set;
+    const uint16_t *idx[L];
+    int n[L];
+    for (int l = 0; l < L; l++) {
+        idx[l] = pl->idx + off[bnn_min(l, BNN_PL_PATTERNS)];
+        n[l] = l < BNN_PL_PATTERNS ? off[l + 1] - off[l] : 0;
+    }
+    bnn_planes_members_(planes, idx, n, g, T, pl->w1 + c, pl->ones + c, out, H);
 }
 
 /* bnn_planes_set_ for the layer's number of sixteens levels. */
@@ -705,38 +718,29 @@ BNN_INLINE void bnn_wp_bucket(const uint64_t a[BNN_WP_PIX], int w, uint16_t *lis
 /* Popcounts of the four pixels pix[0..4) against the 256 channels of group
  * g: the lists of planes (input bits) that exactly the pixels of pattern m
  * have set, each summed once over the weight planes, then pixel j's sum
- * S_j = sum over the lists holding j (as bnn_planes_set_, with pixels for
- * channels).  S_j[c] = sum_{k: x_k = 1} w_ck, so popcount(x XOR w_c) =
+ * S_j = sum over the lists holding j (bnn_planes_members_, with pixels as
+ * the members).  S_j[c] = sum_{k: x_k = 1} w_ck, so popcount(x XOR w_c) =
  * |X1| + |W1_c| - 2 S_j[c] (bnn_planes_counts with T = |W1|, w1 = |X1|).
  * cnt + j*256: the counts of pixel j, channel order. */
 BNN_INLINE void bnn_wp_group_(const bnn_wplanes *wp, int g, const uint16_t *lists, size_t stride,
-                              const int n[BNN_PL_PATTERNS], const int x1[BNN_WP_PIX], int npx,
+                              const int n[BNN_PL_PATTERNS], const int32_t x1[BNN_WP_PIX], int npx,
                               int16_t *cnt, const int H)
 {
     enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };
-    __m256i P[L][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
+    static const uint8_t ones[BNN_WP_PIX] = {1, 1, 1, 1};  /* the sums are over X1 */
     const uint16_t *idx[L];
     int len[L];
     for (int l = 0; l < L; l++) {
         idx[l] = lists + (size_t)bnn_min(l, BNN_PL_PATTERNS - 1) * stride;
         len[l] = l < BNN_PL_PATTERNS ? n[l] : 0;
     }
-    const __m256i *planes = (const __m256i *)wp->w + (size_t)g * wp->nplanes;
-    const int nb = 4 + H;
-    for (int l = 0; l < L; l += 3)
-        bnn_planes_sum3(planes, idx + l, len + l, H, P + l);
-    for (int j = 0; j < npx; j++) {
-        for (int k = 0; k < nb; k++)
-            S[k] = _mm256_setzero_si256();
-        for (int m = 1; m <= BNN_PL_PATTERNS; m++)
-            if ((m >> j & 1) && len[m - 1])
-                bnn_planes_add(S, P[m - 1], nb, S);
-        bnn_planes_counts(S, nb, wp->a + (size_t)g * BNN_WP_LANES, x1[j], 1, cnt + j * BNN_WP_LANES);
-    }
+    bnn_planes_members_((const __m256i *)wp->w + (size_t)g * wp->nplanes, idx, len, npx,
+                        wp->a + (size_t)g * BNN_WP_LANES, x1, ones, cnt, H);
 }
 
 static void bnn_wp_group(const bnn_wplanes *wp, int g, const uint16_t *lists, size_t stride,
-                         const int n[BNN_PL_PATTERNS], const int x1[BNN_WP_PIX], int npx, int16_t *cnt)
+                         const int n[BNN_PL_PATTERNS], const int32_t x1[BNN_WP_PIX], int npx,
+                         int16_t *cnt)
 {
     switch (wp->hi) {
     case 6: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 6); break;
@@ -776,7 +780,8 @@ static void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
             pix[np++] = io->x + n * io->sxn + (rows * i + r) * sh + q * sw;
     for (int p0 = 0; p0 < np; p0 += BNN_WP_PIX) {
         const int npx = bnn_min(BNN_WP_PIX, np - p0);
-        int x1[BNN_WP_PIX], len[BNN_PL_PATTERNS];
+        int32_t x1[BNN_WP_PIX];
+        int len[BNN_PL_PATTERNS];
         for (int j = 0; j < BNN_WP_PIX; j++) {      /* missing pixels: all zero, in no list */
             uint64_t *d = xw + (size_t)j * kwords;
             int ones = 0;
