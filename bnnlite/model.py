@@ -39,6 +39,30 @@ class _SharedIter:
             return next(self._it)
 
 
+class _BlasThreads:
+    """Context: these threadpoolctl BLAS controllers run ``n`` threads, then
+    as many as before.  The same as ``ThreadpoolController.limit`` for one
+    API, without its bookkeeping: that took about 30 us per call here, this
+    about 8, on a batch-1 prediction of 1.3-2.5 ms (docs/benchmarks.md,
+    session 8)."""
+
+    def __init__(self, controllers, n):
+        self._controllers, self._n, self._before = controllers, n, None
+
+    def __enter__(self):
+        self._before = [c.num_threads for c in self._controllers]
+        for c, before in zip(self._controllers, self._before):
+            if before != self._n:
+                c.set_num_threads(self._n)
+        return self
+
+    def __exit__(self, *exc):
+        for c, before in zip(self._controllers, self._before):
+            if before != self._n:
+                c.set_num_threads(before)
+        return False
+
+
 class Model:
     """A bnnlite bundle ready to run.
 
@@ -177,8 +201,8 @@ class Model:
     def _blas_limit(self, threads):
         if self._limiter is None:
             from threadpoolctl import ThreadpoolController
-            self._limiter = ThreadpoolController()
-        return self._limiter.limit(limits=threads, user_api="blas")
+            self._limiter = ThreadpoolController().select(user_api="blas").lib_controllers
+        return _BlasThreads(self._limiter, threads)
 
     def _executor(self):
         if self._pool is None:

@@ -228,6 +228,26 @@ class TestBatchingAndThreads:
         np.testing.assert_array_equal(m.logits(images[:n]), logits_by_backend[("birealnet", "cython")][:n])
         assert ran[0] <= 1 and ran[0] + ran[1] == n and others_done.is_set()
 
+    @pytest.mark.parametrize("threads, chunk, want", [(1, 10, 1), (2, 10, 2), (2, 3, 1)])
+    def test_blas_runs_the_models_threads_during_a_call_then_as_before(self, tiny_bundles, images,
+                                                                        threads, chunk, want):
+        """One chunk: BLAS gets the model's threads; chunks in parallel: one
+        each (the workers are the threads).  Afterwards, what it had."""
+        from threadpoolctl import threadpool_info, threadpool_limits
+
+        def blas():
+            return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+        if not blas():
+            pytest.skip("threadpoolctl finds no BLAS library here")
+        m = bnnlite.Model.load(tiny_bundles["birealnet"], threads=threads, chunk=chunk)
+        seen, run = [], m.graph.run
+        m.graph.run = lambda *a, **k: (seen.append(blas()), run(*a, **k))[1]
+        with threadpool_limits(limits=3, user_api="blas"):
+            m.logits(images[:10])
+            assert blas() == [3] * len(blas())
+        assert seen and all(s == [want] * len(s) for s in seen)
+
     def test_chunk_default_and_setter(self, tiny_bundles):
         m = bnnlite.Model.load(tiny_bundles["xnor"])
         assert m.chunk == 4
