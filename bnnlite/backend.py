@@ -296,6 +296,10 @@ class _CythonImpl:
     def maxpool2(self, x, out, threads):
         self.mod.maxpool2_raw(x, out, threads)
 
+    def lookup_u8(self, x, table, out):
+        c = table.shape[1]
+        self.mod.lookup_u8_raw(x.reshape(-1, c), table, out.reshape(-1, c))
+
 
 class _NumbaImpl:
     variant = "numba"
@@ -311,6 +315,7 @@ class _NumbaImpl:
                       np.zeros((1, 1, 1, 1), WORD_DTYPE), 1)
         import numba
         self.concurrent_calls = numba.threading_layer() in ("omp", "tbb")
+        self._reference = importlib.import_module("bnnlite.reference")  # NumPy is as fast for these
 
     def prepare(self, w):
         return _blocked_layout(w, self.mod.CO_BLOCK, self.mod.CO_BLOCK)
@@ -332,6 +337,9 @@ class _NumbaImpl:
 
     def maxpool2(self, x, out, threads):
         self.mod.maxpool2(x, out, threads)
+
+    def lookup_u8(self, x, table, out):
+        self._reference.lookup_u8(x, table, out)
 
 
 class _NumpyImpl:
@@ -367,6 +375,9 @@ class _NumpyImpl:
 
     def maxpool2(self, x, out, threads):
         self.mod.maxpool2(x, out)
+
+    def lookup_u8(self, x, table, out):
+        self.mod.lookup_u8(x, table, out)
 
 
 # --------------------------------------------------------------------------
@@ -723,6 +734,25 @@ class Backend:
         threads = _int("threads", threads, 1)
         if out.size:
             return self._call(bind, self._impl.maxpool2, x, out, threads)
+        return self._call(bind, None)
+
+    # ---- input normalisation ---------------------------------------------
+    def lookup_u8(self, x, table, out, *, bind=False):
+        """out[..., c] = table[x[..., c], c]: one float32 per byte value and
+        channel (the input normalisation of uint8 images, precomputed).
+
+        x: uint8 (..., C); table: float32 (256, C); out: float32 of x's shape,
+        writeable.  All C-contiguous.
+        """
+        if not isinstance(x, np.ndarray) or x.ndim < 1:
+            raise ValueError(f"x: expected a uint8 array with channels last, got {type(x).__name__}")
+        c = x.shape[-1]
+        _arr("x", x, np.dtype(np.uint8), (None,) * x.ndim, contiguous=True)
+        _arr("table", table, _F32, (256, c), contiguous=True)
+        _arr("out", out, _F32, x.shape, writeable=True, contiguous=True)
+        _no_overlap([("out", out)], [("x", x), ("table", table)])
+        if out.size:
+            return self._call(bind, self._impl.lookup_u8, x, table, out)
         return self._call(bind, None)
 
 

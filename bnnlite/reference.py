@@ -16,7 +16,7 @@ which is also PyTorch's own float32 order for alpha * conv -> BatchNorm ->
 + shortcut -> RPReLU (docs/conventions.md).
 
 Public names: pack, prepare_weights, bconv_popcount, bconv_float,
-bconv_bits, conv_float, bmaxpool2, maxpool2, fma32, LAYOUT.
+bconv_bits, conv_float, bmaxpool2, maxpool2, lookup_u8, fma32, LAYOUT.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import numpy as np
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 
 __all__ = ["pack", "prepare_weights", "bconv_popcount", "bconv_float",
-           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "fma32", "LAYOUT"]
+           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "lookup_u8", "fma32", "LAYOUT"]
 
 #: Name of the prepared-weight layout of this backend: the bitpack layout
 #: (Cout, KH, KW, Cw) itself, C-contiguous.
@@ -182,6 +182,11 @@ def bmaxpool2(x, out, threads=1):
     ho, wo = out.shape[1], out.shape[2]
     v = x[:, :2 * ho, :2 * wo]
     out[...] = v[:, 0::2, 0::2] & v[:, 0::2, 1::2] & v[:, 1::2, 0::2] & v[:, 1::2, 1::2]
+
+
+def lookup_u8(x, table, out):
+    """out[..., c] = table[x[..., c], c] (x uint8, table float32 (256, C))."""
+    out[...] = table[x, np.arange(table.shape[1])]
 
 
 def maxpool2(x, out, threads=1):

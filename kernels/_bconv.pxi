@@ -11,7 +11,7 @@
 # buffer; the kernels use the outer strides and assume the last is 1.
 #
 # Public names (raw, unchecked -- call them through bnnlite.backend):
-#   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw,
+#   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw, lookup_u8_raw,
 #   HAVE_AVX512, HAVE_AVX2, WORD_BITS_C, LANES, CO_BLOCK.
 
 from cython.parallel cimport prange
@@ -459,6 +459,16 @@ def bmaxpool2_raw(const word_t[:, :, :, :] x, word_t[:, :, :, :] out, int thread
             for k in range(C):
                 # -1 (bit 1) survives the max only if all four are -1.
                 o[k] = a[k] & a[k + sw] & b[k] & b[k + sw]
+
+
+def lookup_u8_raw(const uint8_t[:, ::1] x, const float[:, ::1] table, float[:, ::1] out):
+    """out[i, c] = table[x[i, c], c]: a table of the 256 byte values per
+    channel (the input normalisation); see backend.lookup_u8."""
+    cdef Py_ssize_t P = x.shape[0], C = x.shape[1], i, c
+    with nogil:
+        for i in range(P):
+            for c in range(C):
+                out[i, c] = table[x[i, c], c]
 
 
 def maxpool2_raw(const float[:, :, :, :] x, float[:, :, :, :] out, int threads):

@@ -560,6 +560,32 @@ class TestPackAndPool:
         want = x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
         np.testing.assert_array_equal(out, want)
 
+    @given(shape=st.lists(st.integers(1, 5), min_size=1, max_size=4), c=st.integers(1, 5),
+           seed=st.integers(0, 2**32 - 1))
+    @SETTINGS
+    def test_lookup_u8_takes_each_bytes_value_from_its_channels_column(self, be, shape, c, seed):
+        rng = np.random.default_rng(seed)
+        x = rng.integers(0, 256, tuple(shape) + (c,), dtype=np.uint8)
+        x.flat[:2] = (0, 255)                       # both ends of the table
+        table = rng.standard_normal((256, c)).astype(np.float32)
+        out = np.full(x.shape, np.nan, np.float32)
+        be.lookup_u8(x, table, out)
+        want = np.stack([table[x[..., k], k] for k in range(c)], axis=-1)
+        np.testing.assert_array_equal(out, want)
+
+    def test_lookup_u8_rejects_bad_arguments(self, be):
+        x = np.zeros((2, 4, 4, 3), np.uint8)
+        table, out = np.zeros((256, 3), np.float32), np.empty((2, 4, 4, 3), np.float32)
+        with pytest.raises(ValueError, match="x: expected dtype uint8"):
+            be.lookup_u8(x.astype(np.float32), table, out)
+        with pytest.raises(ValueError, match=r"table: expected shape \(256, 3\)"):
+            be.lookup_u8(x, table[:, :2].copy(), out)
+        with pytest.raises(ValueError, match="x: expected a C-contiguous array"):
+            be.lookup_u8(np.zeros((2, 4, 8, 3), np.uint8)[:, :, ::2], table, out)
+        with pytest.raises(ValueError, match="out: expected a writeable array"):
+            out.flags.writeable = False
+            be.lookup_u8(x, table, out)
+
 
 class TestBind:
     """bind=True checks the arguments at once and returns the kernel call."""

@@ -148,6 +148,10 @@ class TestInputForms:
         got = m.logits(x.astype(dtype) / dtype(255))
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(m.predict(x.astype(dtype) / 255), m.predict(x))
+        # uint8 normalises by a table (C-contiguous input) or by arithmetic (any other): same floats
+        strided = np.repeat(x, 2, axis=2)[:, :, ::2]
+        assert not strided.flags.c_contiguous
+        np.testing.assert_array_equal(m.logits(strided), want)
 
     @pytest.mark.parametrize("arch", ARCHS)
     def test_predict_proba(self, arch, models, images):

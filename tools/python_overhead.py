@@ -1,7 +1,9 @@
 """Time the Python side of ``Model.predict``: every kernel call is a no-op.
 
-What is left is everything around the kernels: input checks, normalisation,
-chunking, the graph loop and the calls into the extension.  Useful to see
+What is left is everything around the kernels: input checks, chunking,
+the graph loop and the calls into the extension (and their argument
+checks).  The normalisation of uint8 images is a kernel too (a table
+lookup, ``Backend.lookup_u8``), so it is not counted.  Useful to see
 what a change to the graph or the backend layer costs or saves, apart from
 the (noisy) kernel time.
 
