@@ -104,7 +104,10 @@ class Model:
         self._mean = np.asarray(self.header["normalization_mean"], np.float32)
         self._std = np.asarray(self.header["normalization_std"], np.float32)
         self._limiter = None
-        self._byte_table = None  # normalised value of each byte, per channel (made on first use)
+        # The normalised value of each byte, per channel, by the arithmetic below.
+        values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], len(self._mean), axis=1)
+        self._byte_table = np.empty(values.shape, np.float32)
+        self._normalize_arith(values, self._byte_table)
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -192,14 +195,9 @@ class Model:
 
     def _normalize_into(self, x, out):
         if x.dtype == np.uint8 and x.flags.c_contiguous:
-            # 256 values per channel, computed once by the arithmetic below:
-            # the same floats from a table, in 0.3-0.6 of the time (a kernel
-            # that releases the GIL; docs/benchmarks.md, session 8).
-            if self._byte_table is None:
-                values = np.repeat(np.arange(256, dtype=np.uint8)[:, None], len(self._mean), axis=1)
-                table = np.empty(values.shape, np.float32)
-                self._normalize_arith(values, table)
-                self._byte_table = table
+            # The same floats from the table of the 256 byte values, in 0.3-0.6
+            # of the time (a kernel that releases the GIL; docs/benchmarks.md,
+            # session 8).
             self.backend.lookup_u8(x, self._byte_table, out)
         else:
             self._normalize_arith(x, out)
