@@ -117,6 +117,14 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
     return data
 
 
+def _weight_bits(w: np.ndarray) -> np.ndarray:
+    """(Cout, KH*KW*Cw*64) uint8: column k is weight bit k of each channel,
+    k numbered as the planes of the bit-plane conv ((i*KW + j)*Cw*64 + c).
+    Bit c of a word is bit c % 8 of byte c // 8 (little-endian words, LSB first)."""
+    return np.unpackbits(w.astype("<u8").view(np.uint8), axis=-1,
+                         bitorder="little").reshape(w.shape[0], -1)
+
+
 def _plane_lists(w: np.ndarray, cin, hi_range, sets):
     """The plane lists of the bit-plane conv (kernels/_bconv_planes.h), or
     None when the layer is too large for them.
@@ -145,9 +153,7 @@ def _plane_lists(w: np.ndarray, cin, hi_range, sets):
     k_real = kh * kw * cin
     if nplanes > 1 << 16 or k_real >= 1 << 15:  # uint16 plane numbers, int16 counts
         return None
-    # Bit c of a word is bit c % 8 of byte c // 8 (little-endian words, LSB first).
-    bits = np.unpackbits(w.astype("<u8").view(np.uint8), axis=-1, bitorder="little")
-    bits = bits.reshape(cout, kh * kw, cpix)[:, :, :cin].reshape(cout, -1).astype(bool)
+    bits = _weight_bits(w).reshape(cout, kh * kw, cpix)[:, :, :cin].reshape(cout, -1).astype(bool)
     plane = (np.arange(kh * kw)[:, None] * cpix + np.arange(cin)[None, :]).reshape(-1)
     w1 = bits.sum(axis=1)
     ones = np.zeros(cout, bool)
@@ -202,8 +208,7 @@ def _weight_planes(w: np.ndarray, cin, hi_range, lanes=256, patterns=15):
         return None
     groups = -(-cout // lanes)
     bits = np.zeros((groups * lanes, nplanes), np.uint8)
-    bits[:cout, :-1] = np.unpackbits(w.astype("<u8").view(np.uint8), axis=-1,
-                                     bitorder="little").reshape(cout, -1)
+    bits[:cout, :-1] = _weight_bits(w)
     planes = np.packbits(bits.reshape(groups, lanes, nplanes).transpose(0, 2, 1), axis=-1,
                          bitorder="little")                 # (G, nplanes, 32): bit c of plane k
     a = bits.sum(axis=1, dtype=np.int64).astype(np.int16)

@@ -157,10 +157,8 @@ def wplanes_workspace_bytes(int nplanes, int cout):
 def wplanes_unit_pixels(Py_ssize_t wo, bint pool):
     """Conv pixels per unit (output row, or pooled pair of rows) on the
     small-output path, or 0 when a unit is too wide for it."""
-    if not BNN_HAVE_PLANES:
-        return 0
-    cdef Py_ssize_t upix = 4 * (wo // 2) if pool else wo
-    return upix if 0 < upix <= BNN_WP_UNIT_MAX else 0
+    cdef int upix = bnn_planes_unit_pixels(<int>wo, pool, <int>(wo // 2))
+    return upix if BNN_HAVE_PLANES and 0 < upix <= BNN_WP_UNIT_MAX else 0
 WORD_BITS_C = WORD_BITS
 LANES = BNN_LANES
 CO_BLOCK = BNN_CO_BLOCK

@@ -641,6 +641,28 @@ BNN_INLINE void bnn_prefetch_planes_res(const bnn_conv_params *prm, const float 
         __builtin_prefetch(px + rc + l, 0, 2);
 }
 
+/* Appends the conv pixels of unit u (an output row, or the two conv rows
+ * of a pooled row, row by row) to pix (the first word of each window) and,
+ * when the layer has a residual, to rpx (its residual pixel); returns the
+ * new count.  The order the epilogues read the pixels in. */
+static int bnn_pl_unit_pixels(const bnn_conv_params *prm, const bnn_planes_io *io, int u,
+                              const bnn_word_t **pix, const float **rpx, int np)
+{
+    const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
+    const int n = u / io->rows, i = u % io->rows;
+    const bnn_word_t *xn = io->x + n * io->sxn;
+    const float *rn = io->res ? io->res + n * io->srn : NULL;
+    const int rows = io->pool ? 2 : 1, cols = io->pool ? 2 * io->wpool : prm->wo;
+    for (int r = 0; r < rows; r++)
+        for (int q = 0; q < cols; q++) {
+            const int h = rows * i + r;
+            if (rn && rpx)
+                rpx[np] = rn + h * io->srh + q * io->srw;
+            pix[np++] = xn + h * sh + q * sw;
+        }
+    return np;
+}
+
 /* One block: units u0 .. u0+nu-1 (nu * unit pixels <= 256) of the layer,
  * all output channels.  ws: this thread's scratch (bnn_planes_ws_bytes). */
 static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
@@ -652,21 +674,9 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     int16_t *T = (int16_t *)(pc + BNN_PL_PIX * BNN_PL_GROUP);
     const bnn_word_t **pix = (const bnn_word_t **)(T + BNN_PL_PIX);
     const float **rpx = (const float **)(pix + BNN_PL_PIX);   /* residual pixels, if any */
-    const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
     int np = 0;
-    for (int u = 0; u < nu; u++) {
-        const int n = (u0 + u) / io->rows, i = (u0 + u) % io->rows;
-        const bnn_word_t *xn = io->x + n * io->sxn;
-        const float *rn = io->res ? io->res + n * io->srn : NULL;
-        const int rows = io->pool ? 2 : 1, cols = io->pool ? 2 * io->wpool : prm->wo;
-        for (int r = 0; r < rows; r++)
-            for (int q = 0; q < cols; q++) {
-                const int h = rows * i + r;
-                if (rn)
-                    rpx[np] = rn + h * io->srh + q * io->srw;
-                pix[np++] = xn + h * sh + q * sw;
-            }
-    }
+    for (int u = 0; u < nu; u++)
+        np = bnn_pl_unit_pixels(prm, io, u0 + u, pix, rpx, np);
     /* Unused pixels repeat pixel 0: computed, never stored. */
     for (int p = np; p < BNN_PL_PIX; p++)
         pix[p] = pix[0];
@@ -771,27 +781,21 @@ static void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
     int32_t *pc = (int32_t *)(xw + (size_t)BNN_WP_PIX * kwords);
     int16_t *cnt = (int16_t *)(pc + (size_t)BNN_WP_UNIT_MAX * ng * BNN_PL_GROUP);
     const bnn_word_t **pix = (const bnn_word_t **)(cnt + BNN_WP_PIX * BNN_WP_LANES);
-    const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
-    const int n = u / io->rows, i = u % io->rows;
-    const int rows = io->pool ? 2 : 1, cols = io->pool ? 2 * io->wpool : prm->wo;
-    int np = 0;
-    for (int r = 0; r < rows; r++)
-        for (int q = 0; q < cols; q++)
-            pix[np++] = io->x + n * io->sxn + (rows * i + r) * sh + q * sw;
+    const int np = bnn_pl_unit_pixels(prm, io, u, pix, NULL, 0);
     for (int p0 = 0; p0 < np; p0 += BNN_WP_PIX) {
         const int npx = bnn_min(BNN_WP_PIX, np - p0);
         int32_t x1[BNN_WP_PIX];
         int len[BNN_PL_PATTERNS];
         for (int j = 0; j < BNN_WP_PIX; j++) {      /* missing pixels: all zero, in no list */
-            uint64_t *d = xw + (size_t)j * kwords;
+            uint64_t *d = xw + (size_t)j * kwords;   /* word (i*kw + jj)*cw + c: plane numbering */
             int ones = 0;
-            for (int t = 0; t < prm->kh * prm->kw; t++)
-                for (int c = 0; c < prm->cw; c++) {
-                    const uint64_t v = j < npx ? (uint64_t)pix[p0 + j][(t / prm->kw) * prm->sxh
-                                                                       + (t % prm->kw) * prm->sxw + c] : 0;
-                    d[t * prm->cw + c] = v;
-                    ones += __builtin_popcountll(v);
-                }
+            for (int i = 0; i < prm->kh; i++)
+                for (int jj = 0; jj < prm->kw; jj++)
+                    for (int c = 0; c < prm->cw; c++) {
+                        const uint64_t v = j < npx ? (uint64_t)pix[p0 + j][i * prm->sxh + jj * prm->sxw + c] : 0;
+                        *d++ = v;
+                        ones += __builtin_popcountll(v);
+                    }
             x1[j] = ones;
         }
         for (int m = 0; m < BNN_PL_PATTERNS; m++)
