@@ -17,7 +17,8 @@ weights) makes the runtime round like PyTorch, bit for bit:
   weights of channels with m = a * alpha < 0 (acc -> -acc) so every m >= 0 and
   max-pool commutes with the transform; then sign(y) = -1 iff
   acc < ceil((t - c) / m): an integer threshold, and max-pool on bits is AND.
-* classifier: weights permuted from NCHW-flatten to NHWC-flatten order.
+* classifier: weights permuted from NCHW-flatten to NHWC-flatten order; a
+  classifier normalisation (BatchNorm1d) folded into its weights and bias.
 
 Before writing, the bundle is run through the bnnlite runtime on a probe
 batch and compared with the PyTorch model in eval mode (FP32); a bundle that
@@ -40,7 +41,7 @@ from bnnlite.reference import fma32
 
 from .checkpoint import load_checkpoint
 from .data import load_cifar, normalize
-from .models import BinaryBlock, RealBlock, model_from_checkpoint
+from .models import BinaryBlock, RealBlock, VGGSmall, model_from_checkpoint
 
 __all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
 
@@ -115,8 +116,26 @@ def _int_threshold(blk, t_next, flip, k_bits):
     return np.clip(thr, -(k_bits + 1), k_bits + 1).astype(np.int32)
 
 
+def _classifier_folded(model):
+    """Classifier weight and bias (float64, NCHW-flatten order) with its input normalisation folded in.
+
+    norm(x) = (x - mean) * r with r = 1 / sqrt(var + eps), so
+    W norm(x) + b = (W * r) x + (b - W @ (mean * r)).
+    """
+    w, b = _np(model.classifier.weight), _np(model.classifier.bias)
+    norm = getattr(model, "classifier_norm", None)
+    if norm is not None:
+        r = 1.0 / np.sqrt(_np(norm.running_var) + norm.eps)
+        b = b - w @ (_np(norm.running_mean) * r)
+        w = w * r[None, :]
+    return w, b
+
+
 def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
     """The op list for a VGGSmall in eval mode (see module docstring for the maths)."""
+    if not isinstance(model, VGGSmall):
+        raise ValueError(f"{type(model).__name__} ({model.config.get('arch')}) has no bundle form: only the "
+                         f"VGG-small models (fp32, xnor, birealnet) export")
     cfg = model.config
     ops: list[OpRecord] = []
     x = INPUT
@@ -181,12 +200,12 @@ def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
     side = cfg["image_size"] // 2 ** len(cfg["pool_after"])
     c_last = cfg["widths"][-1]
     ops.append(OpRecord("flatten", "flatten", [x], ["flat"]))
-    w = _np(model.classifier.weight)
+    w, bias = _classifier_folded(model)
     n_out = w.shape[0]
     w_nhwc = w.reshape(n_out, c_last, side, side).transpose(0, 2, 3, 1).reshape(n_out, -1)
     ops.append(OpRecord("dense", "classifier", ["flat"], [OUTPUT],
                         {"units_in": w_nhwc.shape[1], "units_out": n_out},
-                        {"weight": w_nhwc.astype(np.float32), "bias": _np(model.classifier.bias).astype(np.float32)}))
+                        {"weight": w_nhwc.astype(np.float32), "bias": bias.astype(np.float32)}))
     return ops
 
 

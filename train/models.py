@@ -1,7 +1,7 @@
 """VGG-small for CIFAR-10 in three flavours, built from one config dict.
 
-Public names: ARCHS, default_config, build_model, BinaryConv2d, RPReLU,
-clip_latent_weights.
+Public names: ARCHS, default_config, build_model, model_from_checkpoint,
+init_from_checkpoint, BinaryConv2d, RPReLU, clip_latent_weights.
 
 Topology (all three): six 3x3 convs of widths 128-128-256-256-512-512, a 2x2
 max-pool after every second conv, then one linear classifier on the flattened
@@ -17,6 +17,15 @@ max-pool after every second conv, then one linear classifier on the flattened
 
 Binary convs pad their *binarised* input with +1 (bit 0): the runtime's
 padding convention, free in a bit-packed kernel (docs/conventions.md).
+
+``classifier_norm="bn"`` puts a BatchNorm1d (no affine) on the flattened
+features before the classifier.  Without it the classifier's 8192 inputs are
+large and positive, and a step at the conv layers' learning rate moves the
+logits by ~lr * |x|^2 (why the old recipe needed a 10-100x smaller classifier
+learning rate).  Export folds it into the dense weights, so the runtime is
+unchanged.
+
+The KD teacher ``fastres`` lives in fastres.py; build_model picks either.
 """
 from __future__ import annotations
 
@@ -26,16 +35,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fastres import FastRes, fastres_config
 from .quantizers import QUANTIZERS, ste_sign
 
-__all__ = ["ARCHS", "default_config", "build_model", "BinaryConv2d", "RPReLU",
-           "clip_latent_weights"]
+__all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "init_from_checkpoint",
+           "BinaryConv2d", "RPReLU", "clip_latent_weights"]
 
-ARCHS = ("fp32", "xnor", "birealnet")
+ARCHS = ("fp32", "xnor", "birealnet", "fastres")
 ARCH_ALIASES = {"baseline": "fp32"}
 
 _BASE = {"widths": [128, 128, 256, 256, 512, 512], "pool_after": [1, 3, 5],
-         "in_channels": 3, "image_size": 32, "num_classes": 10}
+         "in_channels": 3, "image_size": 32, "num_classes": 10, "classifier_norm": "none"}
 _BINARY = {
     "xnor": {"input_quantizer": "ste_sign", "scale": "mean", "learn_threshold": False,
              "shortcut": False, "rprelu": False},
@@ -48,6 +58,8 @@ def default_config(arch: str, num_classes: int = 10) -> dict:
     arch = ARCH_ALIASES.get(arch, arch)
     if arch not in ARCHS:
         raise ValueError(f"unknown model {arch!r}; expected one of {', '.join(ARCHS)} (or 'baseline')")
+    if arch == "fastres":
+        return fastres_config(num_classes)
     cfg = {"arch": arch, **copy.deepcopy(_BASE), "num_classes": num_classes}
     cfg.update(copy.deepcopy(_BINARY.get(arch, {})))
     return cfg
@@ -162,19 +174,56 @@ class VGGSmall(nn.Module):
             cin = cout
         self.blocks = nn.ModuleList(blocks)
         side = cfg["image_size"] // (2 ** len(pools))
+        norm = cfg.get("classifier_norm", "none")
+        if norm not in ("none", "bn"):
+            raise ValueError(f"classifier_norm must be 'none' or 'bn', got {norm!r}")
+        self.classifier_norm = nn.BatchNorm1d(cin * side * side, affine=False) if norm == "bn" else None
         self.classifier = nn.Linear(cin * side * side, cfg["num_classes"])
 
     def forward(self, x):
         for b in self.blocks:
             x = b(x)
-        return self.classifier(torch.flatten(x, 1))
+        x = torch.flatten(x, 1)
+        if self.classifier_norm is not None:
+            x = self.classifier_norm(x)
+        return self.classifier(x)
 
 
-def build_model(cfg: dict) -> VGGSmall:
+def build_model(cfg: dict) -> nn.Module:
+    if cfg.get("arch") == "fastres":
+        return FastRes(cfg)
     return VGGSmall(cfg)
 
 
-def model_from_checkpoint(ckpt: dict) -> VGGSmall:
+@torch.no_grad()
+def init_from_checkpoint(model: nn.Module, state: dict) -> list[str]:
+    """Copy every tensor of ``state`` whose name and shape match into ``model``.
+
+    Used to start a binary VGG-small from a trained fp32 one: the convs,
+    the first layer, the batch-norm affine parameters and the classifier have
+    the same names and shapes.  Batch-norm running statistics of binary
+    blocks are skipped (binary conv outputs have another scale; train mode
+    re-estimates them).  Returns the names copied.
+    """
+    own = model.state_dict()
+    binary_bn = {n.rsplit(".conv", 1)[0] + ".bn." for n, m in model.named_modules() if isinstance(m, BinaryConv2d)}
+    copied = []
+    for name, t in state.items():
+        if name not in own or own[name].shape != t.shape or not t.is_floating_point():
+            continue
+        if any(name.startswith(p) for p in binary_bn) and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
+            continue
+        own[name].copy_(t.float())
+        copied.append(name)
+    for m in model.modules():  # latent weights live in [-1, 1]; a learned alpha restarts at mean|W|
+        if isinstance(m, BinaryConv2d):
+            m.weight.clamp_(-1.0, 1.0)
+            if m.scale_mode == "learned":
+                m.alpha.copy_(m.weight.abs().mean(dim=(1, 2, 3)))
+    return copied
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """The checkpoint's network in FP32 and eval mode (weights may be stored in half precision)."""
     model = build_model(ckpt["config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})
