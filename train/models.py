@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fastres import FastRes, fastres_config
-from .quantizers import QUANTIZERS, ste_sign
+from .nn import BinaryConv2d, RPReLU
 
 __all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "init_from_checkpoint",
            "BinaryConv2d", "RPReLU", "clip_latent_weights"]
@@ -65,60 +65,6 @@ def default_config(arch: str, num_classes: int = 10) -> dict:
     return cfg
 
 
-class BinaryConv2d(nn.Module):
-    """3x3 stride-1 conv on sign(x - t) with sign(W), scaled per output channel.
-
-    out = alpha * conv(pad_{+1}(sign(x - t)), sign(W)), with alpha = mean|W|
-    (``scale="mean"``, XNOR-Net) or a learned vector (``scale="learned"``).
-    Latent weights W are kept in [-1, 1] by :func:`clip_latent_weights`.
-
-    # Input shape:  (N, Cin, H, W)    # Output shape: (N, Cout, H, W)
-    """
-    precision = 1
-
-    def __init__(self, cin, cout, quantizer="ste_sign", scale="mean", learn_threshold=False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
-        self.input_quantizer = QUANTIZERS[quantizer]()
-        self.scale_mode = scale
-        if scale == "learned":
-            self.alpha = nn.Parameter(self.weight.detach().abs().mean(dim=(1, 2, 3)))
-        elif scale != "mean":
-            raise ValueError(f"scale must be 'mean' or 'learned', got {scale!r}")
-        self.threshold = nn.Parameter(torch.zeros(cin)) if learn_threshold else None
-
-    def scale(self) -> torch.Tensor:
-        return self.alpha if self.scale_mode == "learned" else self.weight.abs().mean(dim=(1, 2, 3))
-
-    def forward(self, x):
-        if self.threshold is not None:
-            x = x - self.threshold.view(1, -1, 1, 1)
-        xb = F.pad(self.input_quantizer(x), (1, 1, 1, 1), value=1.0)
-        wb = ste_sign(self.weight)
-        y = F.conv2d(xb, wb.to(xb.dtype))
-        return y * self.scale().to(y.dtype).view(1, -1, 1, 1)
-
-    def extra_repr(self):
-        cout, cin = self.weight.shape[:2]
-        return f"{cin}, {cout}, scale={self.scale_mode}, threshold={self.threshold is not None}"
-
-
-class RPReLU(nn.Module):
-    """ReActNet's RPReLU: y = PReLU(x - gamma; slope beta) + zeta, per channel."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(channels))
-        self.beta = nn.Parameter(torch.full((channels,), 0.25))
-        self.zeta = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x):
-        t = x - self.gamma.view(1, -1, 1, 1)
-        t = torch.where(t >= 0, t, self.beta.view(1, -1, 1, 1) * t)
-        return t + self.zeta.view(1, -1, 1, 1)
-
-
 class RealBlock(nn.Module):
     """conv3x3 -> BN -> [ReLU] -> [max-pool 2]."""
 
@@ -143,7 +89,8 @@ class BinaryBlock(nn.Module):
         super().__init__()
         if cfg["shortcut"] and cout % cin:
             raise ValueError(f"shortcut needs cout a multiple of cin, got {cin}->{cout}")
-        self.conv = BinaryConv2d(cin, cout, cfg["input_quantizer"], cfg["scale"], cfg["learn_threshold"])
+        self.conv = BinaryConv2d(cin, cout, 3, padding=1, input_quantizer=cfg["input_quantizer"], scale=cfg["scale"],
+                                 learn_threshold=cfg["learn_threshold"])
         self.bn = nn.BatchNorm2d(cout)
         self.shortcut = cfg["shortcut"]
         self.act = RPReLU(cout) if cfg["rprelu"] else None
