@@ -119,3 +119,30 @@ def test_rprelu_on_maps_and_vectors():
 def test_bad_arguments_are_refused(kw, match):
     with pytest.raises(ValueError, match=match):
         bnn.BinaryConv2d(2, 2, 3, **kw)
+
+
+# ---------------------------------------------------------------- Bi-Real ResNet-18
+
+def test_birealresnet18_shapes_units_and_shortcuts():
+    from bnnlite.train.models import build_model, default_config
+    from bnnlite.train.resnet import BiRealUnit, Downsample
+    model = build_model(default_config("birealresnet18"))
+    units = [m for m in model.modules() if isinstance(m, BiRealUnit)]
+    assert len(units) == 16
+    assert [u.conv.stride for u in units].count(2) == 3
+    downs = [u.shortcut for u in units if u.shortcut is not None]
+    assert len(downs) == 3 and all(isinstance(d, Downsample) and d.pool is not None for d in downs)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    cfg = dict(default_config("birealresnet18"), stem="imagenet", image_size=64, num_classes=5)
+    assert build_model(cfg)(torch.randn(1, 3, 64, 64)).shape == (1, 5)
+
+
+def test_birealresnet18_trains_one_tiny_epoch(tmp_path):
+    from _cifar_files import write_tiny_training_set
+    from bnnlite.train.engine import TrainConfig, train
+    data = write_tiny_training_set(tmp_path / "d", n_train=160, n_test=32, seed=0)
+    torch.set_num_threads(1)
+    m = train(TrainConfig(model="birealresnet18", data=str(data), out=str(tmp_path / "o"), epochs=1, batch_size=32,
+                          val_size=32, subset=160, compile=False, bf16=False, progress=False, threads=1,
+                          device="cpu", model_overrides={"widths": [8, 16, 16, 32], "units": [2, 2, 1, 1]}))
+    assert 0.0 <= m["test_acc"] <= 1.0

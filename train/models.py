@@ -25,7 +25,8 @@ logits by ~lr * |x|^2 (why the old recipe needed a 10-100x smaller classifier
 learning rate).  Export folds it into the dense weights, so the runtime is
 unchanged.
 
-The KD teacher ``fastres`` lives in fastres.py; build_model picks either.
+The KD teacher ``fastres`` lives in fastres.py and the Bi-Real ResNet-18 in
+resnet.py; build_model picks by ``config["arch"]``.
 """
 from __future__ import annotations
 
@@ -37,11 +38,12 @@ from torch import nn
 
 from .fastres import FastRes, fastres_config
 from .nn import BinaryConv2d, RPReLU
+from .resnet import BiRealResNet, birealresnet_config
 
 __all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "init_from_checkpoint",
            "BinaryConv2d", "RPReLU", "clip_latent_weights"]
 
-ARCHS = ("fp32", "xnor", "birealnet", "fastres")
+ARCHS = ("fp32", "xnor", "birealnet", "birealresnet18", "fastres")
 ARCH_ALIASES = {"baseline": "fp32"}
 
 _BASE = {"widths": [128, 128, 256, 256, 512, 512], "pool_after": [1, 3, 5],
@@ -60,6 +62,8 @@ def default_config(arch: str, num_classes: int = 10) -> dict:
         raise ValueError(f"unknown model {arch!r}; expected one of {', '.join(ARCHS)} (or 'baseline')")
     if arch == "fastres":
         return fastres_config(num_classes)
+    if arch == "birealresnet18":
+        return birealresnet_config(num_classes)
     cfg = {"arch": arch, **copy.deepcopy(_BASE), "num_classes": num_classes}
     cfg.update(copy.deepcopy(_BINARY.get(arch, {})))
     return cfg
@@ -139,6 +143,8 @@ class VGGSmall(nn.Module):
 def build_model(cfg: dict) -> nn.Module:
     if cfg.get("arch") == "fastres":
         return FastRes(cfg)
+    if cfg.get("arch") == "birealresnet18":
+        return BiRealResNet(cfg)
     return VGGSmall(cfg)
 
 
