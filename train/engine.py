@@ -51,7 +51,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_io
-from .data import augment_batch, channel_stats, load_cifar, normalize, train_val_split
+from bnnlite.datasets import load_dataset
+
+from .data import augment_batch, channel_stats, normalize, train_val_split
 from .losses import kd_loss
 from .models import build_model, clip_latent_weights, default_config, init_from_checkpoint, model_from_checkpoint
 from .optim import Ema, load_schedule, make_optimizer, make_schedule, recipe_defaults
@@ -260,12 +262,16 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    train_full, test, classes = load_cifar(cfg.data)
+    train_full, test, classes = load_dataset(cfg.data)
     if cfg.subset:
         train_full, test = train_full.subset(slice(0, cfg.subset)), test.subset(slice(0, cfg.subset))
     train_set, val_set = train_val_split(train_full, min(cfg.val_size, len(train_full) // 10 or 1), cfg.seed)
     mean, std = channel_stats(train_set.images)
     model_cfg = default_config(cfg.model, len(classes))
+    h, w, c = train_full.images.shape[1:]
+    if h != w:
+        raise ValueError(f"{cfg.data}: images are {w}x{h}; the built-in models take square images")
+    model_cfg.update(image_size=int(h), in_channels=int(c))
     if cfg.model_overrides:
         unknown = sorted(set(cfg.model_overrides) - set(model_cfg))
         if unknown:
@@ -445,8 +451,10 @@ def train(cfg: TrainConfig) -> dict:
         return {"interrupted": True, "epoch": state["epoch"], "step": state["step"]}
 
     # The test split is measured once, at the end, in FP32 eval (the export reference).
-    test_loss, test_acc = evaluate(eval_model(), test.images, test.labels, mean, std, bf16=False, rank=rank,
-                                   world=world, device=device)
+    test_loss = test_acc = None
+    if len(test):
+        test_loss, test_acc = evaluate(eval_model(), test.images, test.labels, mean, std, bf16=False, rank=rank,
+                                       world=world, device=device)
     hist = state["history"]
     metrics = {"test_acc": test_acc, "test_loss": test_loss,
                "val_acc": hist[-1]["val_acc"] if hist else float("nan"),
@@ -457,7 +465,8 @@ def train(cfg: TrainConfig) -> dict:
         with open(out / "metrics.json", "w") as f:
             json.dump({**metrics, "run": run_info}, f, indent=2)
         _plot_curves(hist, out / "curves.png")
-        print(f"test top-1 {100 * test_acc:.2f}% after {len(hist)} epochs, {state['elapsed'] / 60:.1f} min")
+        print((f"test top-1 {100 * test_acc:.2f}%" if test_acc is not None else "no test split")
+              + f" after {len(hist)} epochs, {state['elapsed'] / 60:.1f} min")
     dump = os.environ.get("BNNLITE_DDP_DUMP")
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)

@@ -37,10 +37,11 @@ import torch
 from bnnlite import __version__
 from bnnlite.bitpack import pack_bits
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
+from bnnlite.datasets import load_dataset
 from bnnlite.reference import fma32
 
 from .checkpoint import load_checkpoint
-from .data import load_cifar, normalize
+from .data import normalize
 from .models import BinaryBlock, RealBlock, VGGSmall, model_from_checkpoint
 
 __all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
@@ -253,7 +254,7 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
         write_bundle(draft, header, ops)
         # The probe: real test images when --data is given, else seeded random images.
         if data is not None:
-            _, test, _ = load_cifar(data)
+            _, test, _ = load_dataset(data)
             images, labels = test.images, test.labels
         else:
             rng = np.random.default_rng(0)

@@ -124,6 +124,9 @@ class VGGSmall(nn.Module):
                 blocks.append(BinaryBlock(cin, cout, i in pools, cfg))
             cin = cout
         self.blocks = nn.ModuleList(blocks)
+        if cfg["image_size"] % (2 ** len(pools)):
+            raise ValueError(f"VGG-small halves the image {len(pools)} times: the image size must be a multiple "
+                             f"of {2 ** len(pools)}, got {cfg['image_size']}")
         side = cfg["image_size"] // (2 ** len(pools))
         norm = cfg.get("classifier_norm", "none")
         if norm not in ("none", "bn"):
