@@ -499,7 +499,8 @@ class Backend:
         zero-argument callable: the arguments were checked once, and a caller that
         keeps these very buffers (a graph plan) calls it again without re-checking
         (the checks are tens of microseconds per call: with them, 0.2-0.3 ms of
-        Python per batch-1 prediction, 5-8% of it; docs/benchmarks.md).
+        Python per batch-1 prediction, 5-8% of it; docs/benchmarks-history.md,
+        "Arguments checked once per plan").
         ``fn`` None: nothing to compute (an empty output)."""
         call = _nothing if fn is None else functools.partial(fn, *args)
         if bind:

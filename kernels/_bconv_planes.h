@@ -20,7 +20,8 @@
  * (bit-sliced ripple adds), so a plane several channels need is added once:
  * about 15/16 K planes per set instead of four times K/2 (bnn_planes_set).
  * Sets of four measured 1.03-1.06x sets of three end to end and sets of
- * five no better than four (docs/benchmarks.md, session 7): a channel's
+ * five no better than four (docs/benchmarks-history.md, "Channels in sets of
+ * four"): a channel's
  * merges double with each channel added to the set.
  *
  * The layout.  A block is 256 output pixels, pixel p at bit p % 64 of lane
@@ -50,7 +51,8 @@
  * whose input bits are split into 15 lists by which of the four have them
  * (built per call), so a plane two pixels need is added once, as channels
  * share lists above.  The same counts and epilogue follow.  Its gain at
- * batch 1 is in docs/benchmarks.md (session 8; tools/planes_ab.py).
+ * batch 1 is in docs/benchmarks-history.md, "A path for outputs too small
+ * to fill a bit-plane block" (tools/planes_ab.py).
  */
 #ifndef BNNLITE_BCONV_PLANES_H
 #define BNNLITE_BCONV_PLANES_H

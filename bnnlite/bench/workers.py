@@ -1,6 +1,6 @@
 """The engine subprocesses and the alternating timing rounds.
 
-Public names: measure, thread_scaling, import_times, serve, scaling_worker.
+Public names: Worker, measure, thread_scaling, import_times, serve, scaling_worker.
 
 Each engine runs in a worker subprocess of its own (``python -m bnnlite.bench
 --worker ENGINE ...``), so that its peak resident memory is its own.  The
@@ -29,7 +29,7 @@ import numpy as np
 from .engines import make_engine
 from .evalset import load_eval_set
 
-__all__ = ["measure", "thread_scaling", "import_times", "serve", "scaling_worker"]
+__all__ = ["Worker", "measure", "thread_scaling", "import_times", "serve", "scaling_worker"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
 
