@@ -41,11 +41,12 @@ def _weights(path):
 
 # ---------------------------------------------------------------- classifier normalisation
 
+@pytest.mark.parametrize("norm", ["bn", "bn-scaled"])
 @pytest.mark.parametrize("arch", ["fp32", "xnor", "birealnet"])
-def test_folded_classifier_norm_gives_the_same_logits_after_export(arch, tmp_path):
+def test_folded_classifier_norm_gives_the_same_logits_after_export(arch, norm, tmp_path):
     import bnnlite
     model = _models.make_model(arch, seed=3)
-    cfg = dict(model.config, classifier_norm="bn")
+    cfg = dict(model.config, classifier_norm=norm)
     normed = build_model(cfg)
     normed.load_state_dict(model.state_dict(), strict=False)
     n = normed.classifier_norm.num_features
@@ -54,7 +55,7 @@ def test_folded_classifier_norm_gives_the_same_logits_after_export(arch, tmp_pat
         normed.classifier_norm.running_mean.copy_(2.0 * torch.randn(n, generator=g))
         normed.classifier_norm.running_var.copy_(0.1 + 4.0 * torch.rand(n, generator=g))
     normed.eval()
-    path = _models.export(normed, tmp_path, f"{arch}_bn")
+    path = _models.export(normed, tmp_path, f"{arch}_{norm}")
     images = _models.random_images(64, seed=5)
     ref = _models.torch_logits(normed, images)
     got = bnnlite.Model.load(path).logits(images)

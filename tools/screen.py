@@ -30,15 +30,17 @@ CONFIGS = {
     "F0": ("fp32: first recipe (SGD one-cycle lr 0.05, classifier lr x0.01)", f"--model fp32 --epochs {FP32_EPOCHS}"),
     "F1": ("F0 + classifier BatchNorm1d (no classifier lr multiplier)",
            f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn"),
-    "F2": ("F1 + warm-up 0.5 epoch then linear decay to zero",
-           f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn --schedule linear --warmup-epochs 0.5"),
-    "F3": ("F2 + label smoothing 0.1", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn "
+    "F1s": ("F0 + classifier BatchNorm1d times 8/sqrt(features) (no classifier lr multiplier)",
+            f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled"),
+    "F2": ("F1s + warm-up 0.5 epoch then linear decay to zero",
+           f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled --schedule linear --warmup-epochs 0.5"),
+    "F3": ("F2 + label smoothing 0.1", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1"),
-    "F4": ("F3 + EMA 0.999", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn "
+    "F4": ("F3 + EMA 0.999", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1 --ema 0.999"),
-    "F5": ("F3 with lr 0.1", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn "
+    "F5": ("F3 with lr 0.1", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1 --lr 0.1"),
-    "F6": ("F3 + KD from T, weight 0.9, T 2", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn "
+    "F6": ("F3 + KD from T, weight 0.9, T 2", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1 "
            "--kd --teacher-path {runs}/T/model.pth --kd-weight 0.9 --temperature 2"),
     # the teacher itself, as the KD screens use it
@@ -48,22 +50,22 @@ CONFIGS = {
     "B0": ("birealnet: first recipe (Adam one-cycle lr 2e-3, classifier lr x0.1), random init",
            f"--model birealnet --epochs {BIN_EPOCHS}"),
     "B1": ("B0 + classifier BN + warm-up/linear decay",
-           f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn --schedule linear --warmup-epochs 0.25"),
-    "B2": ("B1 + init from the fp32 proxy F3", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn "
+           f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled --schedule linear --warmup-epochs 0.25"),
+    "B2": ("B1 + init from the fp32 proxy F3", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth"),
-    "B3": ("B2 with lr 1e-3", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn --schedule linear "
+    "B3": ("B2 with lr 1e-3", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled --schedule linear "
            "--warmup-epochs 0.25 --init-from {runs}/F3/model.pth --lr 1e-3"),
-    "B4": ("B2 with lr 5e-4", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn --schedule linear "
+    "B4": ("B2 with lr 5e-4", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled --schedule linear "
            "--warmup-epochs 0.25 --init-from {runs}/F3/model.pth --lr 5e-4"),
-    "B5": ("B2 with batch 128", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn --schedule linear "
+    "B5": ("B2 with batch 128", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled --schedule linear "
            "--warmup-epochs 0.25 --init-from {runs}/F3/model.pth --batch-size 128"),
     "B6": ("B2 + KD from T, weight 0.5, T 3 (the prototype's)", f"--model birealnet --epochs {BIN_EPOCHS} "
-           "--classifier-norm bn --schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth "
+           "--classifier-norm bn-scaled --schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth "
            "--kd --teacher-path {runs}/T/model.pth --kd-weight 0.5 --temperature 3"),
-    "B7": ("B2 + KD weight 0.9, T 1", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn "
+    "B7": ("B2 + KD weight 0.9, T 1", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth "
            "--kd --teacher-path {runs}/T/model.pth --kd-weight 0.9 --temperature 1"),
-    "B8": ("B2 + KD weight 1.0, T 2", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn "
+    "B8": ("B2 + KD weight 1.0, T 2", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth "
            "--kd --teacher-path {runs}/T/model.pth --kd-weight 1.0 --temperature 2"),
 }

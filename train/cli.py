@@ -6,7 +6,7 @@ import json
 import click
 
 from .engine import TrainConfig, train
-from .models import ARCHS
+from .models import ARCHS, CLASSIFIER_NORMS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -51,8 +51,9 @@ from .models import ARCHS
 @click.option("--init-from", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Checkpoint whose tensors of matching name and shape initialise the model "
                    "(a binary student from a trained fp32).")
-@click.option("--classifier-norm", type=click.Choice(["none", "bn"]), default=None,
-              help="BatchNorm1d before the classifier (folded into it at export) [default: the model's].")
+@click.option("--classifier-norm", type=click.Choice(list(CLASSIFIER_NORMS)), default=None,
+              help="BatchNorm1d before the classifier, bn-scaled: times 8/sqrt(features) (folded into it at "
+                   "export) [default: the model's].")
 @click.option("--no-progress", is_flag=True, help="No progress bar (logs still written).")
 def main(model, data, out, epochs, lr, batch_size, optimizer, weight_decay, kd, teacher_path, kd_weight,
          temperature, val_size, seed, bf16, channels_last, compile_, threads, resume, subset,

@@ -120,13 +120,13 @@ def _int_threshold(blk, t_next, flip, k_bits):
 def _classifier_folded(model):
     """Classifier weight and bias (float64, NCHW-flatten order) with its input normalisation folded in.
 
-    norm(x) = (x - mean) * r with r = 1 / sqrt(var + eps), so
+    norm(x) = (x - mean) * r with r = scale / sqrt(var + eps), so
     W norm(x) + b = (W * r) x + (b - W @ (mean * r)).
     """
     w, b = _np(model.classifier.weight), _np(model.classifier.bias)
     norm = getattr(model, "classifier_norm", None)
     if norm is not None:
-        r = 1.0 / np.sqrt(_np(norm.running_var) + norm.eps)
+        r = model.classifier_scale / np.sqrt(_np(norm.running_var) + norm.eps)
         b = b - w @ (_np(norm.running_mean) * r)
         w = w * r[None, :]
     return w, b

@@ -18,12 +18,15 @@ max-pool after every second conv, then one linear classifier on the flattened
 Binary convs pad their *binarised* input with +1 (bit 0): the runtime's
 padding convention, free in a bit-packed kernel (docs/conventions.md).
 
-``classifier_norm="bn"`` puts a BatchNorm1d (no affine) on the flattened
-features before the classifier.  Without it the classifier's 8192 inputs are
-large and positive, and a step at the conv layers' learning rate moves the
-logits by ~lr * |x|^2 (why the old recipe needed a 10-100x smaller classifier
-learning rate).  Export folds it into the dense weights, so the runtime is
-unchanged.
+Classifier normalisation.  Without it the classifier's 8192 inputs are large
+and positive, and a step at the conv layers' learning rate moves the logits
+by ~lr * |x|^2 (why the old recipe needed a 10-100x smaller classifier
+learning rate).  ``classifier_norm="bn"`` puts a BatchNorm1d (no affine) on
+the flattened features: zero mean, unit variance, but |x|^2 is still the
+feature count.  ``"bn-scaled"`` multiplies that by the fixed
+``8 / sqrt(features)``, so |x|^2 = 64 per image whatever the width: an SGD
+step moves a logit by ~64 lr / batch per image.  Export folds either into the
+dense weights, so the runtime is unchanged.
 
 The KD teacher ``fastres`` lives in fastres.py and the Bi-Real ResNet-18 in
 resnet.py; build_model picks by ``config["arch"]``.
@@ -44,6 +47,7 @@ __all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "i
            "BinaryConv2d", "RPReLU", "clip_latent_weights"]
 
 ARCHS = ("fp32", "xnor", "birealnet", "birealresnet18", "fastres")
+CLASSIFIER_NORMS = ("none", "bn", "bn-scaled")
 ARCH_ALIASES = {"baseline": "fp32"}
 
 _BASE = {"widths": [128, 128, 256, 256, 512, 512], "pool_after": [1, 3, 5],
@@ -129,9 +133,11 @@ class VGGSmall(nn.Module):
                              f"of {2 ** len(pools)}, got {cfg['image_size']}")
         side = cfg["image_size"] // (2 ** len(pools))
         norm = cfg.get("classifier_norm", "none")
-        if norm not in ("none", "bn"):
-            raise ValueError(f"classifier_norm must be 'none' or 'bn', got {norm!r}")
-        self.classifier_norm = nn.BatchNorm1d(cin * side * side, affine=False) if norm == "bn" else None
+        if norm not in CLASSIFIER_NORMS:
+            raise ValueError(f"classifier_norm must be one of {', '.join(CLASSIFIER_NORMS)}, got {norm!r}")
+        features = cin * side * side
+        self.classifier_norm = nn.BatchNorm1d(features, affine=False) if norm != "none" else None
+        self.classifier_scale = 8.0 / features ** 0.5 if norm == "bn-scaled" else 1.0
         self.classifier = nn.Linear(cin * side * side, cfg["num_classes"])
 
     def forward(self, x):
@@ -140,6 +146,8 @@ class VGGSmall(nn.Module):
         x = torch.flatten(x, 1)
         if self.classifier_norm is not None:
             x = self.classifier_norm(x)
+            if self.classifier_scale != 1.0:
+                x = x * self.classifier_scale
         return self.classifier(x)
 
 
