@@ -1,0 +1,77 @@
+"""The README's quick start, as a newcomer runs it: in one fresh venv, on a
+fresh copy of the repository, the bench install and run, then the editable
+install with the test extras, must leave a working bnnlite.
+
+It once did not: the bench's numba run left its cache in
+site-packages/bnnlite/__pycache__, which outlived the uninstall of the
+editable reinstall and shadowed the package as an empty namespace package
+(``module 'bnnlite' has no attribute 'Model'``).  numba now caches in the
+user's cache (bnnlite/_numba_kernels.py, _cache_dir).
+
+Slow (a venv with torch, ONNX Runtime and numba, two builds and a bench run:
+several minutes), so it runs only with BNNLITE_QUICKSTART=1.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+BENCH = 'pip install ".[bench]" && bnnlite-bench --threads 1'
+TEST = 'pip install -e ".[test]" && python -m pytest -q'
+
+pytestmark = pytest.mark.skipif(os.environ.get("BNNLITE_QUICKSTART") != "1",
+                                reason="slow (fresh venv + installs + bench): set BNNLITE_QUICKSTART=1")
+
+
+def _copy_repo(dst: Path) -> None:
+    """The repository's files (tracked and new, not ignored: no builds)."""
+    files = subprocess.run(["git", "ls-files", "-z", "-co", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for f in filter(None, files):
+        if (ROOT / f).is_file():
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / f, dst / f)
+
+
+def _run(cmd: str, cwd: Path, env: dict) -> str:
+    res = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    assert res.returncode == 0, f"{cmd}\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
+    return res.stdout
+
+
+def _numba_caches(site: Path) -> list[Path]:
+    return sorted(p for p in (site / "bnnlite").rglob("*") if p.suffix in (".nbi", ".nbc"))
+
+
+def test_readme_quick_start_in_one_venv(tmp_path):
+    assert BENCH in README and TEST in README, "the README's quick start changed: update this test"
+    shutil.which("git") or pytest.skip("needs git to copy the repository")
+    repo, venv = tmp_path / "bnnlite", tmp_path / "venv"
+    repo.mkdir()
+    _copy_repo(repo)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
+               VIRTUAL_ENV=str(venv), XDG_CACHE_HOME=str(tmp_path / "cache"))
+    for var in ("PYTHONPATH", "BNNLITE_BACKEND", "NUMBA_CACHE_DIR", "PYTHONHOME"):
+        env.pop(var, None)
+    site = Path(_run('python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"',
+                     repo, env).strip())
+
+    out = _run(BENCH, repo, env)
+    assert "bnnlite" in out
+    assert _numba_caches(site) == []                      # numba cached elsewhere
+    assert list((tmp_path / "cache" / "bnnlite" / "numba").rglob("*.nbi"))
+
+    _run('pip install -e ".[test]"', repo, env)
+    assert _numba_caches(site) == []
+    assert "Model" in _run('python -c "import bnnlite; print(bnnlite.Model.__name__)"', repo, env)
+    _run("bnnlite info", repo, env)                       # the CLIs run
+    _run("python -m pytest -q -p no:cacheprovider tests/test_torch_free.py tests/test_bench.py",
+         repo, env)
