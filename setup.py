@@ -65,8 +65,13 @@ def _extensions():
     # -mfma for the explicit fused multiply-adds (no -march=native: the
     # build must run on any CPU that has the listed features).
     avx2 = ["-mavx2", "-mpopcnt", "-mfma"]
+    # The portable build's row loops ran 10% slower or faster with where the
+    # linker placed the function, the instructions being the same (the old
+    # source with -falign-functions=64: 0.85-0.93x; tools/kernel_ab.py):
+    # loop heads on cache lines make its speed independent of that.
+    portable = [] if sys.platform == "win32" else ["-falign-loops=64"]
     flags = {"_bconv_avx512": common + avx512, "_bconv_avx2": common + avx2,
-             "_bconv_generic": common, "_cpu": common}
+             "_bconv_generic": common + portable, "_cpu": common}
     names = [n for n in NAMES if not (sys.platform == "win32" and n in ("_bconv_avx512", "_bconv_avx2"))]
 
     exts = [Extension(f"bnnlite.{n}",
