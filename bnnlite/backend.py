@@ -666,10 +666,10 @@ def _cpu_has(features) -> bool:
     if not features:
         return True
     try:
-        from . import _cpu
+        cpu = importlib.import_module(f"{__package__}._cpu")
     except ImportError:
         return False
-    return all(_cpu.has(f) for f in features)
+    return all(cpu.has(f) for f in features)
 
 
 def _cpu_has_avx512() -> bool:

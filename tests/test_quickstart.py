@@ -8,8 +8,11 @@ editable reinstall and shadowed the package as an empty namespace package
 (``module 'bnnlite' has no attribute 'Model'``).  numba now caches in the
 user's cache (bnnlite/_numba_kernels.py, _cache_dir).
 
-Slow (a venv with torch, ONNX Runtime and numba, two builds and a bench run:
-several minutes), so it runs only with BNNLITE_QUICKSTART=1.
+And ``pip install .`` alone (numba is the optional extra ``bnnlite[numba]``)
+must run the compiled kernels, and name the extra when they are missing.
+
+Slow (venvs with torch, ONNX Runtime and numba, three builds and a bench
+run: several minutes), so it runs only with BNNLITE_QUICKSTART=1.
 """
 from __future__ import annotations
 
@@ -50,8 +53,8 @@ def _numba_caches(site: Path) -> list[Path]:
     return sorted(p for p in (site / "bnnlite").rglob("*") if p.suffix in (".nbi", ".nbc"))
 
 
-def test_readme_quick_start_in_one_venv(tmp_path):
-    assert BENCH in README and TEST in README, "the README's quick start changed: update this test"
+def _fresh(tmp_path: Path):
+    """(a copy of the repository, the environment of a fresh venv, its site-packages)."""
     shutil.which("git") or pytest.skip("needs git to copy the repository")
     repo, venv = tmp_path / "bnnlite", tmp_path / "venv"
     repo.mkdir()
@@ -63,6 +66,12 @@ def test_readme_quick_start_in_one_venv(tmp_path):
         env.pop(var, None)
     site = Path(_run('python -c "import sysconfig; print(sysconfig.get_paths()[\'purelib\'])"',
                      repo, env).strip())
+    return repo, env, site
+
+
+def test_readme_quick_start_in_one_venv(tmp_path):
+    assert BENCH in README and TEST in README, "the README's quick start changed: update this test"
+    repo, env, site = _fresh(tmp_path)
 
     out = _run(BENCH, repo, env)
     assert "bnnlite" in out
@@ -71,7 +80,20 @@ def test_readme_quick_start_in_one_venv(tmp_path):
 
     _run('pip install -e ".[test]"', repo, env)
     assert _numba_caches(site) == []
-    assert "Model" in _run('python -c "import bnnlite; print(bnnlite.Model.__name__)"', repo, env)
+    assert "Model" in _run('python -c "import bnnlite; print(bnnlite.Model.__name__)"', tmp_path, env)
     _run("bnnlite info", repo, env)                       # the CLIs run
     _run("python -m pytest -q -p no:cacheprovider tests/test_torch_free.py tests/test_bench.py",
          repo, env)
+
+
+def test_install_without_numba(tmp_path):
+    repo, env, site = _fresh(tmp_path)
+    _run("pip install .", repo, env)
+    probe = ('python -c "import bnnlite, numpy as np; m = bnnlite.Model.pretrained(); '
+             'print(m.backend.name, m.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape)"')
+    assert _run(probe, tmp_path, env).split() == ["cython", "(2,)"]   # not beside the sources
+    assert subprocess.run(["python", "-c", "import numba"], env=env, cwd=tmp_path).returncode != 0
+    for so in (site / "bnnlite").glob("_bconv_*"):           # as if no compiler had built them
+        so.unlink()
+    res = subprocess.run(probe, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "pip install 'bnnlite[numba]'" in res.stderr, res.stderr[-2000:]
