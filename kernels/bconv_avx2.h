@@ -6,9 +6,10 @@
  * operations (bnn_epilogue, bnn_common.h) on 8 channels at a time.  Names:
  * bnn_avx2_.  bconv_select.h calls bnn_avx2_block and bnn_avx2_pool_block
  * (as BNN_SEL_TARGET(block), BNN_SEL_TARGET(pool_block)) in AVX2 builds;
- * planes_avx2.h reuses the epilogue and the pool.  On this CPU class the
- * bit-plane conv (planes_avx2.h) is faster where it applies; this core
- * takes the rest (bconv_select.h, bnn_sel_choose).
+ * planes_avx2.h reuses the epilogue and the pool.  Where the bit-plane
+ * conv (planes_avx2.h) applies it is faster (1.56x-1.97x the model on Zen 3,
+ * README Benchmarks); this core takes the rest (bconv_select.h,
+ * bnn_sel_choose).
  */
 #ifndef BNNLITE_BCONV_AVX2_H
 #define BNNLITE_BCONV_AVX2_H
@@ -16,9 +17,9 @@
 #include "bnn_common.h"
 
 #if BNN_AVX2
-/* The portable epilogue on one group of 8 channels co .. co+7 of one pixel:
- * the same per-channel integer and float32 operations in the same order
- * (vmulps, then one vfmadd for fmaf), so the results are identical.
+/* The scalar epilogue (bnn_epilogue) on one group of 8 channels co .. co+7
+ * of one pixel: the same per-channel integer and float32 operations in the
+ * same order (bnn_chain8), so the results are identical.
  * a: acc = K - 2*popcount as int32 lanes (|acc| <= K < 2^31).  rc: the
  * residual channel of co when cres is a multiple of 8 (see below).  Returns
  * the 8 bits (bits mode, or the fused pack), lane l at bit l. */

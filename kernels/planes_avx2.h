@@ -38,9 +38,9 @@
  * planes into ones/twos/fours/eights and one "sixteens" plane, which a
  * ripple adder adds into the higher bits (bnn_pl_step).  Then
  * bnn_pl_counts turns the bit-sliced S into int16 counts and the
- * popcount above, and the float epilogue runs the chain of
- * bnn_avx2_epilogue8 on them, so the floats are the very same as the other
- * paths.
+ * popcount above, and the float epilogue runs the float chain
+ * (bnn_chain8) on them, so the floats are the very same as the other
+ * paths.  Outputs too small for a block: wplanes_avx2.h.
  */
 #ifndef BNNLITE_PLANES_AVX2_H
 #define BNNLITE_PLANES_AVX2_H
@@ -79,6 +79,7 @@ static inline size_t bnn_pl_ws_bytes(int nplanes)
          + (size_t)BNN_PL_PIX * 2                     /* T: int16 */
          + (size_t)BNN_PL_PIX * sizeof(void *) * 2;   /* pixel and residual pointers */
 }
+
 /* Conv pixels per unit (0 when a unit does not fit a block). */
 static inline int bnn_pl_unit_pixels(int wo, int pool, int wpool)
 {

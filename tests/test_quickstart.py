@@ -54,10 +54,13 @@ def _numba_caches(site: Path) -> list[Path]:
 
 
 def _fresh(tmp_path: Path):
-    """(a copy of the repository, the environment of a fresh venv, its site-packages)."""
+    """(a copy of the repository, the environment of a fresh venv, its
+    site-packages).  Commands that import bnnlite run in tmp_path/"away",
+    an empty folder: beside the sources ``python -c`` would import those."""
     shutil.which("git") or pytest.skip("needs git to copy the repository")
-    repo, venv = tmp_path / "bnnlite", tmp_path / "venv"
+    repo, venv = tmp_path / "repo", tmp_path / "venv"
     repo.mkdir()
+    (tmp_path / "away").mkdir()
     _copy_repo(repo)
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}",
@@ -80,8 +83,9 @@ def test_readme_quick_start_in_one_venv(tmp_path):
 
     _run('pip install -e ".[test]"', repo, env)
     assert _numba_caches(site) == []
-    assert "Model" in _run('python -c "import bnnlite; print(bnnlite.Model.__name__)"', tmp_path, env)
-    _run("bnnlite info", repo, env)                       # the CLIs run
+    away = tmp_path / "away"
+    assert "Model" in _run('python -c "import bnnlite; print(bnnlite.Model.__name__)"', away, env)
+    _run("bnnlite info", away, env)                       # the CLIs run
     _run("python -m pytest -q -p no:cacheprovider tests/test_torch_free.py tests/test_bench.py",
          repo, env)
 
@@ -91,9 +95,10 @@ def test_install_without_numba(tmp_path):
     _run("pip install .", repo, env)
     probe = ('python -c "import bnnlite, numpy as np; m = bnnlite.Model.pretrained(); '
              'print(m.backend.name, m.predict(np.zeros((2, 32, 32, 3), np.uint8)).shape)"')
-    assert _run(probe, tmp_path, env).split() == ["cython", "(2,)"]   # not beside the sources
-    assert subprocess.run(["python", "-c", "import numba"], env=env, cwd=tmp_path).returncode != 0
+    away = tmp_path / "away"
+    assert _run(probe, away, env).split() == ["cython", "(2,)"]
+    assert subprocess.run(["python", "-c", "import numba"], env=env, cwd=away).returncode != 0
     for so in (site / "bnnlite").glob("_bconv_*"):           # as if no compiler had built them
         so.unlink()
-    res = subprocess.run(probe, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True)
+    res = subprocess.run(probe, shell=True, cwd=away, env=env, capture_output=True, text=True)
     assert res.returncode != 0 and "pip install 'bnnlite[numba]'" in res.stderr, res.stderr[-2000:]
