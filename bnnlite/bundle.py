@@ -322,8 +322,8 @@ def _hard_member(group, name, where, what):
     if link is None:
         return None
     if not isinstance(link, h5py.HardLink):
-        kind = {h5py.SoftLink: "soft link", h5py.ExternalLink: "external link"}.get(type(link), "link")
-        raise BundleError(f"{where}: {what} is a {kind}; bundles hold no links")
+        kind = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}.get(type(link), "a link")
+        raise BundleError(f"{where}: {what} is {kind}; bundles hold no links")
     obj = group[name]
     if h5py.h5o.get_info(obj.id).rc != 1:
         raise BundleError(f"{where}: {what} is hard-linked under more than one name; bundles hold no links")
