@@ -519,6 +519,18 @@ def _layers_table(rows, batch):
     return "\n".join(lines)
 
 
+def _check_paths(model, fp32, data):
+    """One clear error before any worker starts (a FIFO would block a worker, a bad file fail each row)."""
+    import os
+    import stat
+    for opt, p, dir_ok in (("--model", model, False), ("--fp32", fp32, False), ("--data", data, True)):
+        if p is None:
+            continue
+        mode = os.stat(p).st_mode
+        if not (stat.S_ISREG(mode) or (dir_ok and stat.S_ISDIR(mode))):
+            raise click.ClickException(f"{opt} {p}: not a regular file{' or a folder' if dir_ok else ''}")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="BNN bundle [default: the shipped pretrained birealnet].")
@@ -557,6 +569,7 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, scaling, layer
             return
     except BundleError as e:
         raise click.ClickException(str(e)) from e
+    _check_paths(model, fp32, data)
     wanted = [e.strip() for e in engines.split(",") if e.strip()]
     bad = [e for e in wanted if e not in ENGINES]
     if bad:
