@@ -137,30 +137,39 @@ def _fixed_str(text: str) -> np.bytes_:
     return np.bytes_(text.encode("utf-8"))
 
 
-def write_bundle(path, header: dict, ops: list[OpRecord]) -> None:
-    """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename)."""
+def write_bundle(path, header: dict, ops: list[OpRecord], *, atomic: bool = True) -> None:
+    """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename), or in
+    place with ``atomic=False`` (for a path that is itself a temporary file)."""
+    if atomic:
+        with atomic_path(path) as tmp:
+            _write(tmp, header, ops)
+    else:
+        _write(Path(path), header, ops)
+
+
+def _write(tmp: Path, header: dict, ops: list[OpRecord]) -> None:
     import h5py
-    with atomic_path(path) as tmp:
-        # libver v110: dense attribute storage, so a root attribute may exceed 64 KiB.
-        with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="v110") as f:
-            f.attrs["format"] = _fixed_str(FORMAT)
-            f.attrs["format_version"] = FORMAT_VERSION
-            for key in ("producer", "architecture", "input_layout"):
-                f.attrs[key] = _fixed_str(str(header[key]))
-            f.attrs["input_shape"] = np.asarray(header["input_shape"], np.int64)
-            f.attrs["normalization_mean"] = np.asarray(header["normalization_mean"], np.float32)
-            f.attrs["normalization_std"] = np.asarray(header["normalization_std"], np.float32)
-            for key in ("config", "class_names", "metrics"):
-                f.attrs[key] = _fixed_str(json.dumps(header[key]))
-            graph = [{"op": o.op, "name": o.name, "inputs": o.inputs, "outputs": o.outputs,
-                      "attrs": o.attrs} for o in ops]
-            f.attrs["graph"] = _fixed_str(json.dumps(graph))
-            g_ops = f.create_group("ops")
-            for o in ops:
-                g = g_ops.create_group(o.name)
-                for k, v in o.arrays.items():
-                    g.create_dataset(k, data=np.ascontiguousarray(v))
-        seal(tmp)
+    # libver v110: dense attribute storage, so a root attribute may exceed 64 KiB.
+    # locking=False: the temporary file is already flock-ed by its writer (_atomic.py).
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="v110", locking=False) as f:
+        f.attrs["format"] = _fixed_str(FORMAT)
+        f.attrs["format_version"] = FORMAT_VERSION
+        for key in ("producer", "architecture", "input_layout"):
+            f.attrs[key] = _fixed_str(str(header[key]))
+        f.attrs["input_shape"] = np.asarray(header["input_shape"], np.int64)
+        f.attrs["normalization_mean"] = np.asarray(header["normalization_mean"], np.float32)
+        f.attrs["normalization_std"] = np.asarray(header["normalization_std"], np.float32)
+        for key in ("config", "class_names", "metrics"):
+            f.attrs[key] = _fixed_str(json.dumps(header[key]))
+        graph = [{"op": o.op, "name": o.name, "inputs": o.inputs, "outputs": o.outputs,
+                  "attrs": o.attrs} for o in ops]
+        f.attrs["graph"] = _fixed_str(json.dumps(graph))
+        g_ops = f.create_group("ops")
+        for o in ops:
+            g = g_ops.create_group(o.name)
+            for k, v in o.arrays.items():
+                g.create_dataset(k, data=np.ascontiguousarray(v))
+    seal(tmp)
 
 
 # ---------------------------------------------------------------- reading

@@ -48,10 +48,12 @@ def load_checkpoint(path) -> dict:
     except pickle.UnpicklingError as e:
         # torch's message also advises weights_only=False: quote only what it found.
         found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL [\w.]+", str(e))
+        if found is None:  # damaged or not a pickle at all
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint (its pickle is damaged or "
+                             f"not one: {type(e).__name__})") from e
         raise ValueError(
             f"{path}: refused: this checkpoint holds objects other than tensors, numbers, strings, "
-            f"lists and dicts, and unpickling them could run code"
-            f"{' (' + found.group(0)[:200] + ')' if found else ''}. "
+            f"lists and dicts, and unpickling them could run code ({found.group(0)}). "
             f"If you trust the file, convert it once with: python tools/convert_checkpoint.py "
             f"{path} converted.pth") from e
     except Exception as e:  # torch raises many types for a bad file
