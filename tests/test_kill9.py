@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
 import kill9  # noqa: E402
-from bnnlite._atomic import atomic_path, remove_stale, temp_beside  # noqa: E402
 
 HOLDER = r"""
 import sys, time
@@ -33,6 +32,7 @@ with temp_beside(sys.argv[1]) as tmp:
 
 class TestStaleTemporaries:
     def test_dead_writers_temporary_is_removed_by_the_next_write(self, tmp_path):
+        from bnnlite._atomic import atomic_path, remove_stale
         target = tmp_path / "x.h5"
         proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(target)], stdout=subprocess.PIPE, text=True)
         tmp = Path(proc.stdout.readline().strip())
@@ -47,6 +47,7 @@ class TestStaleTemporaries:
         assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]
 
     def test_only_its_own_pattern_and_no_symlinks(self, tmp_path):
+        from bnnlite._atomic import remove_stale
         keep = [tmp_path / "y.h5.abc.tmp", tmp_path / "x.h5.tmp", tmp_path / "other.tmp"]
         for p in keep:
             p.write_bytes(b"")
@@ -58,6 +59,7 @@ class TestStaleTemporaries:
         assert all(p.exists() for p in keep) and victim.read_bytes() == b"precious"
 
     def test_temp_beside_removes_on_exception(self, tmp_path):
+        from bnnlite._atomic import temp_beside
         with pytest.raises(KeyboardInterrupt):
             with temp_beside(tmp_path / "z") as t:
                 t.write_bytes(b"x")
@@ -78,6 +80,15 @@ def test_export_killed_while_writing(reference, tmp_path):
     sub.mkdir()
     [res] = kill9.export_kills(1, sub, ref / "model.pth", random.Random(1))
     assert res["killed"] and res["left_after_next_run"] == [], res
+
+
+def test_sigterm_during_export_leaves_nothing(reference, tmp_path):
+    _, _, ref = reference
+    out = tmp_path / "model.h5"
+    cmd = kill9.EXPORT + [str(ref / "model.pth"), str(out), "--probe", "16"]
+    res = kill9.kill_during(cmd, tmp_path, "model.h5.*.tmp", 1, random.Random(3), sig=signal.SIGTERM)
+    assert res["killed"] and res["temps_at_kill"], res
+    assert kill9.leftovers(tmp_path) == [] and not out.exists()
 
 
 def test_training_killed_during_a_checkpoint(reference, tmp_path):

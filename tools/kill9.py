@@ -45,8 +45,9 @@ def leftovers(folder: Path) -> list[str]:
                   (p.is_dir() and p.name.startswith("tmp")))
 
 
-def kill_during(cmd, folder: Path, pattern: str, nth: int, rng: random.Random, timeout=300.0) -> dict:
-    """Start ``cmd``; SIGKILL it while a file matching ``pattern`` exists for the ``nth`` time
+def kill_during(cmd, folder: Path, pattern: str, nth: int, rng: random.Random, timeout=300.0,
+                sig=signal.SIGKILL) -> dict:
+    """Start ``cmd``; send ``sig`` while a file matching ``pattern`` exists for the ``nth`` time
     (counting distinct temporaries), after a random 0-4 ms of that window."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV)
     seen, t0, delay = set(), time.monotonic(), rng.uniform(0, 0.004)
@@ -59,8 +60,8 @@ def kill_during(cmd, folder: Path, pattern: str, nth: int, rng: random.Random, t
                 if len(seen) >= nth:
                     time.sleep(delay)
                     present = sorted(p.name for p in folder.glob(pattern))
-                    proc.send_signal(signal.SIGKILL)
-                    proc.wait()
+                    proc.send_signal(sig)
+                    proc.wait(timeout=60)
                     return {"killed": True, "temps_at_kill": present}
             time.sleep(0.0005)
     finally:
