@@ -99,10 +99,10 @@ class Model:
 
     Thread safety: a Model may be shared by several threads.  A lock around
     the planned buffers makes concurrent calls take turns (each gets exactly
-    its serial result); an uncontended lock costs well under a microsecond of
-    a 1.5-2 ms batch-1 call (docs/benchmarks.md, issue 16).  For calls that
-    run at the same time, give each thread its own Model (the kernels release
-    the GIL).
+    its serial result); an uncontended lock costs a microsecond or less of a
+    1-2 ms batch-1 call, and batch-1 latency measured the same with and
+    without it (docs/benchmarks.md, issue 16).  For calls that run at the
+    same time, give each thread its own Model (the kernels release the GIL).
     """
 
     def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int | None = None,

@@ -7,6 +7,9 @@ needs: ``format``, ``format_version``, ``config`` (models.default_config),
 ``normalization`` ({"mean", "std"} on the 0-1 scale), ``class_names``,
 ``metrics`` and ``model`` (the state dict).  Resume checkpoints add
 ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``running`` and ``history``.
+Everything in it is a tensor, number, string, list or dict, so it loads with
+``torch.load(weights_only=True)``; an older file that needs more is refused
+(``tools/convert_checkpoint.py`` converts one you trust).
 """
 from __future__ import annotations
 
