@@ -1,7 +1,8 @@
 """Build of bnnlite's compiled kernels (package metadata is in pyproject.toml).
 
-Three extensions come from the same source (kernels/_bconv.pxi +
-kernels/_bconv_kernels.h, included by three tiny .pyx files):
+Three extensions come from the same source (kernels/_bconv.pxi and the
+headers kernels/bconv_select.h includes, included by three tiny .pyx files;
+the selector picks the instruction set's code from the flags):
 
 * ``bnnlite._bconv_avx512``: -mavx512f/bw/vl/dq/vpopcntdq -mfma, used at run
   time only when the CPU reports AVX512F + AVX512BW + AVX512VPOPCNTDQ + FMA3;
@@ -10,9 +11,12 @@ kernels/_bconv_kernels.h, included by three tiny .pyx files):
   set above;
 * ``bnnlite._bconv_generic``: portable (``__builtin_popcountll``).
 
+A fourth, ``bnnlite._cpu`` (kernels/_cpu.pyx, no -m flags), tells
+``bnnlite.backend`` which of them this CPU runs.
+
 All are ``optional=True``: a compiler that lacks a flag (or no compiler)
 only warns, the package still installs, and ``bnnlite.backend`` then falls
-back to numba with a one-line warning.  Without Cython the extensions are
+back to numba (the ``bnnlite[numba]`` extra) with a one-line warning.  Without Cython the extensions are
 built from already generated kernels/*.c if present (an sdist), else skipped
 with a warning.
 
@@ -24,9 +28,11 @@ import warnings
 
 from setuptools import Extension, setup
 
-NAMES = ("_bconv_avx512", "_bconv_avx2", "_bconv_generic")
-DEPENDS = ["kernels/_bconv.pxi", "kernels/_bconv_kernels.h", "kernels/_bconv_planes.h",
-           "kernels/_bitpack.pxd"]
+NAMES = ("_bconv_avx512", "_bconv_avx2", "_bconv_generic", "_cpu")
+DEPENDS = ["kernels/_bconv.pxi", "kernels/_bitpack.pxd", "kernels/bnn_common.h",
+           "kernels/bconv_select.h", "kernels/bconv_portable.h", "kernels/bconv_avx2.h",
+           "kernels/bconv_avx512.h", "kernels/planes_avx2.h", "kernels/wplanes_avx2.h",
+           "kernels/fconv.h", "kernels/pack.h", "kernels/cpu_features.h"]
 
 
 def _extensions():
@@ -59,9 +65,14 @@ def _extensions():
     # -mfma for the explicit fused multiply-adds (no -march=native: the
     # build must run on any CPU that has the listed features).
     avx2 = ["-mavx2", "-mpopcnt", "-mfma"]
+    # The portable build's row loops ran 10% slower or faster with where the
+    # linker placed the function, the instructions being the same (the old
+    # source with -falign-functions=64: 0.85-0.93x; tools/kernel_ab.py):
+    # loop heads on cache lines make its speed independent of that.
+    portable = [] if sys.platform == "win32" else ["-falign-loops=64"]
     flags = {"_bconv_avx512": common + avx512, "_bconv_avx2": common + avx2,
-             "_bconv_generic": common}
-    names = [n for n in NAMES if not (sys.platform == "win32" and n != "_bconv_generic")]
+             "_bconv_generic": common + portable, "_cpu": common}
+    names = [n for n in NAMES if not (sys.platform == "win32" and n in ("_bconv_avx512", "_bconv_avx2"))]
 
     exts = [Extension(f"bnnlite.{n}",
                       sources=[f"kernels/{n}.{'pyx' if use_pyx else 'c'}"],

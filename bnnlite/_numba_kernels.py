@@ -1,8 +1,9 @@
 """numba fallback of bnnlite's binary kernels (used when the Cython build is
 missing).  Importing this module compiles the kernels (eagerly, with explicit
 signatures, so one machine code version serves contiguous and strided
-arrays alike; ``cache=True`` keeps it on disk), so only ``bnnlite.backend``
-imports it, and only when the numba backend is asked for.
+arrays alike; ``cache=True`` keeps it on disk, in the user's cache: see
+_cache_dir), so only ``bnnlite.backend`` imports it, and only when the numba
+backend is asked for.  numba is an optional extra (``bnnlite[numba]``).
 
 Unchecked: ``bnnlite.backend`` validates every argument first.
 
@@ -29,6 +30,8 @@ CO_BLOCK, P, LAYOUT.
 """
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 from numba import njit, prange, types
@@ -44,6 +47,27 @@ CO_BLOCK = 64
 #: Output pixels per register tile (each weight word is reused P times).
 P = 4
 LAYOUT = f"numba-b{CO_BLOCK}"
+
+
+
+def _cache_dir() -> str:
+    """Where numba keeps these kernels' machine code: $XDG_CACHE_HOME (or
+    ~/.cache)/bnnlite/numba.  Never numba's default, a __pycache__ beside
+    this file: in an installed package that folder outlives ``pip
+    uninstall`` (pip removes only the files it installed), and a later
+    editable install then imports the leftover folder as an empty namespace
+    package (``module 'bnnlite' has no attribute 'Model'``: the README's
+    quick start, a bench run then ``pip install -e``)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "bnnlite", "numba")
+
+
+# numba fixes a function's cache folder when it is decorated, from
+# config.CACHE_DIR ($NUMBA_CACHE_DIR): set it for the decorators below (unless
+# the user chose one) and give the value back at the end of this module.
+_USER_CACHE_DIR = numba.config.CACHE_DIR
+if not _USER_CACHE_DIR:
+    numba.config.CACHE_DIR = _cache_dir()
 
 _WB = np.uint64(WORD_BITS)
 _ONE = np.uint64(1)
@@ -407,3 +431,6 @@ def maxpool2(x, out, threads):
     """out = max of each 2x2 window (float32, np.maximum semantics)."""
     _threads(threads)
     _maxpool2(x, out)
+
+
+numba.config.CACHE_DIR = _USER_CACHE_DIR   # the kernels above keep their folder

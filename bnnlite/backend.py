@@ -4,16 +4,21 @@
 same signatures for every implementation:
 
 * ``"cython"``: the compiled extension.  ``bnnlite._bconv_avx512`` when the CPU
-  has AVX512F + AVX512BW + AVX512VPOPCNTDQ + FMA3, else ``bnnlite._bconv_avx2``
-  when it has AVX2 + POPCNT + FMA3, else ``bnnlite._bconv_generic`` (a variant that is not
-  built is skipped).  ``"cython-avx512"`` / ``"cython-avx2"`` /
-  ``"cython-generic"`` force one build.
-* ``"numba"``: ``bnnlite._numba_kernels`` (numba is imported only then).
+  has AVX512F/BW/VL/DQ + AVX512VPOPCNTDQ + FMA, else ``bnnlite._bconv_avx2``
+  when it has AVX2 + POPCNT + FMA, else ``bnnlite._bconv_generic`` (a variant
+  that is not built is skipped).  The CPU is asked through the compiled probe
+  ``bnnlite._cpu``.  ``"cython-avx512"`` / ``"cython-avx2"`` /
+  ``"cython-generic"`` force one build.  Inside a build, the path of each
+  binary conv (bit planes, weight planes or popcount core) is the kernels'
+  choice (kernels/bconv_select.h; bnnlite/_planes.py prepares its data).
+* ``"numba"``: ``bnnlite._numba_kernels`` (numba, the optional extra
+  ``bnnlite[numba]``, is imported only then).
 * ``"numpy"``: ``bnnlite.reference`` (slow, the test oracle).
 
-Default order: cython, then numba (with a one-line warning when the
-extension is missing), then numpy.  ``BNNLITE_BACKEND=cython|numba|numpy``
-forces one; forcing an unavailable one raises ImportError.
+Default: cython, else numba (with a one-line warning when the extension is
+missing), else an ImportError that names the extra to install.
+``BNNLITE_BACKEND=cython|numba|numpy`` forces one; forcing an unavailable
+one raises ImportError.
 
 This layer checks every user-facing array (dtype, shape, last axis
 contiguous, no overlap between outputs and inputs) and raises ValueError
@@ -21,33 +26,35 @@ naming the bad value and the expected one; the kernels below check nothing.
 Importing this module is cheap: no extension, no numba, no compilation.
 
 Public names: get_backend, available_backends, Backend, PreparedWeights,
-BACKEND_NAMES, ENV_VAR.
+BACKEND_NAMES, ENV_VAR, NUMBA_EXTRA.
 """
 from __future__ import annotations
 
 import functools
 import importlib
-import itertools
 import os
 import warnings
 
 import numpy as np
 
+from . import _planes
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 
 __all__ = ["get_backend", "available_backends", "Backend", "PreparedWeights",
-           "BACKEND_NAMES", "ENV_VAR"]
+           "BACKEND_NAMES", "ENV_VAR", "NUMBA_EXTRA"]
 
 ENV_VAR = "BNNLITE_BACKEND"
 #: Names accepted by get_backend / $BNNLITE_BACKEND.
 BACKEND_NAMES = ("cython", "numba", "numpy", "cython-avx512", "cython-avx2",
                  "cython-generic")
-_DEFAULT_ORDER = ("cython", "numba", "numpy")
+#: The pip extra that installs numba (pyproject.toml).
+NUMBA_EXTRA = "numba"
 _F32 = np.dtype(np.float32)
 _I32 = np.dtype(np.int32)
-#: Prepared weights are 64-byte aligned so the 512-bit weight loads never
-#: split a cache line.
-_ALIGN = 64
+# The bit-plane paths' data (kernels/planes_avx2.h, wplanes_avx2.h), made and
+# chosen in bnnlite/_planes.py; these names are what tests and tools reach.
+_plane_lists = _planes.plane_lists
+_weight_planes = _planes.weight_planes
 
 
 # --------------------------------------------------------------------------
@@ -60,11 +67,11 @@ class PreparedWeights:
     (``layout`` names it); ``cout, kh, kw, cw`` describe the original
     (Cout, KH, KW, Cw) bitpack array; ``cin`` the real input channels if
     they were given to prepare_weights (else None).  ``planes``: the
-    plane lists of the bit-plane conv (see ``_plane_lists``), and
-    ``wplanes`` the weight planes of its small-output path (see
-    ``_weight_planes``), when the backend has them and the layer fits them,
-    else None (then the popcount core runs; setting them to None forces
-    that).  Only the backend that made it may consume it (checked by
+    plane lists of the bit-plane conv (a ``_planes.PlaneLists``), and
+    ``wplanes`` the weight planes of its small-output path (a
+    ``_planes.WeightPlanes``), when the backend has them and the layer fits
+    them, else None (then the popcount core runs; setting them to None
+    forces that).  Which one a call uses: ``_planes.call_path``.  Only the backend that made it may consume it (checked by
     ``layout``).
     """
 
@@ -89,10 +96,9 @@ class PreparedWeights:
 
 
 def _aligned_empty(n_words: int) -> np.ndarray:
-    """A zeroed 1-D word array whose data pointer is _ALIGN-byte aligned."""
-    raw = np.zeros(n_words + _ALIGN // WORD_DTYPE.itemsize, WORD_DTYPE)
-    off = (-raw.ctypes.data % _ALIGN) // WORD_DTYPE.itemsize
-    return raw[off:off + n_words]
+    """A zeroed 1-D word array whose data pointer is 64-byte aligned (the
+    512-bit weight loads never split a cache line)."""
+    return _planes.aligned_bytes(n_words * WORD_DTYPE.itemsize).view(WORD_DTYPE)
 
 
 def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
@@ -115,113 +121,6 @@ def _blocked_layout(w: np.ndarray, lanes: int, block: int) -> np.ndarray:
         data[pos:pos + blk.size] = blk
         pos += blk.size
     return data
-
-
-def _weight_bits(w: np.ndarray) -> np.ndarray:
-    """(Cout, KH*KW*Cw*64) uint8: column k is weight bit k of each channel,
-    k numbered as the planes of the bit-plane conv ((i*KW + j)*Cw*64 + c).
-    Bit c of a word is bit c % 8 of byte c // 8 (little-endian words, LSB first)."""
-    return np.unpackbits(w.astype("<u8").view(np.uint8), axis=-1,
-                         bitorder="little").reshape(w.shape[0], -1)
-
-
-def _plane_lists(w: np.ndarray, cin, hi_range, sets):
-    """The plane lists of the bit-plane conv (kernels/_bconv_planes.h), or
-    None when the layer is too large for them.
-
-    Plane k = (i*KW + j)*Cw*64 + c holds input bit c of tap (i, j) for 256
-    pixels.  Channel co adds up one side of its taps (real channels c < cin
-    only): W1, those whose weight bit is 1 (-1; ``ones[co]`` = 1), or W0;
-    ``w1[co]`` = |W1|.  ``sets`` = (group, size), the kernel module's
-    PLANES_SETS: channels go in sets of up to ``size`` (4) consecutive ones,
-    never across a group of ``group`` (64, one output word), set s numbered
-    from 0 in channel order, and a set's sides are chosen so that their
-    union is smallest.  The union is split by
-    which of the set's channels need each plane: with P = 2**size - 1 lists
-    per set (15), list m (m = 1..P, bit i = the set's channel i) of set s is
-    idx[off[P*s+m-1]:off[P*s+m]], padded with the zero plane (the last one)
-    to a multiple of 16.  The kernel sums each list once, so a plane that
-    several channels need is added once.  The sixteens counter needs ``hi``
-    bits: at least (a channel's lists together)/16 + 1 values, within
-    hi_range.  Returns (idx uint16, off int32 (P*sets + 1,), w1 int32, ones
-    uint8, nplanes, hi).
-    """
-    cout, kh, kw, cw = w.shape
-    cpix = cw * WORD_BITS
-    cin = cpix if cin is None else cin
-    nplanes = kh * kw * cpix + 1
-    k_real = kh * kw * cin
-    if nplanes > 1 << 16 or k_real >= 1 << 15:  # uint16 plane numbers, int16 counts
-        return None
-    bits = _weight_bits(w).reshape(cout, kh * kw, cpix)[:, :, :cin].reshape(cout, -1).astype(bool)
-    plane = (np.arange(kh * kw)[:, None] * cpix + np.arange(cin)[None, :]).reshape(-1)
-    w1 = bits.sum(axis=1)
-    ones = np.zeros(cout, bool)
-    group, size = sets
-    patterns = (1 << size) - 1
-    lists, per_channel = [], []
-    for g0 in range(0, cout, group):
-        for c0 in range(g0, min(g0 + group, cout), size):
-            chans = range(c0, min(c0 + size, g0 + group, cout))
-            senses = min(itertools.product((True, False), repeat=len(chans)),
-                         key=lambda ss: np.count_nonzero(np.any(
-                             [bits[c] == sc for c, sc in zip(chans, ss)], axis=0)))
-            member = np.zeros(k_real, np.int64)          # bit i: the set's channel i needs it
-            for i, (c, sc) in enumerate(zip(chans, senses)):
-                ones[c] = sc
-                member |= (bits[c] == sc).astype(np.int64) << i
-            set_lists = [plane[member == m] for m in range(1, patterns + 1)]
-            lens = [-(-len(x) // 16) * 16 for x in set_lists]
-            lists += zip(set_lists, lens)
-            per_channel += [sum(n for m, n in enumerate(lens, 1) if m >> i & 1) for i in range(len(chans))]
-    off = np.zeros(len(lists) + 1, np.int32)
-    off[1:] = np.cumsum([n for _, n in lists])
-    idx = np.full(max(int(off[-1]), 1), nplanes - 1, np.uint16)
-    for (x, _), o in zip(lists, off):
-        idx[o:o + len(x)] = x
-    hi = max(hi_range[0], (max(per_channel) // 16).bit_length())
-    if hi > hi_range[1]:
-        return None
-    return (idx, off, w1.astype(np.int32), ones.astype(np.uint8), nplanes, hi)
-
-
-def _weight_planes(w: np.ndarray, cin, hi_range, lanes=256, patterns=15):
-    """The weight planes of the bit-plane conv's small-output path
-    (kernels/_bconv_planes.h, bnn_wplanes_unit), or None when the layer is
-    too large for them.
-
-    Plane k of group g (k numbered as in ``_plane_lists``) holds weight bit
-    k of the ``lanes`` (256) channels 256g .. 256g+255: bit c % 64 of word
-    c // 64, channels past Cout 0; plane nplanes-1 is zero.  ``a``: |W1| of
-    each channel (its count of -1 weights), int16, 0 past Cout.  A pixel
-    adds the planes of its input bits that are 1, spread over ``patterns``
-    lists (15, one per set of pixels that has the bit), padded with the zero
-    plane to multiples of 16, so the sixteens counter needs ``hi`` levels
-    for up to K + 15*15 planes, within hi_range.  Returns (w uint8 (G,
-    nplanes, 32), a int16 (G*256,), nplanes, hi).
-    """
-    cout, kh, kw, cw = w.shape
-    nplanes = kh * kw * cw * WORD_BITS + 1
-    k_real = kh * kw * (cw * WORD_BITS if cin is None else cin)
-    hi = max(hi_range[0], ((nplanes - 1 + patterns * 15) // 16).bit_length())
-    if nplanes > 1 << 16 or k_real >= 1 << 15 or hi > hi_range[1]:  # uint16 planes, int16 counts
-        return None
-    groups = -(-cout // lanes)
-    bits = np.zeros((groups * lanes, nplanes), np.uint8)
-    bits[:cout, :-1] = _weight_bits(w)
-    planes = np.packbits(bits.reshape(groups, lanes, nplanes).transpose(0, 2, 1), axis=-1,
-                         bitorder="little")                 # (G, nplanes, 32): bit c of plane k
-    a = bits.sum(axis=1, dtype=np.int64).astype(np.int16)
-    aligned = _aligned_bytes(planes.size).reshape(planes.shape)   # the kernel's loads are aligned
-    aligned[...] = planes
-    return (aligned, a, nplanes, hi)
-
-
-def _aligned_bytes(nbytes: int) -> np.ndarray:
-    """A zeroed uint8 array of nbytes whose data pointer is _ALIGN-byte aligned."""
-    raw = np.zeros(nbytes + _ALIGN, np.uint8)
-    off = -raw.ctypes.data % _ALIGN
-    return raw[off:off + nbytes]
 
 
 # --------------------------------------------------------------------------
@@ -257,31 +156,15 @@ class _CythonImpl:
     def prepare_planes(self, w, cin):
         """(plane lists, weight planes) of the bit-plane conv, each None where
         the build lacks it or the layer does not fit it."""
-        if not getattr(self.mod, "HAVE_PLANES", False):
-            return None, None
-        return (_plane_lists(w, cin, self.mod.PLANES_HI, self.mod.PLANES_SETS),
-                _weight_planes(w, cin, self.mod.PLANES_HI))
+        return _planes.prepare(self.mod, w, cin)
 
     def pack(self, x, thr, out, threads):
         self.mod.pack_raw(x, thr, out, threads)
 
     def bconv_scratch(self, x, pw, stride, threads, pool):
-        """(plane lists, workspace, weight planes) for this call: the lists
-        when the output fills bit-plane blocks (PLANES_MIN_PIXELS of their
-        256 pixels), else the weight planes when its rows fit the
-        small-output path, else neither (the popcount core).  Made once per
-        bound call (a graph plan), so the kernel allocates nothing per call;
-        a bound call is never run by two threads at once (its outputs would
-        collide), so neither is its scratch."""
-        ho = (x.shape[1] - pw.kh) // stride + 1
-        wo = (x.shape[2] - pw.kw) // stride + 1
-        if (pw.planes is not None and
-                self.mod.planes_block_pixels(x.shape[0], ho, wo, pool) >= self.mod.PLANES_MIN_PIXELS):
-            return pw.planes, _aligned_bytes(threads * self.mod.planes_workspace_bytes(pw.planes[4])), None
-        if pw.wplanes is not None and self.mod.wplanes_unit_pixels(wo, pool):
-            ws = _aligned_bytes(threads * self.mod.wplanes_workspace_bytes(pw.wplanes[2], pw.cout))
-            return None, ws, pw.wplanes
-        return None, None, None
+        """(plane lists, workspace, weight planes) of this call's path (see
+        ``_planes.call_path``)."""
+        return _planes.call_path(self.mod, pw, x.shape, stride, threads, pool)
 
     def bconv(self, x, pw, k_bits, stride, scale, mult, bias, residual, rprelu, out,
               out_bits, next_thr, thr, threads, pool=False, planes=None, ws=None, wplanes=None):
@@ -499,7 +382,8 @@ class Backend:
         zero-argument callable: the arguments were checked once, and a caller that
         keeps these very buffers (a graph plan) calls it again without re-checking
         (the checks are tens of microseconds per call: with them, 0.2-0.3 ms of
-        Python per batch-1 prediction, 5-8% of it; docs/benchmarks.md).
+        Python per batch-1 prediction, 5-8% of it; docs/benchmarks-history.md,
+        "Arguments checked once per plan").
         ``fn`` None: nothing to compute (an empty output)."""
         call = _nothing if fn is None else functools.partial(fn, *args)
         if bind:
@@ -768,19 +652,25 @@ _CACHE: dict[str, Backend] = {}
 _warned_fallback = False
 
 
-#: Compiled variants, fastest first, with the CPU features (numpy's names) each needs.
-_CYTHON_VARIANTS = {"avx512": ("AVX512F", "AVX512BW", "AVX512VPOPCNTDQ", "FMA3"),
-                    "avx2": ("AVX2", "POPCNT", "FMA3"),
+#: Compiled variants, fastest first, with the CPU features each needs (the
+#: -m flags setup.py builds it with, in GCC's names).
+_CYTHON_VARIANTS = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq",
+                               "fma"),
+                    "avx2": ("avx2", "popcnt", "fma"),
                     "generic": ()}
 
 
 def _cpu_has(features) -> bool:
-    """All of ``features``, as numpy's own dispatcher sees them."""
+    """All of ``features``, as the compiled probe bnnlite._cpu (built
+    without -m flags, kernels/cpu_features.h) sees this CPU; False when the
+    probe is not built or cannot tell (then only the generic build runs)."""
+    if not features:
+        return True
     try:
-        from numpy._core._multiarray_umath import __cpu_features__ as feats
-    except Exception:  # private numpy API: be conservative if it moves
-        return not features
-    return all(feats.get(f, False) for f in features)
+        cpu = importlib.import_module(f"{__package__}._cpu")
+    except ImportError:
+        return False
+    return all(cpu.has(f) for f in features)
 
 
 def _cpu_has_avx512() -> bool:
@@ -820,7 +710,7 @@ def _load(name: str) -> Backend:
     elif name.startswith("cython-"):
         variant = name[len("cython-"):]
         if not _cpu_supports(variant):
-            feats = _CYTHON_VARIANTS[variant]
+            feats = [f.upper() for f in _CYTHON_VARIANTS[variant]]
             raise RuntimeError(f"bnnlite: {name} needs a CPU with {', '.join(feats[:-1])} and {feats[-1]}; "
                                "use 'cython'")
         try:
@@ -831,7 +721,8 @@ def _load(name: str) -> Backend:
         try:
             impl = _NumbaImpl()
         except ImportError as exc:
-            raise ImportError(f"bnnlite: the numba backend needs numba ({exc})") from exc
+            raise ImportError(f"bnnlite: the numba backend needs numba: pip install "
+                              f"'bnnlite[{NUMBA_EXTRA}]' ({exc})") from exc
     else:
         impl = _NumpyImpl()
     be = Backend("cython" if name.startswith("cython") else name, impl)
@@ -849,10 +740,10 @@ def _check_name(name) -> str:
 def get_backend(name: str | None = None) -> Backend:
     """Return the kernel backend ``name`` (or the best available one).
 
-    name: None (default order cython -> numba -> numpy, unless
-    $BNNLITE_BACKEND names one), or one of BACKEND_NAMES.  Raises ValueError
-    for an unknown name and ImportError/RuntimeError when a forced backend is
-    not available.  Backends are cached, so repeated calls are cheap.
+    name: None (cython, else numba, unless $BNNLITE_BACKEND names one), or
+    one of BACKEND_NAMES.  Raises ValueError for an unknown name and
+    ImportError/RuntimeError when a forced backend is not available, or
+    when neither cython nor numba is (the message names the extra).  Backends are cached, so repeated calls are cheap.
     """
     global _warned_fallback
     if name is None:
@@ -862,15 +753,20 @@ def get_backend(name: str | None = None) -> Backend:
         try:
             return _load("cython")
         except ImportError as exc:
-            if not _warned_fallback:
-                _warned_fallback = True
-                warnings.warn(f"bnnlite: Cython kernels unavailable, using numba "
-                              f"(slower): {str(exc).splitlines()[0]}",
-                              RuntimeWarning, stacklevel=2)
+            why = str(exc).splitlines()[0]
         try:
-            return _load("numba")
-        except ImportError:
-            return _load("numpy")
+            be = _load("numba")
+        except ImportError as exc:
+            raise ImportError(
+                f"bnnlite: no kernels to run: the compiled ones are missing ({why}) and numba "
+                f"is not installed.  Install the numba fallback with pip install "
+                f"'bnnlite[{NUMBA_EXTRA}]', or build the compiled kernels (pip install . with "
+                f"a C compiler), or set {ENV_VAR}=numpy for the slow NumPy reference") from exc
+        if not _warned_fallback:
+            _warned_fallback = True
+            warnings.warn(f"bnnlite: Cython kernels unavailable, using numba (slower): {why}",
+                          RuntimeWarning, stacklevel=2)
+        return be
     return _load(_check_name(name))
 
 

@@ -390,3 +390,10 @@ class Graph:
 
     def input_buffer(self, n: int, slot: int = 0) -> np.ndarray:
         return self.plan(n, slot).tensors[INPUT]
+
+    def bound_ops(self, n: int, threads: int, slot: int = 0) -> list[tuple[RuntimeOp, object]]:
+        """``(op, call)`` for each op in execution order: ``call()`` runs that op alone
+        on the buffers for batch size n, bound (checked) exactly as :meth:`run` calls it.
+        For timing one layer at a time (``bnnlite-bench --layers``); run the graph once
+        on a batch of n first, so that the buffers hold real activations."""
+        return list(zip(self.ops, self.plan(n, slot).calls(self, threads)))

@@ -43,8 +43,8 @@ class _BlasThreads:
     """Context: these threadpoolctl BLAS controllers run ``n`` threads, then
     as many as before.  The same as ``ThreadpoolController.limit`` for one
     API, without its bookkeeping: that took about 30 us per call here, this
-    about 8, on a batch-1 prediction of 1.3-2.5 ms (docs/benchmarks.md,
-    session 8)."""
+    about 8, on a batch-1 prediction of 1.3-2.5 ms (docs/benchmarks-history.md,
+    "The BLAS thread limit around each prediction costs less")."""
 
     def __init__(self, controllers, n):
         self._controllers, self._n, self._before = controllers, n, None
@@ -84,7 +84,8 @@ class Model:
             conv (AVX2) fills its 256-pixel blocks from four 8x8 images, and
             the activations stay small (2 measured ~2x faster than 16 on Zen 5;
             on AVX2, 4 ran the model 1.23x faster than 2 (``tools/planes_ab.py``),
-            and 8 within 3% of 4 when timed in alternation; docs/benchmarks.md).
+            and 8 within 3% of 4 when timed in alternation; docs/benchmarks-history.md,
+            "Default chunk 4").
 
     With ``threads`` > 1, a batch of several chunks is shared out chunk by
     chunk: each of ``threads`` Python threads takes the next chunk from one
@@ -215,8 +216,8 @@ class Model:
     def _normalize_into(self, x, out):
         if x.dtype == np.uint8 and x.flags.c_contiguous:
             # The same floats from the table of the 256 byte values, in 0.3-0.6
-            # of the time (a kernel that releases the GIL; docs/benchmarks.md,
-            # session 8).
+            # of the time (a kernel that releases the GIL; docs/benchmarks-history.md,
+            # "uint8 images are normalised by a table").
             self.backend.lookup_u8(x, self._byte_table, out)
         else:
             self._normalize_arith(x, out)

@@ -1,18 +1,24 @@
 # Shared body of bnnlite._bconv_avx512, bnnlite._bconv_avx2 and
-# bnnlite._bconv_generic.
+# bnnlite._bconv_generic: declarations and thin typed wrappers only.
 #
 # The three tiny .pyx files ``include`` this; setup.py compiles them with
-# different -m flags, and kernels/_bconv_kernels.h picks the AVX-512, the
-# AVX2 or the portable path from the predefined macros.  Only nogil loops and thin typed
-# wrappers live here: every argument is validated (dtype, shape, contiguity
-# of the last axis, aliasing) by bnnlite.backend before it reaches us, so
-# nothing below checks anything.  4-D views are declared fully strided
-# ([:, :, :, :]) because Cython's [..., ::1] would demand a C-contiguous
-# buffer; the kernels use the outer strides and assume the last is 1.
+# different -m flags.  What runs is chosen in C: the instruction set by
+# kernels/bconv_select.h from the predefined macros, and a binary conv's
+# path (bit planes / weight planes / popcount core) by its bnn_sel_choose
+# (the path's name: select_path below).  Every argument is validated
+# (dtype, shape, contiguity of the last axis, aliasing) by bnnlite.backend
+# before it reaches us, so nothing below checks anything.  4-D views are
+# declared fully strided ([:, :, :, :]) because Cython's [..., ::1] would
+# demand a C-contiguous buffer; the kernels use the outer strides and
+# assume the last is 1.
 #
 # Public names (raw, unchecked -- call them through bnnlite.backend):
 #   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw, lookup_u8_raw,
-#   HAVE_AVX512, HAVE_AVX2, WORD_BITS_C, LANES, CO_BLOCK.
+#   select_path, planes_block_pixels, wplanes_unit_pixels,
+#   planes_workspace_bytes, wplanes_workspace_bytes,
+#   HAVE_AVX512, HAVE_AVX2, HAVE_PLANES, PATH_CORE, PATH_PLANES, PATH_WPLANES,
+#   PLANES_PIXELS, PLANES_HI, PLANES_SETS, PLANES_MIN_PIXELS, WORD_BITS_C,
+#   LANES, CO_BLOCK.
 
 from cython.parallel cimport prange
 from libc.stdint cimport int16_t, int32_t, int64_t, uint8_t, uint16_t
@@ -21,7 +27,8 @@ cimport openmp
 from _bitpack cimport word_t, WORD_BITS
 
 
-cdef extern from "_bconv_kernels.h" nogil:
+cdef extern from "bconv_select.h" nogil:
+    # bnn_common.h
     ctypedef word_t bnn_word_t
     int BNN_LANES
     int BNN_CO_BLOCK
@@ -43,45 +50,7 @@ cdef extern from "_bconv_kernels.h" nogil:
         const float *zeta
         const float *next_thr
         const int32_t *thr
-
-    void bnn_conv_row(const bnn_conv_params *prm, const bnn_word_t *xrow,
-                      const float *res_row, Py_ssize_t s_res_w,
-                      float *out_row, Py_ssize_t s_out_w,
-                      bnn_word_t *bits_row, Py_ssize_t s_bits_w)
-    void bnn_conv_row_pool2(const bnn_conv_params *prm, const bnn_word_t *xrow,
-                            const float *res_row, Py_ssize_t s_res_h, Py_ssize_t s_res_w,
-                            float *out_row, Py_ssize_t s_out_w,
-                            bnn_word_t *bits_row, Py_ssize_t s_bits_w, int wpool)
-    ctypedef struct bnn_fconv_params:
-        int kh, kw, cin, cout, stride, wo
-        Py_ssize_t sxh, sxw
-        const float *w
-        const float *mult
-        const float *bias
-        int relu
-        const float *thr
-
-    void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
-                       float *out_row, Py_ssize_t s_out_w,
-                       bnn_word_t *bits_row, Py_ssize_t s_bits_w)
-    void bnn_pack_row(const float *x, Py_ssize_t sxw, const float *thr, int c,
-                      int w, bnn_word_t *out, Py_ssize_t sow)
-
-    # The bit-plane conv (kernels/_bconv_planes.h; BNN_HAVE_PLANES: AVX2 build).
-    int BNN_HAVE_PLANES
-    int BNN_PL_PIX
-    int BNN_PL_GROUP
-    int BNN_PL_SET
-    int BNN_PL_HI_MIN
-    int BNN_PL_HI_MAX
-    ctypedef struct bnn_planes:
-        const uint16_t *idx
-        const int32_t *off
-        const int32_t *w1
-        const uint8_t *ones
-        int nplanes
-        int hi
-    ctypedef struct bnn_planes_io:
+    ctypedef struct bnn_io:
         const bnn_word_t *x
         Py_ssize_t sxn
         const float *res
@@ -92,21 +61,66 @@ cdef extern from "_bconv_kernels.h" nogil:
         Py_ssize_t sbn, sbh, sbw
         int rows
         int pool, wpool
-    size_t bnn_planes_ws_bytes(int nplanes)
-    int bnn_planes_unit_pixels(int wo, int pool, int wpool)
-    void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
-                          const bnn_planes_io *io, int u0, int nu, void *ws)
-    # Its small-output path: weight planes, lists from the input bits.
-    int BNN_WP_UNIT_MAX
-    ctypedef struct bnn_wplanes:
+
+    # planes_avx2.h, wplanes_avx2.h: the prepared data of the bit-plane paths
+    int BNN_PL_PIX
+    int BNN_PL_GROUP
+    int BNN_PL_SET
+    int BNN_PL_HI_MIN
+    int BNN_PL_HI_MAX
+    ctypedef struct bnn_pl_lists:
+        const uint16_t *idx
+        const int32_t *off
+        const int32_t *w1
+        const uint8_t *ones
+        int nplanes
+        int hi
+    ctypedef struct bnn_wp_planes:
         const void *w
         const int16_t *a
         int nplanes
         int groups
         int hi
-    size_t bnn_wplanes_ws_bytes(int nplanes, int cout)
-    void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
-                          const bnn_planes_io *io, int u, void *ws)
+
+    # bconv_select.h: the path of a call and its work items
+    int BNN_SEL_HAVE_PLANES
+    int BNN_SEL_PLANES_MIN_PIXELS
+    ctypedef enum bnn_sel_path:
+        BNN_SEL_CORE, BNN_SEL_PLANES, BNN_SEL_WPLANES
+    ctypedef struct bnn_sel_job:
+        bnn_sel_path path
+        Py_ssize_t items
+        size_t ws_bytes
+    Py_ssize_t bnn_sel_block_pixels(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, int pool)
+    int bnn_sel_wp_unit_pixels(Py_ssize_t wo, int pool)
+    bnn_sel_path bnn_sel_choose(int have_planes, int have_wplanes, Py_ssize_t n,
+                                Py_ssize_t ho, Py_ssize_t wo, int pool)
+    size_t bnn_sel_ws_bytes(bnn_sel_path path, int nplanes, int cout)
+    Py_ssize_t bnn_sel_row_grain(Py_ssize_t rows, int threads)
+    void bnn_sel_job_init(bnn_sel_job *job, const bnn_conv_params *prm, const bnn_io *io,
+                          const bnn_pl_lists *pl, const bnn_wp_planes *wp, Py_ssize_t n,
+                          Py_ssize_t ho)
+    Py_ssize_t bnn_sel_grain(const bnn_sel_job *job, int threads)
+    void bnn_sel_run(const bnn_sel_job *job, Py_ssize_t b, void *ws)
+
+
+cdef extern from "fconv.h" nogil:
+    ctypedef struct bnn_fconv_params:
+        int kh, kw, cin, cout, stride, wo
+        Py_ssize_t sxh, sxw
+        const float *w
+        const float *mult
+        const float *bias
+        int relu
+        const float *thr
+    void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
+                       float *out_row, Py_ssize_t s_out_w,
+                       bnn_word_t *bits_row, Py_ssize_t s_bits_w)
+
+
+cdef extern from "pack.h" nogil:
+    void bnn_pack_row(const float *x, Py_ssize_t sxw, const float *thr, int c,
+                      int w, bnn_word_t *out, Py_ssize_t sow)
 
 
 cdef inline float _fmax_np(float a, float b) noexcept nogil:
@@ -115,53 +129,51 @@ cdef inline float _fmax_np(float a, float b) noexcept nogil:
 
 
 cdef inline Py_ssize_t _chunk(Py_ssize_t rows, int threads) noexcept nogil:
-    # Dynamic schedule with ~16 chunks per thread: rows cost the same, but a
-    # thread may be preempted (the machine is shared), so no static split.
-    cdef Py_ssize_t c = rows // (16 * threads)
-    return c if c > 1 else 1
+    return bnn_sel_row_grain(rows, threads)
 
 
 HAVE_AVX512 = bool(BNN_HAVE_AVX512)
 HAVE_AVX2 = bool(BNN_HAVE_AVX2)
-HAVE_PLANES = bool(BNN_HAVE_PLANES)
+HAVE_PLANES = bool(BNN_SEL_HAVE_PLANES)
+#: The paths of a binary conv (kernels/bconv_select.h, bnn_sel_path).
+PATH_CORE, PATH_PLANES, PATH_WPLANES = BNN_SEL_CORE, BNN_SEL_PLANES, BNN_SEL_WPLANES
 PLANES_PIXELS = BNN_PL_PIX
 PLANES_HI = (BNN_PL_HI_MIN, BNN_PL_HI_MAX)
 #: Channels per group (one output word) and per set summed together.
 PLANES_SETS = (BNN_PL_GROUP, BNN_PL_SET)
-#: The bit-plane conv runs only when a block holds at least this many of its
-#: 256 pixels (a smaller batch of small images leaves most bits of every
-#: plane idle, and the popcount core is then faster).
-PLANES_MIN_PIXELS = 128
+PLANES_MIN_PIXELS = BNN_SEL_PLANES_MIN_PIXELS
+WORD_BITS_C = WORD_BITS
+LANES = BNN_LANES
+CO_BLOCK = BNN_CO_BLOCK
+
+
+def select_path(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, bint pool, bint have_planes,
+                bint have_wplanes):
+    """The path (PATH_*) a binary conv of n x ho x wo conv pixels takes, given
+    whether its plane lists / weight planes were made (bnn_sel_choose)."""
+    return <int>bnn_sel_choose(have_planes, have_wplanes, n, ho, wo, pool)
 
 
 def planes_workspace_bytes(int nplanes):
     """Scratch bytes per thread of the bit-plane conv (a multiple of 64)."""
-    return (bnn_planes_ws_bytes(nplanes) + 63) // 64 * 64
+    return bnn_sel_ws_bytes(BNN_SEL_PLANES, nplanes, 0)
 
 
 def planes_block_pixels(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, bint pool):
     """Conv pixels in the first block of the bit-plane conv of an output of
     n x ho x wo conv pixels (0: it does not apply)."""
-    cdef int upix = bnn_planes_unit_pixels(<int>wo, pool, <int>(wo // 2))
-    if upix == 0 or not BNN_HAVE_PLANES:
-        return 0
-    cdef Py_ssize_t units = n * (ho // 2 if pool else ho)
-    return min(BNN_PL_PIX // upix, units) * upix
+    return bnn_sel_block_pixels(n, ho, wo, pool)
 
 
 def wplanes_workspace_bytes(int nplanes, int cout):
     """Scratch bytes per thread of the small-output path (a multiple of 64)."""
-    return (bnn_wplanes_ws_bytes(nplanes, cout) + 63) // 64 * 64
+    return bnn_sel_ws_bytes(BNN_SEL_WPLANES, nplanes, cout)
 
 
 def wplanes_unit_pixels(Py_ssize_t wo, bint pool):
     """Conv pixels per unit (output row, or pooled pair of rows) on the
     small-output path, or 0 when a unit is too wide for it."""
-    cdef int upix = bnn_planes_unit_pixels(<int>wo, pool, <int>(wo // 2))
-    return upix if BNN_HAVE_PLANES and 0 < upix <= BNN_WP_UNIT_MAX else 0
-WORD_BITS_C = WORD_BITS
-LANES = BNN_LANES
-CO_BLOCK = BNN_CO_BLOCK
+    return bnn_sel_wp_unit_pixels(wo, pool)
 
 
 def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
@@ -196,12 +208,11 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
     (scale/mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
     backend.bconv_bits (thr given).  planes: None, or the plane lists
-    (idx, off, w1, ones, nplanes, hi) of the bit-plane conv, with workspace a
-    uint8 array of threads * planes_workspace_bytes(nplanes) bytes, 64-byte
-    aligned (the caller checked that the layer fits: planes_block_pixels).
-    wplanes: None, or the weight planes (w, a, nplanes, hi) of the
-    small-output path, with workspace of threads * wplanes_workspace_bytes
-    bytes (the caller checked wplanes_unit_pixels)."""
+    (idx, off, w1, ones, nplanes, hi) of the bit-plane conv; wplanes: None,
+    or the weight planes (w, a, nplanes, hi) of its small-output path;
+    workspace: a uint8 array of threads * the chosen path's workspace bytes,
+    64-byte aligned (bnnlite/_planes.py, call_path: the path select_path
+    names).  The path itself is bnn_sel_choose's (kernels/bconv_select.h)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
     cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
@@ -227,6 +238,18 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     prm.zeta = NULL
     prm.next_thr = NULL
     prm.thr = NULL
+    cdef bnn_io io
+    io.x = <const bnn_word_t *>&x[0, 0, 0, 0]
+    io.sxn = x.strides[0] // sizeof(word_t)
+    io.res = NULL
+    io.srn = io.srh = io.srw = 0
+    io.out = NULL
+    io.son = io.soh = io.sow = 0
+    io.bits = NULL
+    io.sbn = io.sbh = io.sbw = 0
+    io.pool = 1 if pool else 0
+    io.wpool = <int>(Wo // 2)
+    io.rows = <int>(Ho // 2 if pool else Ho)
 
     # Typed views of the optional arrays; unused ones stay empty / NULL.
     cdef const float[::1] scale_v, mult_v, bias_v, gamma_v, beta_v, zeta_v, nthr_v
@@ -234,12 +257,6 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     cdef const float[:, :, :, :] res_v
     cdef float[:, :, :, :] out_v
     cdef word_t[:, :, :, :] bits_v
-    cdef const float *res_b = NULL
-    cdef float *out_b = NULL
-    cdef word_t *bits_b = NULL
-    cdef Py_ssize_t srn = 0, srh = 0, srw = 0, son = 0, soh = 0, sow = 0
-    cdef Py_ssize_t sbn = 0, sbh = 0, sbw = 0
-
     if thr is not None:
         thr_v = thr
         prm.thr = &thr_v[0]
@@ -260,74 +277,36 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
         if residual is not None:
             res_v = residual
             prm.cres = <int>res_v.shape[3]
-            res_b = &res_v[0, 0, 0, 0]
-            srn = res_v.strides[0] // sizeof(float)
-            srh = res_v.strides[1] // sizeof(float)
-            srw = res_v.strides[2] // sizeof(float)
+            io.res = &res_v[0, 0, 0, 0]
+            io.srn = res_v.strides[0] // sizeof(float)
+            io.srh = res_v.strides[1] // sizeof(float)
+            io.srw = res_v.strides[2] // sizeof(float)
         if out is not None:
             out_v = out
-            out_b = &out_v[0, 0, 0, 0]
-            son = out_v.strides[0] // sizeof(float)
-            soh = out_v.strides[1] // sizeof(float)
-            sow = out_v.strides[2] // sizeof(float)
+            io.out = &out_v[0, 0, 0, 0]
+            io.son = out_v.strides[0] // sizeof(float)
+            io.soh = out_v.strides[1] // sizeof(float)
+            io.sow = out_v.strides[2] // sizeof(float)
         if next_thr is not None:
             nthr_v = next_thr
             prm.next_thr = &nthr_v[0]
     if out_bits is not None:
         bits_v = out_bits
-        bits_b = &bits_v[0, 0, 0, 0]
-        sbn = bits_v.strides[0] // sizeof(word_t)
-        sbh = bits_v.strides[1] // sizeof(word_t)
-        sbw = bits_v.strides[2] // sizeof(word_t)
+        io.bits = <bnn_word_t *>&bits_v[0, 0, 0, 0]
+        io.sbn = bits_v.strides[0] // sizeof(word_t)
+        io.sbh = bits_v.strides[1] // sizeof(word_t)
+        io.sbw = bits_v.strides[2] // sizeof(word_t)
 
-    cdef const word_t *xb = &x[0, 0, 0, 0]
-    cdef Py_ssize_t sxn = x.strides[0] // sizeof(word_t)
-    cdef Py_ssize_t sxh = prm.sxh
-    cdef Py_ssize_t r, n, ho
-    # One (n, ho) output row per iteration: rows are independent, so the
-    # threads never share an output word.
-    cdef Py_ssize_t Hp = Ho // 2, chunk
-    cdef int wpool = <int>(Wo // 2)
-
-    cdef bnn_planes pl
-    cdef bnn_planes_io io
+    # The prepared data of the bit-plane paths, as C structs.
+    cdef bnn_pl_lists pl
+    cdef bnn_wp_planes wpl
+    cdef const bnn_pl_lists *plp = NULL
+    cdef const bnn_wp_planes *wpp = NULL
     cdef const uint16_t[::1] pidx_v
     cdef const int32_t[::1] poff_v, pw1_v
     cdef const uint8_t[::1] pones_v
-    cdef uint8_t[::1] ws_v
-    cdef char *wsb
-    cdef Py_ssize_t units, upb, nblk, wsz, b
-    cdef bnn_wplanes wpl
     cdef const uint8_t[:, :, ::1] wpw_v
     cdef const int16_t[::1] wpa_v
-    if planes is not None or wplanes is not None:
-        io.x = <const bnn_word_t *>xb
-        io.sxn = sxn
-        io.res = res_b
-        io.srn, io.srh, io.srw = srn, srh, srw
-        io.out = out_b
-        io.son, io.soh, io.sow = son, soh, sow
-        io.bits = <bnn_word_t *>bits_b
-        io.sbn, io.sbh, io.sbw = sbn, sbh, sbw
-        io.rows = <int>(Hp if pool else Ho)
-        io.pool = 1 if pool else 0
-        io.wpool = wpool
-        units = N * io.rows
-        ws_v = workspace
-        wsb = <char *>&ws_v[0]
-    if wplanes is not None:
-        wpw_v, wpa_v = wplanes[0], wplanes[1]
-        wpl.w = &wpw_v[0, 0, 0]
-        wpl.a = &wpa_v[0]
-        wpl.nplanes = wplanes[2]
-        wpl.groups = <int>wpw_v.shape[0]
-        wpl.hi = wplanes[3]
-        wsz = wplanes_workspace_bytes(wpl.nplanes, cout)
-        # Units are independent (whole output rows): threads never share a word.
-        for b in prange(units, nogil=True, schedule="dynamic", chunksize=1,
-                        num_threads=threads):
-            bnn_wplanes_unit(&prm, &wpl, &io, <int>b, wsb + openmp.omp_get_thread_num() * wsz)
-        return
     if planes is not None:
         pidx_v, poff_v, pw1_v, pones_v = planes[0], planes[1], planes[2], planes[3]
         pl.idx = &pidx_v[0]
@@ -336,42 +315,28 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
         pl.ones = &pones_v[0]
         pl.nplanes = planes[4]
         pl.hi = planes[5]
-        upb = BNN_PL_PIX // bnn_planes_unit_pixels(<int>Wo, io.pool, wpool)
-        nblk = (units + upb - 1) // upb
-        wsz = planes_workspace_bytes(pl.nplanes)
-        # Blocks are independent (whole output rows): threads never share a word.
-        for b in prange(nblk, nogil=True, schedule="dynamic", chunksize=1,
-                        num_threads=threads):
-            bnn_planes_block(&prm, &pl, &io, <int>(b * upb),
-                             <int>(upb if units - b * upb > upb else units - b * upb),
-                             wsb + openmp.omp_get_thread_num() * wsz)
-        return
-    if pool:
-        # One pooled row (conv rows 2i, 2i+1) per iteration.
-        if N * Hp == 0:
-            return
-        chunk = _chunk(N * Hp, threads)
-        for r in prange(N * Hp, nogil=True, schedule="dynamic", chunksize=chunk,
-                        num_threads=threads):
-            n = r // Hp
-            ho = r % Hp
-            bnn_conv_row_pool2(
-                &prm, <const bnn_word_t *>(xb + n * sxn + 2 * ho * stride * sxh),
-                (res_b + n * srn + 2 * ho * srh) if res_b != NULL else NULL, srh, srw,
-                (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
-                (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
-                sbw, wpool)
-        return
-    chunk = _chunk(N * Ho, threads)
-    for r in prange(N * Ho, nogil=True, schedule="dynamic", chunksize=chunk,
+        plp = &pl
+    if wplanes is not None:
+        wpw_v, wpa_v = wplanes[0], wplanes[1]
+        wpl.w = &wpw_v[0, 0, 0]
+        wpl.a = &wpa_v[0]
+        wpl.nplanes = wplanes[2]
+        wpl.groups = <int>wpw_v.shape[0]
+        wpl.hi = wplanes[3]
+        wpp = &wpl
+    cdef uint8_t[::1] ws_v
+    cdef char *wsb = NULL
+    if workspace is not None:
+        ws_v = workspace
+        wsb = <char *>&ws_v[0]
+
+    cdef bnn_sel_job job
+    bnn_sel_job_init(&job, &prm, &io, plp, wpp, N, Ho)
+    cdef Py_ssize_t b, grain = bnn_sel_grain(&job, threads)
+    cdef size_t wsz = job.ws_bytes
+    for b in prange(job.items, nogil=True, schedule="dynamic", chunksize=grain,
                     num_threads=threads):
-        n = r // Ho
-        ho = r % Ho
-        bnn_conv_row(&prm, <const bnn_word_t *>(xb + n * sxn + ho * stride * sxh),
-                     (res_b + n * srn + ho * srh) if res_b != NULL else NULL, srw,
-                     (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
-                     (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
-                     sbw)
+        bnn_sel_run(&job, b, wsb + openmp.omp_get_thread_num() * wsz)
 
 
 def fconv_raw(const float[:, :, :, :] x, const float[::1] w, int kh, int kw, int cin,

@@ -18,7 +18,9 @@ from bnnlite.train.engine import TrainConfig
 FLAGS = ["--model", "--data", "--out", "--epochs", "--lr", "--batch-size", "--optimizer",
          "--weight-decay", "--kd", "--teacher-path", "--kd-weight", "--lambda", "--temperature", "-T",
          "--val-size", "--seed", "--bf16", "--no-bf16", "--channels-last", "--no-channels-last",
-         "--compile", "--no-compile", "--threads", "--resume", "--no-progress", "--help"]
+         "--compile", "--no-compile", "--threads", "--resume", "--no-progress", "--help",
+         "--device", "--label-smoothing", "--schedule", "--warmup-epochs", "--ema", "--init-from",
+         "--classifier-norm"]
 HIDDEN = ["--subset", "--interrupt-after-steps", "--model-overrides"]
 
 
@@ -54,7 +56,7 @@ class TestHelp:
             assert flag in r.output, flag
         for flag in HIDDEN:
             assert flag not in r.output, flag
-        assert "fp32|xnor|birealnet|baseline" in r.output
+        assert "fp32|xnor|birealnet|birealresnet18|fastres|baseline" in r.output
         assert _run(["-h"]).output == r.output
 
     def test_console_script_points_at_main(self):
@@ -131,6 +133,19 @@ class TestParsedConfig:
         assert (c.resume, c.subset, c.interrupt_after_steps, c.progress) == (True, 500, 4, False)
         assert c.model_overrides == {"widths": [8, 8, 16, 16, 32, 32]}
         assert c.data == str(data) and c.out == str(tmp_path / "o")
+
+    def test_recipe_flags_reach_the_config(self, data, tmp_path, captured):
+        init = tmp_path / "fp32.pth"
+        init.write_bytes(b"x")
+        r = _run(["--model", "birealnet", "--data", str(data), "--out", str(tmp_path / "o"),
+                  "--device", "cpu", "--label-smoothing", "0.1", "--schedule", "linear", "--warmup-epochs", "1.5",
+                  "--ema", "0.999", "--init-from", str(init), "--classifier-norm", "bn"])
+        assert r.exit_code == 0, r.output
+        (c,) = captured
+        assert (c.device, c.label_smoothing, c.schedule, c.warmup_epochs, c.ema, c.init_from, c.classifier_norm) == \
+               ("cpu", 0.1, "linear", 1.5, 0.999, str(init), "bn")
+        assert _run(["--model", "xnor", "--data", str(data), "--out", str(tmp_path / "o"),
+                     "--ema", "1"]).exit_code == 2
 
     def test_compile_flag_tristate(self, data, tmp_path, captured):
         base = ["--model", "xnor", "--data", str(data), "--out", str(tmp_path / "o")]

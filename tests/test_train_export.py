@@ -52,3 +52,20 @@ def test_thresholds_reproduce_pytorch_decisions(seed, ambiguous):
     assert np.array_equal(runtime_bit, torch_bit)
     if ambiguous:  # the adversarial case really puts values on (or an ulp from) the boundary
         assert (y.abs() < 1e-5).sum() >= 20
+
+
+@pytest.mark.parametrize("arch", ["fp32", "birealnet"])
+def test_comparison_in_batches_covers_every_image_in_order(tiny_models, tiny_bundles, arch):
+    """The export check runs PyTorch and bnnlite a batch at a time (memory, progress): with a
+    partial last batch, it finds bnnlite's very logits of one pass over all images, and
+    PyTorch's up to its own batch-size-dependent rounding."""
+    from bnnlite.train.export import _compare
+    from _models import MEAN, STD
+    model = tiny_models[arch]
+    x = np.random.default_rng(1).integers(0, 256, (23, 16, 16, 3), dtype=np.uint8)
+    ref1, got1, agree1, _ = _compare(model, tiny_bundles[arch], x, MEAN, STD, threads=1, batch=len(x))
+    ref5, got5, agree5, _ = _compare(model, tiny_bundles[arch], x, MEAN, STD, threads=1, batch=5)
+    assert got5.shape == (23, 7)
+    np.testing.assert_array_equal(got5, got1)
+    np.testing.assert_allclose(ref5, ref1, atol=1e-5)
+    assert agree5 == agree1

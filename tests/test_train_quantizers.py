@@ -173,7 +173,7 @@ class TestClipLatentWeights:
         assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
 
     def test_custom_bound(self):
-        conv = BinaryConv2d(2, 3)
+        conv = BinaryConv2d(2, 3, 3, padding=1)
         with torch.no_grad():
             conv.weight.copy_(torch.linspace(-2, 2, conv.weight.numel()).reshape(conv.weight.shape))
         clip_latent_weights(conv, bound=0.25)
@@ -200,7 +200,7 @@ def _np_binary_conv(x, w, alpha, threshold=None, pad_value=1.0):
 class TestBinaryConv2d:
     def test_alpha_is_mean_abs_per_output_channel(self):
         torch.manual_seed(2)
-        conv = BinaryConv2d(3, 4, scale="mean")
+        conv = BinaryConv2d(3, 4, 3, padding=1, scale="mean")
         with torch.no_grad():
             conv.weight.mul_(torch.tensor([1.0, 2.0, 0.1, 5.0]).view(4, 1, 1, 1))
         w = conv.weight.detach().numpy()
@@ -210,7 +210,7 @@ class TestBinaryConv2d:
 
     def test_forward_equals_hand_conv_with_plus_one_padding(self):
         torch.manual_seed(3)
-        conv = BinaryConv2d(5, 6, scale="mean")
+        conv = BinaryConv2d(5, 6, 3, padding=1, scale="mean")
         rng = np.random.default_rng(3)
         x = rng.standard_normal((2, 5, 7, 6)).astype(np.float32)
         x[0, :, 0, :] = 0.0  # sign(0) = +1 on a border row
@@ -220,7 +220,7 @@ class TestBinaryConv2d:
         np.testing.assert_allclose(y, _np_binary_conv(x, w, alpha), rtol=1e-5, atol=1e-5)
 
     def test_all_negative_input_border_differs_from_zero_padding(self):
-        conv = BinaryConv2d(2, 1, scale="mean")
+        conv = BinaryConv2d(2, 1, 3, padding=1, scale="mean")
         with torch.no_grad():
             conv.weight.fill_(0.5)  # sign(W) = +1 everywhere, alpha = 0.5
         x = -torch.ones(1, 2, 4, 4)
@@ -237,7 +237,7 @@ class TestBinaryConv2d:
 
     def test_learned_scale_and_threshold(self):
         torch.manual_seed(4)
-        conv = BinaryConv2d(3, 6, quantizer="approx_sign", scale="learned", learn_threshold=True)
+        conv = BinaryConv2d(3, 6, 3, padding=1, input_quantizer="approx_sign", scale="learned", learn_threshold=True)
         with torch.no_grad():
             conv.alpha.copy_(torch.tensor([0.5, -1.0, 2.0, 0.25, 3.0, 1.5]))
             conv.threshold.copy_(torch.tensor([0.3, -0.2, 0.0]))
@@ -250,7 +250,7 @@ class TestBinaryConv2d:
 
     def test_bad_scale_rejected(self):
         with pytest.raises(ValueError, match="scale"):
-            BinaryConv2d(2, 2, scale="max")
+            BinaryConv2d(2, 2, 3, padding=1, scale="max")
 
 
 def _bitpack_conv(x_nchw, w, alpha, threshold):
@@ -277,7 +277,7 @@ class TestAgreesWithBitpack:
     def test_training_forward_equals_packed_semantics(self, cin):
         torch.manual_seed(5)
         cout = 4
-        conv = BinaryConv2d(cin, cout, scale="learned", learn_threshold=True)
+        conv = BinaryConv2d(cin, cout, 3, padding=1, scale="learned", learn_threshold=True)
         rng = np.random.default_rng(cin)
         t = rng.standard_normal(cin).astype(np.float32) * 0.5
         x = rng.standard_normal((2, cin, 5, 4)).astype(np.float32)

@@ -219,7 +219,7 @@ class TestCheckpointFiles:
 
 def test_resume_with_other_epochs_refits_the_schedule():
     """--resume with a different --epochs keeps the step and follows the new curve."""
-    from bnnlite.train.engine import _load_schedule
+    from bnnlite.train.optim import load_schedule as _load_schedule
 
     def make(total):
         opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
@@ -244,19 +244,3 @@ def test_resume_with_other_epochs_refits_the_schedule():
     _, short = make(30)
     with pytest.raises(ValueError, match="shorter"):
         _load_schedule(short, old.state_dict(), rank=0)
-
-
-@pytest.mark.parametrize("text, native", [
-    ("processor\t: 0\nflags\t\t: fpu sse2 avx2 popcnt\n", False),                 # Zen 3
-    ("flags\t\t: fpu avx512f avx512_bf16 avx512_vpopcntdq\n", True),               # Zen 4/5
-    ("flags\t\t: fpu avx512f amx_bf16 amx_tile\n", True),                          # Sapphire Rapids
-    ("Features\t: fp asimd bf16 i8mm\n", True),                                    # Arm with BF16
-    ("Features\t: fp asimd\n", False),
-    ("model name\t: something else\n", True),                                      # no flag line: unknown
-])
-def test_bf16_default_follows_the_cpu(tmp_path, text, native):
-    from bnnlite.train.engine import cpu_has_native_bf16
-    info = tmp_path / "cpuinfo"
-    info.write_text(text)
-    assert cpu_has_native_bf16(str(info)) is native
-    assert cpu_has_native_bf16(str(tmp_path / "missing")) is True

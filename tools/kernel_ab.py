@@ -5,13 +5,17 @@ previous commit saved before rebuilding) next to the installed one, binds each
 binary conv of the shipped model to both, checks that their outputs are
 identical, and times them in alternation.  The median of the per-round ratios
 is far steadier on a shared machine than comparing two separate runs.  Both
-builds must read the same plane lists (bnnlite.backend._plane_lists).
+builds must read the same plane lists (bnnlite/_planes.py, plane_lists).
 ``--model`` times the whole model instead (Model.logits on a batch of 128
 random images, ``--chunk`` at a time), each build with a graph made through
 it, so with its own plane lists: builds whose lists differ (another
-PLANES_SETS) compare too.
+PLANES_SETS) compare too.  ``--backend cython-avx2`` (etc.) A/Bs that
+variant's builds instead of the one this CPU would pick.  A build from
+before kernels/bconv_select.h (it has no ``select_path``) is asked through
+the installed build's ``select_path``: the same rule, which that build
+applied inside bconv_raw to the data it was given.
 
-    cp bnnlite/_bconv_avx2.*.so /tmp/before.so    # before the change
+    cp bnnlite/_bconv_avx512.*.so /tmp/before.so  # before the change (the CPU's variant)
     python setup.py build_ext --inplace           # after it
     python tools/kernel_ab.py /tmp/before.so      # A = before, B = installed
     python tools/kernel_ab.py --model /tmp/before.so
@@ -21,6 +25,7 @@ from __future__ import annotations
 import copy
 import importlib.util
 import time
+import types
 from pathlib import Path
 
 import click
@@ -40,6 +45,18 @@ def _bound(model, mod):
     return backend
 
 
+def _with_select_path(mod, installed):
+    """``mod`` as a namespace, given the installed build's path choice when
+    it is older than it (no ``select_path``)."""
+    if hasattr(mod, "select_path"):
+        return mod
+    ns = types.SimpleNamespace(**{k: getattr(mod, k) for k in dir(mod) if not k.startswith("__")})
+    for k in ("select_path", "PATH_CORE", "PATH_PLANES", "PATH_WPLANES"):
+        setattr(ns, k, getattr(installed, k))
+    ns.__name__ = mod.__name__
+    return ns
+
+
 def _alternate(runs, rounds):
     """Seconds of each of ``rounds`` calls of runs["A"] and runs["B"], in
     alternation, and the median of the rounds' A/B ratios."""
@@ -52,12 +69,12 @@ def _alternate(runs, rounds):
     return times, float(np.median([a / b for a, b in zip(times["A"], times["B"])]))
 
 
-def _whole_model(mods, rounds, chunk):
+def _whole_model(mods, rounds, chunk, backend):
     """Model.logits of 128 random images, A and B in alternation, each on a
     model whose graph (so whose plane lists) was made through its build."""
     models = {}
     for k, mod in mods.items():
-        m = bnnlite.Model.pretrained(threads=1, backend="cython", chunk=chunk)
+        m = bnnlite.Model.pretrained(threads=1, backend=backend, chunk=chunk)
         m.backend = _bound(m, mod)
         m.graph = Graph(m.bundle, m.backend)
         models[k] = m
@@ -88,15 +105,20 @@ def _load(path: Path, tag: str, name: str):
               help="Calls per timed round (32 x chunk 4 = batch 128).")
 @click.option("--model", "whole", is_flag=True,
               help="Time the whole model (Model.logits, batch 128) instead of each layer.")
-def main(build_a, build_b, rounds, chunk, calls, whole):
+@click.option("--backend", type=click.Choice(["cython", "cython-avx512", "cython-avx2", "cython-generic"]),
+              default="cython", show_default=True,
+              help="The compiled variant the builds are of (cython: the one this CPU picks).")
+def main(build_a, build_b, rounds, chunk, calls, whole, backend):
     """Time BUILD_A against BUILD_B (default: the installed build)."""
-    model = bnnlite.Model.pretrained(threads=1, backend="cython")
+    model = bnnlite.Model.pretrained(threads=1, backend=backend)
     installed = model.backend._impl.mod
     name = installed.__name__.rsplit(".", 1)[-1]
     mods = {"A": _load(build_a, "build_a", name),
             "B": _load(build_b, "build_b", name) if build_b else installed}
+    mods = {k: _with_select_path(mod, installed) for k, mod in mods.items()}
+    click.echo(f"variant {name}: A {build_a}, B {build_b or installed.__file__}")
     if whole:
-        _whole_model(mods, rounds, chunk)
+        _whole_model(mods, rounds, chunk, backend)
         return
     sets = {k: getattr(mod, "PLANES_SETS", None) for k, mod in mods.items()}
     if sets["A"] != sets["B"]:

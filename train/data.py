@@ -30,8 +30,8 @@ def channel_stats(images: np.ndarray) -> tuple[list[float], list[float]]:
 def augment_batch(images, generator, pad: int = 4):
     """Random crop with ``pad`` zero pixels each side and a random horizontal flip.
 
-    ``images`` is a uint8 torch tensor (B, H, W, C); the whole batch is done with
-    two gathers, no Python loop per image.  Returns uint8 (B, H, W, C).
+    ``images`` is a uint8 torch tensor (B, H, W, C) on any device; the whole
+    batch is done with two gathers, no Python loop per image.  Returns uint8 (B, H, W, C).
     """
     import torch
     b, h, w, _ = images.shape
@@ -43,13 +43,16 @@ def augment_batch(images, generator, pad: int = 4):
     cols = torch.where(flip[:, None], w - 1 - cols, cols) + ox[:, None]
     rows = torch.arange(h)[None, :] + oy[:, None]
     bi = torch.arange(b)[:, None, None]
-    return padded[bi, rows[:, :, None], cols[:, None, :]]
+    # The random numbers come from the CPU generator on every device (same batches); the gather runs where
+    # the images are.
+    dev = images.device
+    return padded[bi.to(dev), rows[:, :, None].to(dev), cols[:, None, :].to(dev)]
 
 
 def normalize(images_u8, mean, std):
     """uint8 NHWC tensor -> float32 NCHW (channels_last memory), (x/255 - mean)/std."""
     import torch
     x = images_u8.permute(0, 3, 1, 2).float().div_(255.0)
-    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     return ((x - m) / s).contiguous(memory_format=torch.channels_last)

@@ -1,6 +1,7 @@
 """The training loop: one function, ``train(TrainConfig)``.
 
-Public names: TrainConfig, train, evaluate, recipe_defaults.
+Public names: TrainConfig, train, evaluate, recipe_defaults, resolve_device,
+native_bf16.
 
 What it guarantees
 * Exact resume: the data order of epoch e is a permutation seeded by (seed, e)
@@ -14,6 +15,16 @@ What it guarantees
   of every epoch's permutation, gradients are averaged by
   DistributedDataParallel (gloo on CPU, nccl on CUDA), metrics are summed
   across ranks, rank 0 writes files.
+* Devices: ``device`` "auto" (CUDA where available), "cpu" or "cuda".  The
+  model, the data set, the batches and their augmentation live on the device;
+  the random numbers of the augmentation come from the same CPU generators on
+  every device, so the batches are the same images.  bf16 autocast is on by
+  default where the device computes bf16 natively (CUDA with bf16, CPUs with
+  AVX512-BF16 or AMX); elsewhere it is emulated and slower than FP32.
+* Recipe pieces: label smoothing, a linear warm-up/decay schedule, an EMA of
+  the weights (``ema`` decay per step: validation, test and the saved model
+  use the average), initialisation from another checkpoint's matching
+  tensors (``init_from``), classifier normalisation (models.py).
 
 Test hooks
 * ``TrainConfig.model_overrides``: a dict merged into
@@ -42,24 +53,18 @@ from tqdm import tqdm
 from bnnlite._atomic import atomic_path, remove_stale
 
 from . import checkpoint as ckpt_io
-from .data import augment_batch, channel_stats, load_cifar, normalize, train_val_split
-from .losses import kd_loss
-from .models import build_model, clip_latent_weights, default_config, model_from_checkpoint
+from bnnlite.datasets import load_dataset
 
-__all__ = ["TrainConfig", "train", "evaluate", "recipe_defaults"]
+from .data import augment_batch, channel_stats, normalize, train_val_split
+from .losses import kd_loss
+from .models import build_model, clip_latent_weights, default_config, init_from_checkpoint, model_from_checkpoint
+from .optim import Ema, load_schedule, make_optimizer, make_schedule, recipe_defaults
+
+__all__ = ["TrainConfig", "train", "evaluate", "recipe_defaults", "resolve_device", "native_bf16"]
 
 CHECKPOINT = "checkpoint.pth"
 FINAL = "model.pth"
 LOG = "log.jsonl"
-
-
-def recipe_defaults(model: str) -> dict:
-    """Optimiser recipe per model (what the README's table was trained with)."""
-    # classifier_lr: the 8192-input classifier sees large positive features, so
-    # one step at the conv learning rate moves logits by ~lr * |x|^2 and diverges.
-    if model in ("fp32", "baseline"):
-        return {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "compile": False, "classifier_lr": 0.01}
-    return {"optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0, "compile": True, "classifier_lr": 0.1}
 
 
 @dataclass
@@ -87,6 +92,13 @@ class TrainConfig:
     interrupt_after_steps: int | None = None  # simulate Ctrl-C after this many steps (tests)
     progress: bool = True
     model_overrides: dict | None = None  # merged into models.default_config(model) (tests: tiny widths)
+    device: str = "auto"               # auto | cpu | cuda
+    label_smoothing: float = 0.0
+    schedule: str = "onecycle"         # onecycle | linear (warm-up, then linear decay to zero)
+    warmup_epochs: float = 0.0         # linear schedule only
+    ema: float | None = None           # EMA decay per step; None: no EMA
+    init_from: str | None = None       # checkpoint whose matching tensors initialise the model
+    classifier_norm: str | None = None  # none | bn; None: the model's default
     extra: dict = field(default_factory=dict)
 
 
@@ -115,13 +127,42 @@ class _StopFlag:
             signal.signal(sig, old)
 
 
-def _dist_setup():
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> CUDA where available, else CPU; "cuda" without CUDA is a ValueError."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: this PyTorch sees no CUDA device")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def native_bf16(device: torch.device) -> bool:
+    """True where bf16 math runs natively on ``device``.
+
+    CUDA: what torch reports.  CPU: AVX512-BF16 or AMX as torch's own CPU
+    probe sees them; anything else (AVX2-only x86, Arm, unknown) is False:
+    there bf16 autocast is emulated (on a Zen 3, 40 s vs 2.7 s per step).
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(p() for p in probes if p is not None)
+
+
+def _dist_setup(device_name="auto"):
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
     import torch.distributed as dist
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        cuda = device_name == "cuda" or (device_name == "auto" and torch.cuda.is_available())
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -142,21 +183,25 @@ def _all_sum(values, world):
     t = torch.tensor(values, dtype=torch.float64)
     if world > 1:
         import torch.distributed as dist
+        if dist.get_backend() == "nccl":  # nccl reduces device tensors only
+            t = t.cuda()
         dist.all_reduce(t)
+        t = t.cpu()
     return t.tolist()
 
 
 @torch.no_grad()
-def evaluate(model, images, labels, mean, std, batch_size=500, bf16=False, rank=0, world=1):
+def evaluate(model, images, labels, mean, std, batch_size=500, bf16=False, rank=0, world=1, device="cpu"):
     """(loss, accuracy) of ``model`` in eval mode on uint8 NHWC numpy images."""
+    device = torch.device(device)
     model.eval()
     idx = np.arange(len(labels))[rank::world]
     loss_sum = correct = 0.0
     for i in range(0, len(idx), batch_size):
         j = idx[i:i + batch_size]
-        x = normalize(torch.from_numpy(images[j]), mean, std)
-        y = torch.from_numpy(labels[j])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        x = normalize(torch.from_numpy(images[j]).to(device), mean, std)
+        y = torch.from_numpy(labels[j]).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
         correct += (logits.argmax(1) == y).sum().item()
@@ -164,59 +209,16 @@ def evaluate(model, images, labels, mean, std, batch_size=500, bf16=False, rank=
     return loss_sum / max(n, 1), correct / max(n, 1)
 
 
-def _make_optimizer(cfg: TrainConfig, model, steps_total):
-    rec = recipe_defaults(cfg.model)
-    name = cfg.optimizer or rec["optimizer"]
-    lr = cfg.lr if cfg.lr is not None else rec["lr"]
-    wd = cfg.weight_decay if cfg.weight_decay is not None else rec["weight_decay"]
-    # No weight decay on BN, biases, thresholds, alphas, RPReLU: only conv/linear weights.
-    cls_mult = rec["classifier_lr"]
-    groups = []
-    for is_cls in (False, True):
-        params = [(n, p) for n, p in model.named_parameters() if n.startswith("classifier.") == is_cls]
-        for decay in (True, False):
-            ps = [p for n, p in params if (p.ndim > 1) == decay]
-            if ps:
-                groups.append({"params": ps, "weight_decay": wd if decay else 0.0,
-                               "lr": lr * (cls_mult if is_cls else 1.0)})
-    if name == "sgd":
-        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9, nesterov=True)
-    elif name == "adam":
-        opt = torch.optim.Adam(groups, lr=lr)
-    else:
-        raise ValueError(f"optimizer must be 'sgd' or 'adam', got {name!r}")
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=max(steps_total, 1), pct_start=0.15 if name == "sgd" else 0.1,
-        anneal_strategy="cos", div_factor=10.0 if name == "sgd" else 20.0, final_div_factor=1e3,
-        cycle_momentum=(name == "sgd"))
-    return opt, sched, {"optimizer": name, "lr": lr, "weight_decay": wd, "classifier_lr_mult": cls_mult}
-
-
-def _load_schedule(sched, saved, rank):
-    """Restore the LR schedule's position; keep this run's length if --epochs changed.
-
-    Same --epochs: exact resume. Different --epochs: the step counter carries over and the
-    remaining steps follow the new one-cycle curve (a deliberate re-fit, printed).
-    """
-    total, phases = sched.total_steps, sched._schedule_phases
-    sched.load_state_dict(saved)
-    if saved["total_steps"] != total:
-        if saved["last_epoch"] >= total:
-            raise ValueError(f"--epochs is shorter than the {saved['last_epoch']} steps already trained")
-        sched.total_steps, sched._schedule_phases = total, phases
-        if rank == 0:
-            print(f"--resume: schedule re-fitted from {saved['total_steps']} to {total} steps "
-                  f"at step {saved['last_epoch']}")
-
-
-def _load_teacher(path, mean, std):
+def _load_teacher(path, mean, std, device):
     t = ckpt_io.load_checkpoint(path)
     model = model_from_checkpoint(t)
     for p in model.parameters():
         p.requires_grad_(False)
     tn = t["normalization"]
     same = np.allclose(tn["mean"], mean) and np.allclose(tn["std"], std)
-    return model.to(memory_format=torch.channels_last), (None if same else (tn["mean"], tn["std"]))
+    acc = t.get("metrics", {}).get("val_acc")
+    info = {"path": str(path), "arch": t["config"].get("arch"), "val_acc": acc}
+    return (model.to(device, memory_format=torch.channels_last), (None if same else (tn["mean"], tn["std"])), info)
 
 
 def _write_log(path, history):
@@ -250,31 +252,14 @@ def _step_generator(seed, epoch, step):
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
-def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo") -> bool:
-    """True where bf16 math runs natively (x86: AVX512_BF16 or AMX-BF16; Arm: BF16).
-
-    Elsewhere PyTorch emulates bf16 and autocast is many times slower than FP32
-    (measured on a Zen 3: 40 s vs 2.7 s per step).  Unknown platforms: True.
-    """
-    try:
-        with open(cpuinfo) as f:
-            for line in f:
-                key, _, val = line.partition(":")
-                if key.strip() in ("flags", "Features"):
-                    flags = set(val.split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    except OSError:
-        pass
-    return True
-
-
 def train(cfg: TrainConfig) -> dict:
     """Train per ``cfg``; returns the final metrics dict (also in model.pth)."""
-    rank, world = _dist_setup()
+    rank, world = _dist_setup(cfg.device)
+    device = resolve_device(cfg.device)
     if cfg.bf16 is None:
-        cfg = replace(cfg, bf16=cpu_has_native_bf16())
+        cfg = replace(cfg, bf16=native_bf16(device))
         if not cfg.bf16 and rank == 0:
-            print("this CPU has no native bf16: training in FP32 (--bf16 forces autocast)")
+            print(f"{device.type}: no native bf16, training in FP32 (--bf16 forces autocast)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     elif world > 1:
@@ -284,19 +269,37 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    train_full, test, classes = load_cifar(cfg.data)
+    train_full, test, classes = load_dataset(cfg.data)
     if cfg.subset:
         train_full, test = train_full.subset(slice(0, cfg.subset)), test.subset(slice(0, cfg.subset))
     train_set, val_set = train_val_split(train_full, min(cfg.val_size, len(train_full) // 10 or 1), cfg.seed)
     mean, std = channel_stats(train_set.images)
     model_cfg = default_config(cfg.model, len(classes))
+    h, w, c = train_full.images.shape[1:]
+    if h != w:
+        raise ValueError(f"{cfg.data}: images are {w}x{h}; the built-in models take square images")
+    model_cfg.update(image_size=int(h), in_channels=int(c))
     if cfg.model_overrides:
         unknown = sorted(set(cfg.model_overrides) - set(model_cfg))
         if unknown:
             raise ValueError(f"model_overrides: unknown key(s) {', '.join(unknown)}; "
                              f"known: {', '.join(sorted(model_cfg))}")
         model_cfg.update(copy.deepcopy(cfg.model_overrides))
+    if cfg.classifier_norm is not None:
+        if "classifier_norm" not in model_cfg:
+            raise ValueError(f"--classifier-norm: model {cfg.model} has no classifier normalisation option")
+        model_cfg["classifier_norm"] = cfg.classifier_norm
     model = build_model(model_cfg)
+    init_info = None
+    if cfg.init_from:
+        src = ckpt_io.load_checkpoint(cfg.init_from)
+        copied = init_from_checkpoint(model, src["model"])
+        if not copied:
+            raise ValueError(f"--init-from {cfg.init_from}: no tensor matches this model's names and shapes")
+        init_info = {"path": str(cfg.init_from), "arch": src["config"].get("arch"), "tensors": len(copied)}
+        if rank == 0:
+            print(f"initialised {len(copied)} tensors from {cfg.init_from}")
+    model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
@@ -304,7 +307,17 @@ def train(cfg: TrainConfig) -> dict:
     steps_per_epoch = len(train_set) // world // local_bs
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training images are fewer than one batch of {cfg.batch_size}")
-    opt, sched, opt_info = _make_optimizer(cfg, model, steps_per_epoch * cfg.epochs)
+    rec = recipe_defaults(cfg.model)
+    opt_name = cfg.optimizer or rec["optimizer"]
+    lr = cfg.lr if cfg.lr is not None else rec["lr"]
+    wd = cfg.weight_decay if cfg.weight_decay is not None else rec["weight_decay"]
+    cls_mult = 1.0 if model_cfg.get("classifier_norm", "none") != "none" else rec["classifier_lr"]
+    opt = make_optimizer(model, opt_name, lr, wd, cls_mult)
+    sched = make_schedule(opt, cfg.schedule, steps_per_epoch * cfg.epochs, round(cfg.warmup_epochs * steps_per_epoch))
+    opt_info = {"optimizer": opt_name, "lr": lr, "weight_decay": wd, "classifier_lr_mult": cls_mult,
+                "schedule": cfg.schedule, "warmup_epochs": cfg.warmup_epochs,
+                "label_smoothing": cfg.label_smoothing, "ema": cfg.ema, "init_from": init_info}
+    ema = Ema(model, cfg.ema) if cfg.ema else None
 
     state = {"epoch": 0, "step": 0, "running": [0.0, 0.0, 0.0, 0.0], "history": [], "elapsed": 0.0}
     ckpt_path = out / CHECKPOINT
@@ -315,7 +328,11 @@ def train(cfg: TrainConfig) -> dict:
         ck = ckpt_io.load_checkpoint(ckpt_path)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
-        _load_schedule(sched, ck["scheduler"], rank)
+        load_schedule(sched, ck["scheduler"], rank)
+        if (ema is None) != (ck.get("ema") is None):
+            raise ValueError(f"{ckpt_path}: --ema differs from the run being resumed")
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         state = {k: ck[k] for k in state}
         if rank != 0:  # the checkpoint's running sums are the total over ranks: rank 0 carries them
             state["running"] = [0.0, 0.0, 0.0] + state["running"][3:]
@@ -329,7 +346,8 @@ def train(cfg: TrainConfig) -> dict:
     if cfg.kd:
         if not cfg.teacher_path:
             raise ValueError("--kd needs --teacher-path CKPT")
-        teacher, teacher_norm = _load_teacher(cfg.teacher_path, mean, std)
+        teacher, teacher_norm, teacher_info = _load_teacher(cfg.teacher_path, mean, std, device)
+        opt_info["teacher"] = teacher_info
 
     use_compile = cfg.compile if cfg.compile is not None else recipe_defaults(cfg.model)["compile"]
     step_model = model
@@ -339,11 +357,11 @@ def train(cfg: TrainConfig) -> dict:
     if use_compile:
         step_model = torch.compile(step_model)
 
-    images_t = torch.from_numpy(train_set.images)
-    labels_t = torch.from_numpy(train_set.labels)
+    images_t = torch.from_numpy(train_set.images).to(device)
+    labels_t = torch.from_numpy(train_set.labels).to(device)
     run_info = {"model": cfg.model, "epochs": cfg.epochs, "batch_size": cfg.batch_size, **opt_info,
                 "kd": cfg.kd, "kd_weight": cfg.kd_weight, "temperature": cfg.temperature,
-                "seed": cfg.seed, "bf16": cfg.bf16, "channels_last": cfg.channels_last,
+                "seed": cfg.seed, "device": str(device), "bf16": cfg.bf16, "channels_last": cfg.channels_last,
                 "compile": use_compile, "world_size": world, "threads": torch.get_num_threads(),
                 "train_images": len(train_set), "val_images": len(val_set)}
 
@@ -356,14 +374,18 @@ def train(cfg: TrainConfig) -> dict:
         running = _all_sum(state["running"][:3], world) + state["running"][3:]
         if rank == 0:
             ckpt_io.save_atomic({**header({}), "model": model.state_dict(), "optimizer": opt.state_dict(),
-                                 "scheduler": sched.state_dict(), **state, "running": running}, ckpt_path)
+                                 "scheduler": sched.state_dict(), "ema": ema.state_dict() if ema else None,
+                                 **state, "running": running}, ckpt_path)
+
+    def eval_model():  # what validation, the test split and model.pth see
+        return ema.module() if ema is not None else model
 
     steps_done_this_call = 0
     interrupted = False
     with _StopFlag() as flag:
         while state["epoch"] < cfg.epochs and not interrupted:
             epoch = state["epoch"]
-            perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch))
+            perm = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(cfg.seed * 7919 + epoch)).to(device)
             mine = perm[rank::world]
             model.train()
             t0 = time.time()
@@ -376,20 +398,22 @@ def train(cfg: TrainConfig) -> dict:
                 g = _step_generator(cfg.seed, epoch, step * world + rank)
                 x = normalize(augment_batch(images_t[idx], g), mean, std)
                 y = labels_t[idx]
-                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                     logits = step_model(x)
                     if teacher is not None:
                         with torch.no_grad():
                             tx = x if teacher_norm is None else normalize(augment_batch(images_t[idx], _step_generator(cfg.seed, epoch, step * world + rank)), *teacher_norm)
                             t_logits = teacher(tx)
                 logits = logits.float()
-                loss = (kd_loss(logits, t_logits, y, cfg.kd_weight, cfg.temperature) if teacher is not None
-                        else F.cross_entropy(logits, y))
+                loss = (kd_loss(logits, t_logits, y, cfg.kd_weight, cfg.temperature, cfg.label_smoothing)
+                        if teacher is not None else F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 clip_latent_weights(model)
+                if ema is not None:
+                    ema.update(model)
                 r = state["running"]
                 r[0] += loss.item() * len(y); r[1] += (logits.argmax(1) == y).sum().item(); r[2] += len(y)
                 seen_this_call += len(y)
@@ -418,8 +442,8 @@ def train(cfg: TrainConfig) -> dict:
             _sync_buffers(model, world)
             tl, tc, tn = _all_sum(r[:3], world)
             ev0 = time.time()
-            val_loss, val_acc = evaluate(model, val_set.images, val_set.labels, mean, std,
-                                         bf16=cfg.bf16, rank=rank, world=world)
+            val_loss, val_acc = evaluate(eval_model(), val_set.images, val_set.labels, mean, std,
+                                         bf16=cfg.bf16, rank=rank, world=world, device=device)
             state["elapsed"] += time.time() - ev0
             rec = {"epoch": epoch + 1, "train_loss": tl / tn, "train_acc": tc / tn, "val_loss": val_loss,
                    "val_acc": val_acc, "lr": sched.get_last_lr()[0], "epoch_seconds": round(r[3], 1),
@@ -438,18 +462,22 @@ def train(cfg: TrainConfig) -> dict:
         return {"interrupted": True, "epoch": state["epoch"], "step": state["step"]}
 
     # The test split is measured once, at the end, in FP32 eval (the export reference).
-    test_loss, test_acc = evaluate(model, test.images, test.labels, mean, std, bf16=False, rank=rank, world=world)
+    test_loss = test_acc = None
+    if len(test):
+        test_loss, test_acc = evaluate(eval_model(), test.images, test.labels, mean, std, bf16=False, rank=rank,
+                                       world=world, device=device)
     hist = state["history"]
     metrics = {"test_acc": test_acc, "test_loss": test_loss,
                "val_acc": hist[-1]["val_acc"] if hist else float("nan"),
                "epochs": len(hist), "wall_seconds": round(state["elapsed"], 1),
                "images_per_s": round(float(np.mean([h["images_per_s"] for h in hist])), 1) if hist else 0.0}
     if rank == 0:
-        ckpt_io.save_atomic({**header(metrics), "model": model.state_dict(), "history": hist}, out / FINAL)
+        ckpt_io.save_atomic({**header(metrics), "model": eval_model().state_dict(), "history": hist}, out / FINAL)
         with open(out / "metrics.json", "w") as f:
             json.dump({**metrics, "run": run_info}, f, indent=2)
         _plot_curves(hist, out / "curves.png")
-        print(f"test top-1 {100 * test_acc:.2f}% after {len(hist)} epochs, {state['elapsed'] / 60:.1f} min")
+        print((f"test top-1 {100 * test_acc:.2f}%" if test_acc is not None else "no test split")
+              + f" after {len(hist)} epochs, {state['elapsed'] / 60:.1f} min")
     dump = os.environ.get("BNNLITE_DDP_DUMP")
     if dump:
         Path(dump).mkdir(parents=True, exist_ok=True)

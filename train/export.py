@@ -17,7 +17,8 @@ weights) makes the runtime round like PyTorch, bit for bit:
   weights of channels with m = a * alpha < 0 (acc -> -acc) so every m >= 0 and
   max-pool commutes with the transform; then sign(y) = -1 iff
   acc < ceil((t - c) / m): an integer threshold, and max-pool on bits is AND.
-* classifier: weights permuted from NCHW-flatten to NHWC-flatten order.
+* classifier: weights permuted from NCHW-flatten to NHWC-flatten order; a
+  classifier normalisation (BatchNorm1d) folded into its weights and bias.
 
 Before writing, the bundle is run through the bnnlite runtime on a probe
 batch and compared with the PyTorch model in eval mode (FP32); a bundle that
@@ -37,11 +38,12 @@ from bnnlite import __version__
 from bnnlite._atomic import temp_beside
 from bnnlite.bitpack import pack_bits
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
+from bnnlite.datasets import load_dataset
 from bnnlite.reference import fma32
 
 from .checkpoint import load_checkpoint
-from .data import load_cifar, normalize
-from .models import BinaryBlock, RealBlock, model_from_checkpoint
+from .data import normalize
+from .models import BinaryBlock, RealBlock, VGGSmall, model_from_checkpoint
 
 __all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
 
@@ -116,8 +118,26 @@ def _int_threshold(blk, t_next, flip, k_bits):
     return np.clip(thr, -(k_bits + 1), k_bits + 1).astype(np.int32)
 
 
+def _classifier_folded(model):
+    """Classifier weight and bias (float64, NCHW-flatten order) with its input normalisation folded in.
+
+    norm(x) = (x - mean) * r with r = scale / sqrt(var + eps), so
+    W norm(x) + b = (W * r) x + (b - W @ (mean * r)).
+    """
+    w, b = _np(model.classifier.weight), _np(model.classifier.bias)
+    norm = getattr(model, "classifier_norm", None)
+    if norm is not None:
+        r = model.classifier_scale / np.sqrt(_np(norm.running_var) + norm.eps)
+        b = b - w @ (_np(norm.running_mean) * r)
+        w = w * r[None, :]
+    return w, b
+
+
 def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
     """The op list for a VGGSmall in eval mode (see module docstring for the maths)."""
+    if not isinstance(model, VGGSmall):
+        raise ValueError(f"{type(model).__name__} ({model.config.get('arch')}) has no bundle form: only the "
+                         f"VGG-small models (fp32, xnor, birealnet) export")
     cfg = model.config
     ops: list[OpRecord] = []
     x = INPUT
@@ -182,16 +202,16 @@ def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
     side = cfg["image_size"] // 2 ** len(cfg["pool_after"])
     c_last = cfg["widths"][-1]
     ops.append(OpRecord("flatten", "flatten", [x], ["flat"]))
-    w = _np(model.classifier.weight)
+    w, bias = _classifier_folded(model)
     n_out = w.shape[0]
     w_nhwc = w.reshape(n_out, c_last, side, side).transpose(0, 2, 3, 1).reshape(n_out, -1)
     ops.append(OpRecord("dense", "classifier", ["flat"], [OUTPUT],
                         {"units_in": w_nhwc.shape[1], "units_out": n_out},
-                        {"weight": w_nhwc.astype(np.float32), "bias": _np(model.classifier.bias).astype(np.float32)}))
+                        {"weight": w_nhwc.astype(np.float32), "bias": bias.astype(np.float32)}))
     return ops
 
 
-def _torch_logits(model, images, mean, std, batch=500):
+def _torch_logits(model, images, mean, std, batch=100):
     out = []
     with torch.no_grad():
         for i in range(0, len(images), batch):
@@ -199,10 +219,22 @@ def _torch_logits(model, images, mean, std, batch=500):
     return np.concatenate(out)
 
 
-def _compare(model_t, bundle_path, images, mean, std, threads):
+def _compare(model_t, bundle_path, images, mean, std, threads, batch=100):
+    """PyTorch's and bnnlite's logits on ``images``, a batch of each in turn, with a progress
+    bar on a terminal (the test split takes minutes: PyTorch's FP32 forward is the slow side).
+    Batches of 100 keep PyTorch's activations small: batches of 500 took about 0.9 GB more
+    peak memory for Bi-Real, at the same speed."""
     import bnnlite
-    ref = _torch_logits(model_t, images, mean, std)
-    got = bnnlite.Model.load(bundle_path, threads=threads).logits(images)
+    from tqdm import tqdm
+    runtime = bnnlite.Model.load(bundle_path, threads=threads)
+    refs, gots = [], []
+    with tqdm(total=len(images), desc="comparing with PyTorch", unit="img", disable=None, leave=False) as bar:
+        for i in range(0, len(images), batch):
+            part = images[i:i + batch]
+            refs.append(_torch_logits(model_t, part, mean, std, batch))
+            gots.append(runtime.logits(part))
+            bar.update(len(part))
+    ref, got = np.concatenate(refs), np.concatenate(gots)
     diff = np.abs(ref - got).max(axis=1)
     agree = float(np.mean(ref.argmax(1) == got.argmax(1)))
     return ref, got, agree, diff
@@ -236,7 +268,7 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
         write_bundle(draft, header, ops, atomic=False)
         # The probe: real test images when --data is given, else seeded random images.
         if data is not None:
-            _, test, _ = load_cifar(data)
+            _, test, _ = load_dataset(data)
             images, labels = test.images, test.labels
         else:
             rng = np.random.default_rng(0)

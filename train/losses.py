@@ -18,15 +18,18 @@ __all__ = ["kd_loss"]
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
-            weight: float = 0.5, temperature: float = 3.0) -> torch.Tensor:
-    """(1 - weight) * CE + weight * T^2 * KL(teacher || student), batch mean."""
+            weight: float = 0.5, temperature: float = 3.0, label_smoothing: float = 0.0) -> torch.Tensor:
+    """(1 - weight) * CE + weight * T^2 * KL(teacher || student), batch mean.
+
+    ``label_smoothing`` applies to the CE term only (the teacher's targets are already soft).
+    """
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"KD weight must be in [0, 1], got {weight}")
     if not temperature > 0:  # also rejects NaN
         raise ValueError(f"temperature must be > 0, got {temperature}")
     s = student_logits.float()
     t = teacher_logits.float()
-    ce = F.cross_entropy(s, labels)
+    ce = F.cross_entropy(s, labels, label_smoothing=label_smoothing)
     kl = F.kl_div(F.log_softmax(s / temperature, dim=1), F.log_softmax(t / temperature, dim=1),
                   reduction="batchmean", log_target=True)
     return (1.0 - weight) * ce + weight * temperature ** 2 * kl

@@ -1,7 +1,7 @@
 """VGG-small for CIFAR-10 in three flavours, built from one config dict.
 
-Public names: ARCHS, default_config, build_model, BinaryConv2d, RPReLU,
-clip_latent_weights.
+Public names: ARCHS, default_config, build_model, model_from_checkpoint,
+init_from_checkpoint, BinaryConv2d, RPReLU, clip_latent_weights.
 
 Topology (all three): six 3x3 convs of widths 128-128-256-256-512-512, a 2x2
 max-pool after every second conv, then one linear classifier on the flattened
@@ -17,6 +17,19 @@ max-pool after every second conv, then one linear classifier on the flattened
 
 Binary convs pad their *binarised* input with +1 (bit 0): the runtime's
 padding convention, free in a bit-packed kernel (docs/conventions.md).
+
+Classifier normalisation.  Without it the classifier's 8192 inputs are large
+and positive, and a step at the conv layers' learning rate moves the logits
+by ~lr * |x|^2 (why the old recipe needed a 10-100x smaller classifier
+learning rate).  ``classifier_norm="bn"`` puts a BatchNorm1d (no affine) on
+the flattened features: zero mean, unit variance, but |x|^2 is still the
+feature count.  ``"bn-scaled"`` multiplies that by the fixed
+``8 / sqrt(features)``, so |x|^2 = 64 per image whatever the width: an SGD
+step moves a logit by ~64 lr / batch per image.  Export folds either into the
+dense weights, so the runtime is unchanged.
+
+The KD teacher ``fastres`` lives in fastres.py and the Bi-Real ResNet-18 in
+resnet.py; build_model picks by ``config["arch"]``.
 """
 from __future__ import annotations
 
@@ -26,16 +39,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .quantizers import QUANTIZERS, ste_sign
+from .fastres import FastRes, fastres_config
+from .nn import BinaryConv2d, RPReLU
+from .resnet import BiRealResNet, birealresnet_config
 
-__all__ = ["ARCHS", "default_config", "build_model", "BinaryConv2d", "RPReLU",
-           "clip_latent_weights"]
+__all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "init_from_checkpoint",
+           "BinaryConv2d", "RPReLU", "clip_latent_weights"]
 
-ARCHS = ("fp32", "xnor", "birealnet")
+ARCHS = ("fp32", "xnor", "birealnet", "birealresnet18", "fastres")
+CLASSIFIER_NORMS = ("none", "bn", "bn-scaled")
 ARCH_ALIASES = {"baseline": "fp32"}
 
 _BASE = {"widths": [128, 128, 256, 256, 512, 512], "pool_after": [1, 3, 5],
-         "in_channels": 3, "image_size": 32, "num_classes": 10}
+         "in_channels": 3, "image_size": 32, "num_classes": 10, "classifier_norm": "none"}
 _BINARY = {
     "xnor": {"input_quantizer": "ste_sign", "scale": "mean", "learn_threshold": False,
              "shortcut": False, "rprelu": False},
@@ -48,63 +64,13 @@ def default_config(arch: str, num_classes: int = 10) -> dict:
     arch = ARCH_ALIASES.get(arch, arch)
     if arch not in ARCHS:
         raise ValueError(f"unknown model {arch!r}; expected one of {', '.join(ARCHS)} (or 'baseline')")
+    if arch == "fastres":
+        return fastres_config(num_classes)
+    if arch == "birealresnet18":
+        return birealresnet_config(num_classes)
     cfg = {"arch": arch, **copy.deepcopy(_BASE), "num_classes": num_classes}
     cfg.update(copy.deepcopy(_BINARY.get(arch, {})))
     return cfg
-
-
-class BinaryConv2d(nn.Module):
-    """3x3 stride-1 conv on sign(x - t) with sign(W), scaled per output channel.
-
-    out = alpha * conv(pad_{+1}(sign(x - t)), sign(W)), with alpha = mean|W|
-    (``scale="mean"``, XNOR-Net) or a learned vector (``scale="learned"``).
-    Latent weights W are kept in [-1, 1] by :func:`clip_latent_weights`.
-
-    # Input shape:  (N, Cin, H, W)    # Output shape: (N, Cout, H, W)
-    """
-    precision = 1
-
-    def __init__(self, cin, cout, quantizer="ste_sign", scale="mean", learn_threshold=False):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(cout, cin, 3, 3))
-        nn.init.kaiming_uniform_(self.weight, a=5 ** 0.5)
-        self.input_quantizer = QUANTIZERS[quantizer]()
-        self.scale_mode = scale
-        if scale == "learned":
-            self.alpha = nn.Parameter(self.weight.detach().abs().mean(dim=(1, 2, 3)))
-        elif scale != "mean":
-            raise ValueError(f"scale must be 'mean' or 'learned', got {scale!r}")
-        self.threshold = nn.Parameter(torch.zeros(cin)) if learn_threshold else None
-
-    def scale(self) -> torch.Tensor:
-        return self.alpha if self.scale_mode == "learned" else self.weight.abs().mean(dim=(1, 2, 3))
-
-    def forward(self, x):
-        if self.threshold is not None:
-            x = x - self.threshold.view(1, -1, 1, 1)
-        xb = F.pad(self.input_quantizer(x), (1, 1, 1, 1), value=1.0)
-        wb = ste_sign(self.weight)
-        y = F.conv2d(xb, wb.to(xb.dtype))
-        return y * self.scale().to(y.dtype).view(1, -1, 1, 1)
-
-    def extra_repr(self):
-        cout, cin = self.weight.shape[:2]
-        return f"{cin}, {cout}, scale={self.scale_mode}, threshold={self.threshold is not None}"
-
-
-class RPReLU(nn.Module):
-    """ReActNet's RPReLU: y = PReLU(x - gamma; slope beta) + zeta, per channel."""
-
-    def __init__(self, channels):
-        super().__init__()
-        self.gamma = nn.Parameter(torch.zeros(channels))
-        self.beta = nn.Parameter(torch.full((channels,), 0.25))
-        self.zeta = nn.Parameter(torch.zeros(channels))
-
-    def forward(self, x):
-        t = x - self.gamma.view(1, -1, 1, 1)
-        t = torch.where(t >= 0, t, self.beta.view(1, -1, 1, 1) * t)
-        return t + self.zeta.view(1, -1, 1, 1)
 
 
 class RealBlock(nn.Module):
@@ -131,7 +97,8 @@ class BinaryBlock(nn.Module):
         super().__init__()
         if cfg["shortcut"] and cout % cin:
             raise ValueError(f"shortcut needs cout a multiple of cin, got {cin}->{cout}")
-        self.conv = BinaryConv2d(cin, cout, cfg["input_quantizer"], cfg["scale"], cfg["learn_threshold"])
+        self.conv = BinaryConv2d(cin, cout, 3, padding=1, input_quantizer=cfg["input_quantizer"], scale=cfg["scale"],
+                                 learn_threshold=cfg["learn_threshold"])
         self.bn = nn.BatchNorm2d(cout)
         self.shortcut = cfg["shortcut"]
         self.act = RPReLU(cout) if cfg["rprelu"] else None
@@ -161,20 +128,66 @@ class VGGSmall(nn.Module):
                 blocks.append(BinaryBlock(cin, cout, i in pools, cfg))
             cin = cout
         self.blocks = nn.ModuleList(blocks)
+        if cfg["image_size"] % (2 ** len(pools)):
+            raise ValueError(f"VGG-small halves the image {len(pools)} times: the image size must be a multiple "
+                             f"of {2 ** len(pools)}, got {cfg['image_size']}")
         side = cfg["image_size"] // (2 ** len(pools))
+        norm = cfg.get("classifier_norm", "none")
+        if norm not in CLASSIFIER_NORMS:
+            raise ValueError(f"classifier_norm must be one of {', '.join(CLASSIFIER_NORMS)}, got {norm!r}")
+        features = cin * side * side
+        self.classifier_norm = nn.BatchNorm1d(features, affine=False) if norm != "none" else None
+        self.classifier_scale = 8.0 / features ** 0.5 if norm == "bn-scaled" else 1.0
         self.classifier = nn.Linear(cin * side * side, cfg["num_classes"])
 
     def forward(self, x):
         for b in self.blocks:
             x = b(x)
-        return self.classifier(torch.flatten(x, 1))
+        x = torch.flatten(x, 1)
+        if self.classifier_norm is not None:
+            x = self.classifier_norm(x)
+            if self.classifier_scale != 1.0:
+                x = x * self.classifier_scale
+        return self.classifier(x)
 
 
-def build_model(cfg: dict) -> VGGSmall:
+def build_model(cfg: dict) -> nn.Module:
+    if cfg.get("arch") == "fastres":
+        return FastRes(cfg)
+    if cfg.get("arch") == "birealresnet18":
+        return BiRealResNet(cfg)
     return VGGSmall(cfg)
 
 
-def model_from_checkpoint(ckpt: dict) -> VGGSmall:
+@torch.no_grad()
+def init_from_checkpoint(model: nn.Module, state: dict) -> list[str]:
+    """Copy every tensor of ``state`` whose name and shape match into ``model``.
+
+    Used to start a binary VGG-small from a trained fp32 one: the convs,
+    the first layer, the batch-norm affine parameters and the classifier have
+    the same names and shapes.  Batch-norm running statistics of binary
+    blocks are skipped (binary conv outputs have another scale; train mode
+    re-estimates them).  Returns the names copied.
+    """
+    own = model.state_dict()
+    binary_bn = {n.rsplit(".conv", 1)[0] + ".bn." for n, m in model.named_modules() if isinstance(m, BinaryConv2d)}
+    copied = []
+    for name, t in state.items():
+        if name not in own or own[name].shape != t.shape or not t.is_floating_point():
+            continue
+        if any(name.startswith(p) for p in binary_bn) and name.rsplit(".", 1)[-1] in ("running_mean", "running_var"):
+            continue
+        own[name].copy_(t.float())
+        copied.append(name)
+    for m in model.modules():  # latent weights live in [-1, 1]; a learned alpha restarts at mean|W|
+        if isinstance(m, BinaryConv2d):
+            m.weight.clamp_(-1.0, 1.0)
+            if m.scale_mode == "learned":
+                m.alpha.copy_(m.weight.abs().mean(dim=(1, 2, 3)))
+    return copied
+
+
+def model_from_checkpoint(ckpt: dict) -> nn.Module:
     """The checkpoint's network in FP32 and eval mode (weights may be stored in half precision)."""
     model = build_model(ckpt["config"])
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ckpt["model"].items()})

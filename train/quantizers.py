@@ -1,6 +1,6 @@
 r"""Binarisation for training: forward ops with their pseudo-gradients.
 
-Public names: ste_sign, approx_sign, SteSign, ApproxSign, QUANTIZERS.
+Public names: ste_sign, approx_sign, SteSign, ApproxSign, RSign, QUANTIZERS.
 
 Both quantizers share the forward op of ``bnnlite.bitpack.sign``:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ste_sign", "approx_sign", "SteSign", "ApproxSign", "QUANTIZERS"]
+__all__ = ["ste_sign", "approx_sign", "SteSign", "ApproxSign", "RSign", "QUANTIZERS"]
 
 
 def _sign(x: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,31 @@ class ApproxSign(torch.nn.Module):
 
     def forward(self, x):
         return approx_sign(x)
+
+
+class RSign(torch.nn.Module):
+    r"""ReActNet's RSign: sign with a learnable threshold per channel (dimension 1).
+
+    .. math:: q(x_c) = \operatorname{sign}(x_c - b_c)
+
+    with the gradient of ``base`` (``"ste_sign"`` or ``"approx_sign"``) for
+    both x and b (db = -dx summed over the other dimensions).
+    """
+    precision = 1
+
+    def __init__(self, channels: int, base: str = "approx_sign"):
+        super().__init__()
+        if base not in ("ste_sign", "approx_sign"):
+            raise ValueError(f"base must be 'ste_sign' or 'approx_sign', got {base!r}")
+        self.base = base
+        self.threshold = torch.nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        t = x - self.threshold.view((1, -1) + (1,) * (x.dim() - 2))
+        return approx_sign(t) if self.base == "approx_sign" else ste_sign(t)
+
+    def extra_repr(self):
+        return f"{self.threshold.shape[0]}, base={self.base}"
 
 
 QUANTIZERS = {"ste_sign": SteSign, "approx_sign": ApproxSign}

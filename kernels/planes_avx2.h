@@ -1,9 +1,10 @@
 /*
- * _bconv_planes.h -- the AVX2 binary conv by bit planes (no popcount of
- * x XOR w at all).  Included by _bconv_kernels.h after the epilogues; only
- * the AVX2 build (BNN_AVX2) has it.  Plain AVX2 logic ops, which this CPU
- * class issues on all its vector pipes, where the vpshufb popcount core is
- * bound by the two shuffle pipes (its comment, bnn_core_avx2).
+ * planes_avx2.h -- the AVX2 binary conv by bit planes (no popcount of
+ * x XOR w at all).  Names: bnn_pl_.  bconv_select.h runs bnn_pl_block
+ * where it chooses this path (bnn_sel_choose); the structs and sizes at
+ * the top are plain C, for every build.  Plain AVX2 logic ops, which this
+ * CPU class issues on all its vector pipes, where the vpshufb popcount
+ * core is bound by the two shuffle pipes (its comment, bnn_avx2_core).
  *
  * The maths.  For one output pixel j and channel c, with x_k, w_k in {0,1}
  * the bits (1 = -1) of the K real taps k = (i, jj, ci):
@@ -18,9 +19,10 @@
  * channels need a plane (15 lists, one per non-empty subset), each list is
  * summed once and a channel's sum is that of the lists holding it
  * (bit-sliced ripple adds), so a plane several channels need is added once:
- * about 15/16 K planes per set instead of four times K/2 (bnn_planes_set).
+ * about 15/16 K planes per set instead of four times K/2 (bnn_pl_set).
  * Sets of four measured 1.03-1.06x sets of three end to end and sets of
- * five no better than four (docs/benchmarks.md, session 7): a channel's
+ * five no better than four (docs/benchmarks-history.md, "Channels in sets of
+ * four"): a channel's
  * merges double with each channel added to the set.
  *
  * The layout.  A block is 256 output pixels, pixel p at bit p % 64 of lane
@@ -28,37 +30,28 @@
  * pixel p; plane number k = (i*kw + jj)*cw*64 + ci (the bit of word ci/64
  * in the zero-bordered, channels-last input), and plane nplanes-1 is zero.
  * Planes are built per block by 64x64 bit transposes of the input words
- * (bnn_planes_build).  The lists of plane numbers are made once at load
- * time (bnnlite.backend._plane_lists), each padded with the zero plane to a
+ * (bnn_pl_build).  The lists of plane numbers are made once at load
+ * time (bnnlite/_planes.py, plane_lists), each padded with the zero plane to a
  * multiple of 16.
  *
  * The sum of a channel's planes is kept bit-sliced (bit b of the count of
  * pixel p is bit p of plane S[b]): a Harley-Seal carry-save tree takes 16
  * planes into ones/twos/fours/eights and one "sixteens" plane, which a
- * ripple adder adds into the higher bits (bnn_planes_step).  Then
- * bnn_planes_counts turns the bit-sliced S into int16 counts and the
- * popcount above, and the float epilogue runs the chain of
- * bnn_epilogue8_avx2 on them, so the floats are the very same as the other
- * paths.
- *
- * Small outputs (bnn_wplanes_unit).  A block costs the same whether its 256
- * pixels are all used or not, so an output of fewer pixels (a single image
- * at 8x8: 64) wastes most of it.  There the roles swap: a plane is one
- * weight bit k of 256 output channels, made once at load time, and a pixel
- * adds the planes of its input bits that are 1: S[c] = sum_{k: x_k=1} w_ck,
- * so popcount(x XOR w_c) = |X1| + |W1_c| - 2 S[c].  Pixels go in fours
- * whose input bits are split into 15 lists by which of the four have them
- * (built per call), so a plane two pixels need is added once, as channels
- * share lists above.  The same counts and epilogue follow.  Its gain at
- * batch 1 is in docs/benchmarks.md (session 8; tools/planes_ab.py).
+ * ripple adder adds into the higher bits (bnn_pl_step).  Then
+ * bnn_pl_counts turns the bit-sliced S into int16 counts and the
+ * popcount above, and the float epilogue runs the float chain
+ * (bnn_chain8) on them, so the floats are the very same as the other
+ * paths.  Outputs too small for a block: wplanes_avx2.h.
  */
-#ifndef BNNLITE_BCONV_PLANES_H
-#define BNNLITE_BCONV_PLANES_H
+#ifndef BNNLITE_PLANES_AVX2_H
+#define BNNLITE_PLANES_AVX2_H
 
-#define BNN_HAVE_PLANES BNN_AVX2
+#include "bnn_common.h"
+#include "bconv_avx2.h"
+
 #define BNN_PL_PIX 256     /* pixels per block: the 256 bits of a ymm */
 #define BNN_PL_GROUP 64    /* output channels per epilogue pass: one bits word */
-#define BNN_PL_SET 4       /* channels summed together (bnn_planes_set) */
+#define BNN_PL_SET 4       /* channels summed together (bnn_pl_set) */
 #define BNN_PL_PATTERNS ((1 << BNN_PL_SET) - 1)  /* lists per set: its non-empty subsets */
 #define BNN_PL_SETS ((BNN_PL_GROUP + BNN_PL_SET - 1) / BNN_PL_SET)   /* per group */
 #define BNN_PL_HI_MIN 6    /* levels of the sixteens counter (variants 6..11) */
@@ -68,7 +61,7 @@
 typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
                                    BNN_PL_GROUP % BNN_CO_BLOCK == 0) ? 1 : -1];
 
-/* The plane lists (see bnnlite.backend._plane_lists). */
+/* The plane lists (see bnnlite/_planes.py, plane_lists). */
 typedef struct {
     const uint16_t *idx;     /* list m of set s: idx[off[P*s+m-1] .. off[P*s+m]), P = BNN_PL_PATTERNS */
     const int32_t *off;      /* (P * sets + 1,): P lists a set; m: bit i = its channel i */
@@ -76,22 +69,10 @@ typedef struct {
     const uint8_t *ones;     /* 1: channel c's side is W1, 0: it is W0 */
     int nplanes;             /* kh*kw*cw*64 + 1; the last plane is zero */
     int hi;                  /* sixteens-counter levels, BNN_PL_HI_MIN..MAX */
-} bnn_planes;
+} bnn_pl_lists;
 
-/* Where a block's pixels come from and where their outputs go (the whole
- * layer; strides in elements).  Units: one output row (pool == 0), or one
- * pooled row = conv rows 2i and 2i+1 (pool == 1); unit u = n*rows + i. */
-typedef struct {
-    const bnn_word_t *x; ptrdiff_t sxn;            /* sxh/sxw: in the params */
-    const float *res; ptrdiff_t srn, srh, srw;     /* conv resolution */
-    float *out; ptrdiff_t son, soh, sow;           /* pooled when pool */
-    bnn_word_t *bits; ptrdiff_t sbn, sbh, sbw;
-    int rows;                                      /* units per image */
-    int pool, wpool;                               /* wpool = Wo // 2 */
-} bnn_planes_io;
-
-/* Per-thread scratch, 32-byte aligned, bnn_planes_ws_bytes(nplanes) bytes. */
-static inline size_t bnn_planes_ws_bytes(int nplanes)
+/* Per-thread scratch, 32-byte aligned, bnn_pl_ws_bytes(nplanes) bytes. */
+static inline size_t bnn_pl_ws_bytes(int nplanes)
 {
     return (size_t)nplanes * 32                       /* planes */
          + (size_t)BNN_PL_GROUP * BNN_PL_PIX * 2      /* s16: [c][p] int16 */
@@ -100,38 +81,8 @@ static inline size_t bnn_planes_ws_bytes(int nplanes)
          + (size_t)BNN_PL_PIX * sizeof(void *) * 2;   /* pixel and residual pointers */
 }
 
-/* The weight planes of the small-output path (bnn_wplanes_unit; see
- * bnnlite.backend._weight_planes).  The roles of pixels and channels swap:
- * a plane holds one input bit k of the weights of 256 output channels
- * (bit c of w[g*nplanes + k] = weight bit k of channel 256g + c; plane
- * nplanes-1 is zero), made once at load time, and the lists of planes to
- * add come from the input bits, per call. */
-typedef struct {
-    const void *w;           /* (groups, nplanes) planes of 32 bytes */
-    const int16_t *a;        /* (groups * 256,) |W1| of channel c (0 past cout) */
-    int nplanes;             /* kh*kw*cw*64 + 1 */
-    int groups;              /* ceil(cout / 256) */
-    int hi;                  /* sixteens-counter levels, BNN_PL_HI_MIN..MAX */
-} bnn_wplanes;
-
-#define BNN_WP_LANES 256     /* channels per weight plane */
-typedef char bnn_wp_lanes_are_block_pixels[BNN_WP_LANES == BNN_PL_PIX ? 1 : -1];
-#define BNN_WP_PIX 4         /* pixels whose lists are built together (15 lists) */
-#define BNN_WP_UNIT_MAX 64   /* conv pixels per unit on this path */
-
-/* Per-thread scratch of the small-output path, 32-byte aligned. */
-static inline size_t bnn_wplanes_ws_bytes(int nplanes, int cout)
-{
-    const size_t k = (size_t)nplanes - 1, cg = (size_t)(cout + 63) / 64 * 64;
-    return ((size_t)BNN_PL_PATTERNS * (k + 16) * 2 + 31) / 32 * 32   /* lists */
-         + (size_t)BNN_WP_PIX * (k / 64) * 8                          /* window words */
-         + (size_t)BNN_WP_UNIT_MAX * cg * 4                            /* pc: [group][p][64] */
-         + (size_t)BNN_WP_PIX * BNN_WP_LANES * 2                       /* counts: [pixel][256] */
-         + (size_t)BNN_WP_UNIT_MAX * sizeof(void *);                   /* pixel pointers */
-}
-
 /* Conv pixels per unit (0 when a unit does not fit a block). */
-static inline int bnn_planes_unit_pixels(int wo, int pool, int wpool)
+static inline int bnn_pl_unit_pixels(int wo, int pool, int wpool)
 {
     const int n = pool ? 4 * wpool : wo;
     return n <= BNN_PL_PIX ? n : 0;
@@ -150,7 +101,7 @@ static inline int bnn_planes_unit_pixels(int wo, int pool, int wpool)
         _mm256_store_si256(r + t + (s), _mm256_xor_si256(b, d));             \
         _mm256_store_si256(r + t, _mm256_xor_si256(a, _mm256_slli_epi64(d, (s)))); \
     }
-BNN_INLINE void bnn_transpose64x4(__m256i *r)
+BNN_INLINE void bnn_pl_transpose64x4(__m256i *r)
 {
     BNN_PL_T_STAGE_(32, 0x00000000FFFFFFFFull)
     BNN_PL_T_STAGE_(16, 0x0000FFFF0000FFFFull)
@@ -162,7 +113,7 @@ BNN_INLINE void bnn_transpose64x4(__m256i *r)
 #undef BNN_PL_T_STAGE_
 
 /* Number of 1 bits in the kh input pixels of one window column (top at x). */
-BNN_INLINE int bnn_planes_column_ones(const bnn_conv_params *prm, const bnn_word_t *x)
+BNN_INLINE int bnn_pl_column_ones(const bnn_conv_params *prm, const bnn_word_t *x)
 {
     int n = 0;
     for (int i = 0; i < prm->kh; i++)
@@ -175,8 +126,8 @@ BNN_INLINE int bnn_planes_column_ones(const bnn_conv_params *prm, const bnn_word
  * a run of pixels one input column apart (stride 1: the windows of a row
  * overlap in kw - 1 columns), each column is counted once and T is a
  * sliding sum of kw column counts, instead of counting every window alone. */
-static void bnn_planes_ones(const bnn_conv_params *prm, const bnn_word_t *const *pix, int np,
-                            int16_t *T)
+static void bnn_pl_ones(const bnn_conv_params *prm, const bnn_word_t *const *pix, int np,
+                        int16_t *T)
 {
     const int kw = prm->kw;
     int col[BNN_PL_PIX + BNN_PL_KW_RUN];
@@ -186,7 +137,7 @@ static void bnn_planes_ones(const bnn_conv_params *prm, const bnn_word_t *const 
             while (p + run < np && pix[p + run] == pix[p + run - 1] + prm->sxw)
                 run++;
         for (int j = 0; j < run + kw - 1; j++)
-            col[j] = bnn_planes_column_ones(prm, pix[p] + j * prm->sxw);
+            col[j] = bnn_pl_column_ones(prm, pix[p] + j * prm->sxw);
         for (int t = 0; t < run; t++) {
             int n = 0;
             for (int jj = 0; jj < kw; jj++)
@@ -202,8 +153,8 @@ static void bnn_planes_ones(const bnn_conv_params *prm, const bnn_word_t *const 
 /* Planes of one block: planes[((i*kw + jj)*cw + w)*64 + b] bit p = bit b
  * of word w of tap (i, jj) of pixel p (pixel p's window starts at pix[p]);
  * the last plane is zero. */
-static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const *pix,
-                             __m256i *planes, int nplanes)
+static void bnn_pl_build(const bnn_conv_params *prm, const bnn_word_t *const *pix,
+                         __m256i *planes, int nplanes)
 {
     const int cw = prm->cw;
     for (int i = 0; i < prm->kh; i++)
@@ -215,7 +166,7 @@ static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const
                     r[t] = _mm256_setr_epi64x((long long)pix[t][off], (long long)pix[64 + t][off],
                                               (long long)pix[128 + t][off],
                                               (long long)pix[192 + t][off]);
-                bnn_transpose64x4(r);
+                bnn_pl_transpose64x4(r);
             }
     planes[nplanes - 1] = _mm256_setzero_si256();
 }
@@ -232,8 +183,8 @@ static void bnn_planes_build(const bnn_conv_params *prm, const bnn_word_t *const
  * into acc[0..4+H) (count bit b of pixel p at bit p of acc[b]).  15 full
  * adders (Harley-Seal) take them into ones, twos, fours, eights and one
  * sixteens plane, which half adders ripple into the H higher bits. */
-BNN_INLINE void bnn_planes_step(const __m256i *planes, const uint16_t *idx, const int H,
-                                __m256i *acc)
+BNN_INLINE void bnn_pl_step(const __m256i *planes, const uint16_t *idx, const int H,
+                            __m256i *acc)
 {
     __m256i ones = acc[0], twos = acc[1], fours = acc[2], eights = acc[3];
 #define BNN_PL_LD_(q) _mm256_load_si256(planes + idx[q])
@@ -266,8 +217,8 @@ BNN_INLINE void bnn_planes_step(const __m256i *planes, const uint16_t *idx, cons
  * idx[l][0..n[l]) (multiples of 16), their steps interleaved: each sum is
  * one long dependency chain through "ones", and several chains keep the
  * vector pipes busier than one. */
-BNN_INLINE void bnn_planes_sum3(const __m256i *planes, const uint16_t *const idx[3],
-                                const int n[3], const int H, __m256i S[3][4 + BNN_PL_HI_MAX])
+BNN_INLINE void bnn_pl_sum3(const __m256i *planes, const uint16_t *const idx[3],
+                            const int n[3], const int H, __m256i S[3][4 + BNN_PL_HI_MAX])
 {
     for (int l = 0; l < 3; l++)
 #pragma GCC unroll 16
@@ -276,18 +227,18 @@ BNN_INLINE void bnn_planes_sum3(const __m256i *planes, const uint16_t *const idx
     const int nmin = bnn_min(n[0], bnn_min(n[1], n[2]));
     int i = 0;
     for (; i < nmin; i += 16) {             /* all three */
-        bnn_planes_step(planes, idx[0] + i, H, S[0]);
-        bnn_planes_step(planes, idx[1] + i, H, S[1]);
-        bnn_planes_step(planes, idx[2] + i, H, S[2]);
+        bnn_pl_step(planes, idx[0] + i, H, S[0]);
+        bnn_pl_step(planes, idx[1] + i, H, S[1]);
+        bnn_pl_step(planes, idx[2] + i, H, S[2]);
     }
     for (int l = 0; l < 3; l++)             /* the longer ones' tails */
         for (int j = i; j < n[l]; j += 16)
-            bnn_planes_step(planes, idx[l] + j, H, S[l]);
+            bnn_pl_step(planes, idx[l] + j, H, S[l]);
 }
 
 /* S = a + b, bit-sliced (nb planes; the sum fits them): a ripple of full
  * adders.  S may be a (plane k is read before it is written). */
-BNN_INLINE void bnn_planes_add(const __m256i *a, const __m256i *b, int nb, __m256i *S)
+BNN_INLINE void bnn_pl_add(const __m256i *a, const __m256i *b, int nb, __m256i *S)
 {
     __m256i carry = _mm256_setzero_si256();
 #pragma GCC unroll 16
@@ -337,8 +288,8 @@ BNN_INLINE void bnn_pl_bytes(const __m256i *P, __m256i *R)
  * popcounts: out[p] = ones ? T[p] + w1 - 2*s[p] : 2*s[p] + w1 - T[p], where
  * s[p] = sum_b 2^b * bit p of S[b]: bits 0-7 and 8-15 of s as bytes
  * (bnn_pl_bytes), interleaved into int16. */
-BNN_INLINE void bnn_planes_counts(const __m256i *S, int nb, const int16_t *T, int w1,
-                                  int ones, int16_t *out)
+BNN_INLINE void bnn_pl_counts(const __m256i *S, int nb, const int16_t *T, int w1,
+                              int ones, int16_t *out)
 {
     __m256i lo[8], hi[8], up[8];
     bnn_pl_bytes(S, lo);
@@ -385,7 +336,7 @@ BNN_INLINE void bnn_pl_t8x8(const int16_t *s, __m256i v[8])
 
 /* pc[p*64 + c] = (int32) s16[c*256 + p] for c < nc (rounded up to 8),
  * p < np (rounded up to 8). */
-static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc)
+static void bnn_pl_transpose(const int16_t *s16, int nc, int np, int32_t *pc)
 {
     for (int c0 = 0; c0 < nc; c0 += 8)
         for (int p0 = 0; p0 < np; p0 += 8) {
@@ -398,36 +349,36 @@ static void bnn_planes_transpose(const int16_t *s16, int nc, int np, int32_t *pc
 
 /* The sums of a set's P lists idx[l][0..n[l]) (multiples of 16), three
  * chains at a time, then member i's sum (the lists whose pattern holds bit
- * i) as counts: bnn_planes_counts(S_i, T, w1[i], ones[i]) into out + i*256,
- * i < g.  The members are channels (bnn_planes_set_) or pixels (the
- * small-output path, bnn_wp_group_).  H is a constant (see bnn_planes_set),
+ * i) as counts: bnn_pl_counts(S_i, T, w1[i], ones[i]) into out + i*256,
+ * i < g.  The members are channels (bnn_pl_set_) or pixels (the
+ * small-output path, bnn_wp_group_).  H is a constant (see bnn_pl_set),
  * so that the merges and the counts of the 4 + H planes are unrolled and
  * stay in registers. */
-BNN_INLINE void bnn_planes_members_(const __m256i *planes, const uint16_t *const *idx, const int *n,
-                                    int g, const int16_t *T, const int32_t *w1, const uint8_t *ones,
-                                    int16_t *out, const int H)
+BNN_INLINE void bnn_pl_members_(const __m256i *planes, const uint16_t *const *idx, const int *n,
+                                int g, const int16_t *T, const int32_t *w1, const uint8_t *ones,
+                                int16_t *out, const int H)
 {
     enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };   /* rounded up to chains of three */
     __m256i P[L][4 + BNN_PL_HI_MAX], S[4 + BNN_PL_HI_MAX];
     const int nb = 4 + H;
     for (int l = 0; l < L; l += 3)
-        bnn_planes_sum3(planes, idx + l, n + l, H, P + l);
+        bnn_pl_sum3(planes, idx + l, n + l, H, P + l);
     for (int i = 0; i < g; i++) {
         for (int k = 0; k < nb; k++)
             S[k] = _mm256_setzero_si256();
         for (int m = 1; m <= BNN_PL_PATTERNS; m++)
             if ((m >> i & 1) && n[m - 1])
-                bnn_planes_add(S, P[m - 1], nb, S);
-        bnn_planes_counts(S, nb, T, w1[i], ones[i], out + i * BNN_PL_PIX);
+                bnn_pl_add(S, P[m - 1], nb, S);
+        bnn_pl_counts(S, nb, T, w1[i], ones[i], out + i * BNN_PL_PIX);
     }
 }
 
 /* Counts of the set of g (1..BNN_PL_SET) channels c .. c+g-1, set number
  * ``set`` (out + i*256 for channel c+i): list m-1 of the set holds the
  * planes that exactly the channels in bit pattern m need
- * (bnnlite.backend._plane_lists). */
-BNN_INLINE void bnn_planes_set_(const __m256i *planes, const bnn_planes *pl, int set, int c,
-                                int g, const int16_t *T, int16_t *out, const int H)
+ * (bnnlite/_planes.py, plane_lists). */
+BNN_INLINE void bnn_pl_set_(const __m256i *planes, const bnn_pl_lists *pl, int set, int c,
+                            int g, const int16_t *T, int16_t *out, const int H)
 {
     enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };
     const int32_t *off = pl->off + BNN_PL_PATTERNS * set;
@@ -437,36 +388,36 @@ BNN_INLINE void bnn_planes_set_(const __m256i *planes, const bnn_planes *pl, int
         idx[l] = pl->idx + off[bnn_min(l, BNN_PL_PATTERNS)];
         n[l] = l < BNN_PL_PATTERNS ? off[l + 1] - off[l] : 0;
     }
-    bnn_planes_members_(planes, idx, n, g, T, pl->w1 + c, pl->ones + c, out, H);
+    bnn_pl_members_(planes, idx, n, g, T, pl->w1 + c, pl->ones + c, out, H);
 }
 
-/* bnn_planes_set_ for the layer's number of sixteens levels. */
-static void bnn_planes_set(const __m256i *planes, const bnn_planes *pl, int set, int c, int g,
-                           const int16_t *T, int16_t *out)
+/* bnn_pl_set_ for the layer's number of sixteens levels. */
+static void bnn_pl_set(const __m256i *planes, const bnn_pl_lists *pl, int set, int c, int g,
+                       const int16_t *T, int16_t *out)
 {
     switch (pl->hi) {
-    case 6: bnn_planes_set_(planes, pl, set, c, g, T, out, 6); break;
-    case 7: bnn_planes_set_(planes, pl, set, c, g, T, out, 7); break;
-    case 8: bnn_planes_set_(planes, pl, set, c, g, T, out, 8); break;
-    case 9: bnn_planes_set_(planes, pl, set, c, g, T, out, 9); break;
-    case 10: bnn_planes_set_(planes, pl, set, c, g, T, out, 10); break;
-    default: bnn_planes_set_(planes, pl, set, c, g, T, out, 11); break;
+    case 6: bnn_pl_set_(planes, pl, set, c, g, T, out, 6); break;
+    case 7: bnn_pl_set_(planes, pl, set, c, g, T, out, 7); break;
+    case 8: bnn_pl_set_(planes, pl, set, c, g, T, out, 8); break;
+    case 9: bnn_pl_set_(planes, pl, set, c, g, T, out, 9); break;
+    case 10: bnn_pl_set_(planes, pl, set, c, g, T, out, 10); break;
+    default: bnn_pl_set_(planes, pl, set, c, g, T, out, 11); break;
     }
 }
 
-/* bnn_float_chain8 on popcounts p (acc = K - 2p), the channel constants
+/* bnn_chain8 on popcounts p (acc = K - 2p), the channel constants
  * already in registers, the residual (if res) read at res. */
 BNN_INLINE __m256 bnn_pl_chain(__m256i kv, __m256i p, __m256 sc, __m256 mu, __m256 bi,
                                const float *res, int rp, __m256 gm, __m256 be, __m256 ze)
 {
-    return bnn_float_chain8(_mm256_sub_epi32(kv, _mm256_add_epi32(p, p)), sc, mu, bi, res != NULL,
-                            res ? _mm256_loadu_ps(res) : _mm256_setzero_ps(), rp, gm, be, ze);
+    return bnn_chain8(_mm256_cvtepi32_ps(_mm256_sub_epi32(kv, _mm256_add_epi32(p, p))), sc, mu, bi,
+                      res != NULL, res ? _mm256_loadu_ps(res) : _mm256_setzero_ps(), rp, gm, be, ze);
 }
 
-/* Whether bnn_planes_epilogue_f8 can take this layer's group of nco:
+/* Whether bnn_pl_epilogue_f8 can take this layer's group of nco:
  * float mode, nco % 8 == 0, cres % 8 == 0, rows of conv pixels in whole
  * octets. */
-static int bnn_planes_f8_fits(const bnn_conv_params *prm, const bnn_planes_io *io, int nco)
+static int bnn_pl_f8_fits(const bnn_conv_params *prm, const bnn_io *io, int nco)
 {
     return !prm->thr && nco % BNN_LANES == 0 && (!io->res || prm->cres % BNN_LANES == 0) &&
            (io->pool ? 2 * io->wpool : prm->wo) % 8 == 0;
@@ -477,13 +428,13 @@ static int bnn_planes_f8_fits(const bnn_conv_params *prm, const bnn_planes_io *i
  * constants stay in registers (the per-pixel epilogue reloads seven vectors
  * per eight outputs).  It reads the counts s16 ([c][256] int16) itself, 8x8
  * at a time (bnn_pl_t8x8), so no [p][c] copy goes through memory.  Only
- * where bnn_planes_f8_fits; bit-identical to bnn_planes_epilogue (same
+ * where bnn_pl_f8_fits; bit-identical to bnn_pl_epilogue (same
  * chain, same pooling pairs).  pool, res (a residual is added) and rp
- * (RPReLU) are constants (see bnn_planes_epilogue_f8): the inner loops
+ * (RPReLU) are constants (see bnn_pl_epilogue_f8): the inner loops
  * unroll, with no tests and no address products left in them. */
-BNN_INLINE void bnn_planes_epilogue_f8_(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                        int u0, int nu, int g0, int nco, const int16_t *s16,
-                                        const int pool, const int res, const int rp)
+BNN_INLINE void bnn_pl_epilogue_f8_(const bnn_conv_params *prm, const bnn_io *io,
+                                    int u0, int nu, int g0, int nco, const int16_t *s16,
+                                    const int pool, const int res, const int rp)
 {
     const int wo = prm->wo, wc = 2 * io->wpool;
     const int per_u = pool ? io->wpool : wo;       /* output pixels per unit */
@@ -537,7 +488,7 @@ BNN_INLINE void bnn_planes_epilogue_f8_(const bnn_conv_params *prm, const bnn_pl
                                                        res ? rb + 2 * k * srw : NULL, rp, gm, be, ze);
                         const __m256 b1 = bnn_pl_chain(kv, vb[2 * k + 1], sc, mu, bi,
                                                        res ? rb + (2 * k + 1) * srw : NULL, rp, gm, be, ze);
-                        y[k] = bnn_fmax_np8(bnn_fmax_np8(a0, a1), bnn_fmax_np8(b0, b1));
+                        y[k] = bnn_avx2_fmax8(bnn_avx2_fmax8(a0, a1), bnn_avx2_fmax8(b0, b1));
                     }
                 }
 #pragma GCC unroll 8
@@ -560,12 +511,12 @@ BNN_INLINE void bnn_planes_epilogue_f8_(const bnn_conv_params *prm, const bnn_pl
         }
 }
 
-/* bnn_planes_epilogue_f8_ for this layer's pooling, residual and RPReLU. */
-static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                   int u0, int nu, int g0, int nco, const int16_t *s16)
+/* bnn_pl_epilogue_f8_ for this layer's pooling, residual and RPReLU. */
+static void bnn_pl_epilogue_f8(const bnn_conv_params *prm, const bnn_io *io,
+                               int u0, int nu, int g0, int nco, const int16_t *s16)
 {
 #define BNN_PL_F8_(pool, res, rp) \
-    bnn_planes_epilogue_f8_(prm, io, u0, nu, g0, nco, s16, pool, res, rp)
+    bnn_pl_epilogue_f8_(prm, io, u0, nu, g0, nco, s16, pool, res, rp)
     const int res = io->res != NULL, rp = prm->gamma != NULL;
     if (io->pool) {
         if (res) { if (rp) BNN_PL_F8_(1, 1, 1); else BNN_PL_F8_(1, 1, 0); }
@@ -578,10 +529,10 @@ static void bnn_planes_epilogue_f8(const bnn_conv_params *prm, const bnn_planes_
 }
 
 /* Epilogue of one channel group (g0 .. g0+nco-1) for the block's pixels,
- * popcounts in pc ([p][64] int32): the same calls as bnn_conv_row /
- * bnn_conv_row_pool2 make on the popcount core's tile. */
-static void bnn_planes_epilogue(const bnn_conv_params *prm, const bnn_planes_io *io,
-                                int u0, int nu, int g0, int nco, const int32_t *pc)
+ * popcounts in pc ([p][64] int32): the same calls as bnn_sel_conv_row /
+ * bnn_sel_conv_row_pool2 make on the popcount core's tile. */
+static void bnn_pl_epilogue(const bnn_conv_params *prm, const bnn_io *io,
+                            int u0, int nu, int g0, int nco, const int32_t *pc)
 {
     const int wo = prm->wo;
     const int wrd = g0 / BNN_WORD_BITS;
@@ -591,7 +542,7 @@ static void bnn_planes_epilogue(const bnn_conv_params *prm, const bnn_planes_io 
             for (int q = 0; q < wo; q++) {
                 const int p = u * wo + q;
                 bnn_word_t wbits = 0;
-                bnn_epilogue_avx2(prm, NULL, pc + p * BNN_PL_GROUP, g0, nco,
+                bnn_avx2_epilogue(prm, NULL, pc + p * BNN_PL_GROUP, g0, nco,
                                   io->res ? io->res + n * io->srn + ho * io->srh + q * io->srw : NULL,
                                   io->out ? io->out + n * io->son + ho * io->soh + q * io->sow : NULL,
                                   0, &wbits);
@@ -617,13 +568,13 @@ static void bnn_planes_epilogue(const bnn_conv_params *prm, const bnn_planes_io 
                         const int p = u * 2 * wc + r * wc + 2 * q + d;
                         const float *res = io->res ? io->res + n * io->srn + (2 * i + r) * io->srh
                                                             + (2 * q + d) * io->srw : NULL;
-                        bnn_epilogue_avx2(&ep, NULL, pc + p * BNN_PL_GROUP + b0, g0 + b0, nb,
+                        bnn_avx2_epilogue(&ep, NULL, pc + p * BNN_PL_GROUP + b0, g0 + b0, nb,
                                           res, ybuf[r] + d * BNN_CO_BLOCK, g0 + b0, &unused);
                     }
-                bnn_pool_block(ybuf[0], ybuf[1], 1, g0 + b0, nb,
-                               io->bits ? prm->next_thr : NULL,
-                               io->out ? io->out + n * io->son + i * io->soh + q * io->sow : NULL,
-                               io->sow, &wbits);
+                bnn_avx2_pool_block(ybuf[0], ybuf[1], 1, g0 + b0, nb,
+                                    io->bits ? prm->next_thr : NULL,
+                                    io->out ? io->out + n * io->son + i * io->soh + q * io->sow : NULL,
+                                    io->sow, &wbits);
             }
             if (io->bits)
                 io->bits[n * io->sbn + i * io->sbh + q * io->sbw + wrd] = wbits;
@@ -633,8 +584,8 @@ static void bnn_planes_epilogue(const bnn_conv_params *prm, const bnn_planes_io 
 
 /* Prefetch (into L2) the residual of a conv pixel (px: its channel 0),
  * channels g0 .. g0+nco-1 (taken mod cres). */
-BNN_INLINE void bnn_prefetch_planes_res(const bnn_conv_params *prm, const float *px, int g0,
-                                        int nco)
+BNN_INLINE void bnn_pl_prefetch_res(const bnn_conv_params *prm, const float *px, int g0,
+                                    int nco)
 {
     const int rc = g0 % prm->cres, nr = bnn_min(nco, prm->cres);
     for (int l = 0; l < nr; l += 16)
@@ -645,8 +596,8 @@ BNN_INLINE void bnn_prefetch_planes_res(const bnn_conv_params *prm, const float 
  * of a pooled row, row by row) to pix (the first word of each window) and,
  * when the layer has a residual, to rpx (its residual pixel); returns the
  * new count.  The order the epilogues read the pixels in. */
-static int bnn_pl_unit_pixels(const bnn_conv_params *prm, const bnn_planes_io *io, int u,
-                              const bnn_word_t **pix, const float **rpx, int np)
+static int bnn_pl_unit_windows(const bnn_conv_params *prm, const bnn_io *io, int u,
+                               const bnn_word_t **pix, const float **rpx, int np)
 {
     const ptrdiff_t sh = prm->stride * prm->sxh, sw = prm->stride * prm->sxw;
     const int n = u / io->rows, i = u % io->rows;
@@ -664,9 +615,9 @@ static int bnn_pl_unit_pixels(const bnn_conv_params *prm, const bnn_planes_io *i
 }
 
 /* One block: units u0 .. u0+nu-1 (nu * unit pixels <= 256) of the layer,
- * all output channels.  ws: this thread's scratch (bnn_planes_ws_bytes). */
-static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
-                             const bnn_planes_io *io, int u0, int nu, void *ws)
+ * all output channels.  ws: this thread's scratch (bnn_pl_ws_bytes). */
+static void bnn_pl_block(const bnn_conv_params *prm, const bnn_pl_lists *pl,
+                         const bnn_io *io, int u0, int nu, void *ws)
 {
     __m256i *planes = (__m256i *)ws;
     int16_t *s16 = (int16_t *)(planes + pl->nplanes);
@@ -676,12 +627,12 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
     const float **rpx = (const float **)(pix + BNN_PL_PIX);   /* residual pixels, if any */
     int np = 0;
     for (int u = 0; u < nu; u++)
-        np = bnn_pl_unit_pixels(prm, io, u0 + u, pix, rpx, np);
+        np = bnn_pl_unit_windows(prm, io, u0 + u, pix, rpx, np);
     /* Unused pixels repeat pixel 0: computed, never stored. */
     for (int p = np; p < BNN_PL_PIX; p++)
         pix[p] = pix[0];
-    bnn_planes_build(prm, pix, planes, pl->nplanes);
-    bnn_planes_ones(prm, pix, np, T);
+    bnn_pl_build(prm, pix, planes, pl->nplanes);
+    bnn_pl_ones(prm, pix, np, T);
     for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP) {
         const int nco = bnn_min(BNN_PL_GROUP, prm->cout - g0);
         for (int c = 0; c < nco; c += BNN_PL_SET) {
@@ -691,155 +642,17 @@ static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
              * perf showed the epilogue waiting on it. */
             if (io->res)
                 for (int p = c * np / nco; p < (c + g) * np / nco; p++)
-                    bnn_prefetch_planes_res(prm, rpx[p], g0, nco);
-            bnn_planes_set(planes, pl, g0 / BNN_PL_GROUP * BNN_PL_SETS + c / BNN_PL_SET, g0 + c, g,
-                           T, s16 + c * BNN_PL_PIX);
+                    bnn_pl_prefetch_res(prm, rpx[p], g0, nco);
+            bnn_pl_set(planes, pl, g0 / BNN_PL_GROUP * BNN_PL_SETS + c / BNN_PL_SET, g0 + c, g,
+                       T, s16 + c * BNN_PL_PIX);
         }
-        if (bnn_planes_f8_fits(prm, io, nco)) {
-            bnn_planes_epilogue_f8(prm, io, u0, nu, g0, nco, s16);
+        if (bnn_pl_f8_fits(prm, io, nco)) {
+            bnn_pl_epilogue_f8(prm, io, u0, nu, g0, nco, s16);
         } else {
-            bnn_planes_transpose(s16, nco, np, pc);
-            bnn_planes_epilogue(prm, io, u0, nu, g0, nco, pc);
+            bnn_pl_transpose(s16, nco, np, pc);
+            bnn_pl_epilogue(prm, io, u0, nu, g0, nco, pc);
         }
     }
-}
-
-/* Appends to lists[m-1] (lengths n[m-1]) the planes k = w*64 + b whose
- * bit b is set in exactly the pixels of pattern m (bit j: pixel j) among
- * the BNN_WP_PIX words a[j] = bits w*64 .. w*64+63 of pixel j's window. */
-BNN_INLINE void bnn_wp_bucket(const uint64_t a[BNN_WP_PIX], int w, uint16_t *lists, size_t stride,
-                              int n[BNN_PL_PATTERNS])
-{
-    typedef char four_pixels[BNN_WP_PIX == 4 ? 1 : -1];
-    const uint64_t lo[4] = {~a[0] & ~a[1], a[0] & ~a[1], ~a[0] & a[1], a[0] & a[1]};
-    const uint64_t hi[4] = {~a[2] & ~a[3], a[2] & ~a[3], ~a[2] & a[3], a[2] & a[3]};
-    for (int m = 1; m <= BNN_PL_PATTERNS; m++) {
-        uint64_t v = lo[m & 3] & hi[m >> 2];
-        uint16_t *L = lists + (size_t)(m - 1) * stride;
-        int k = n[m - 1];
-        while (v) {
-            L[k++] = (uint16_t)(w * 64 + __builtin_ctzll(v));
-            v &= v - 1;
-        }
-        n[m - 1] = k;
-    }
-}
-
-/* Popcounts of the four pixels pix[0..4) against the 256 channels of group
- * g: the lists of planes (input bits) that exactly the pixels of pattern m
- * have set, each summed once over the weight planes, then pixel j's sum
- * S_j = sum over the lists holding j (bnn_planes_members_, with pixels as
- * the members).  S_j[c] = sum_{k: x_k = 1} w_ck, so popcount(x XOR w_c) =
- * |X1| + |W1_c| - 2 S_j[c] (bnn_planes_counts with T = |W1|, w1 = |X1|).
- * cnt + j*256: the counts of pixel j, channel order. */
-BNN_INLINE void bnn_wp_group_(const bnn_wplanes *wp, int g, const uint16_t *lists, size_t stride,
-                              const int n[BNN_PL_PATTERNS], const int32_t x1[BNN_WP_PIX], int npx,
-                              int16_t *cnt, const int H)
-{
-    enum { L = (BNN_PL_PATTERNS + 2) / 3 * 3 };
-    static const uint8_t ones[BNN_WP_PIX] = {1, 1, 1, 1};  /* the sums are over X1 */
-    const uint16_t *idx[L];
-    int len[L];
-    for (int l = 0; l < L; l++) {
-        idx[l] = lists + (size_t)bnn_min(l, BNN_PL_PATTERNS - 1) * stride;
-        len[l] = l < BNN_PL_PATTERNS ? n[l] : 0;
-    }
-    bnn_planes_members_((const __m256i *)wp->w + (size_t)g * wp->nplanes, idx, len, npx,
-                        wp->a + (size_t)g * BNN_WP_LANES, x1, ones, cnt, H);
-}
-
-static void bnn_wp_group(const bnn_wplanes *wp, int g, const uint16_t *lists, size_t stride,
-                         const int n[BNN_PL_PATTERNS], const int32_t x1[BNN_WP_PIX], int npx,
-                         int16_t *cnt)
-{
-    switch (wp->hi) {
-    case 6: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 6); break;
-    case 7: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 7); break;
-    case 8: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 8); break;
-    case 9: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 9); break;
-    case 10: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 10); break;
-    default: bnn_wp_group_(wp, g, lists, stride, n, x1, npx, cnt, 11); break;
-    }
-}
-
-/* One unit (an output row, or a pooled pair of conv rows; at most
- * BNN_WP_UNIT_MAX conv pixels) of a layer whose output has too few pixels
- * to fill the 256 lanes of bit-plane blocks (a single small image, say).
- * The conv pixels go four at a time: their window words are gathered, the
- * input bits bucketed into 15 lists (bnn_wp_bucket), the lists summed over
- * the weight planes of each group of 256 channels (bnn_wp_group); then the
- * epilogue of the bit-plane conv (bnn_planes_epilogue) on the unit's
- * popcounts.  The same integers as the popcount core, so the same floats
- * and bits.  ws: this thread's scratch (bnn_wplanes_ws_bytes). */
-static void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
-                             const bnn_planes_io *io, int u, void *ws)
-{
-    const int kwords = (wp->nplanes - 1) / 64, ng = (prm->cout + BNN_PL_GROUP - 1) / BNN_PL_GROUP;
-    const size_t stride = (size_t)wp->nplanes - 1 + 16;
-    uint16_t *lists = (uint16_t *)ws;
-    uint64_t *xw = (uint64_t *)((char *)ws + ((size_t)BNN_PL_PATTERNS * stride * 2 + 31) / 32 * 32);
-    int32_t *pc = (int32_t *)(xw + (size_t)BNN_WP_PIX * kwords);
-    int16_t *cnt = (int16_t *)(pc + (size_t)BNN_WP_UNIT_MAX * ng * BNN_PL_GROUP);
-    const bnn_word_t **pix = (const bnn_word_t **)(cnt + BNN_WP_PIX * BNN_WP_LANES);
-    const int np = bnn_pl_unit_pixels(prm, io, u, pix, NULL, 0);
-    for (int p0 = 0; p0 < np; p0 += BNN_WP_PIX) {
-        const int npx = bnn_min(BNN_WP_PIX, np - p0);
-        int32_t x1[BNN_WP_PIX];
-        int len[BNN_PL_PATTERNS];
-        for (int j = 0; j < BNN_WP_PIX; j++) {      /* missing pixels: all zero, in no list */
-            uint64_t *d = xw + (size_t)j * kwords;   /* word (i*kw + jj)*cw + c: plane numbering */
-            int ones = 0;
-            for (int i = 0; i < prm->kh; i++)
-                for (int jj = 0; jj < prm->kw; jj++)
-                    for (int c = 0; c < prm->cw; c++) {
-                        const uint64_t v = j < npx ? (uint64_t)pix[p0 + j][i * prm->sxh + jj * prm->sxw + c] : 0;
-                        *d++ = v;
-                        ones += __builtin_popcountll(v);
-                    }
-            x1[j] = ones;
-        }
-        for (int m = 0; m < BNN_PL_PATTERNS; m++)
-            len[m] = 0;
-        for (int w = 0; w < kwords; w++) {
-            uint64_t a[BNN_WP_PIX];
-            for (int j = 0; j < BNN_WP_PIX; j++)
-                a[j] = xw[(size_t)j * kwords + w];
-            bnn_wp_bucket(a, w, lists, stride, len);
-        }
-        for (int m = 0; m < BNN_PL_PATTERNS; m++) {  /* pad to whole steps with the zero plane */
-            uint16_t *L = lists + (size_t)m * stride;
-            while (len[m] % 16)
-                L[len[m]++] = (uint16_t)(wp->nplanes - 1);
-        }
-        for (int g = 0; g < wp->groups; g++) {
-            bnn_wp_group(wp, g, lists, stride, len, x1, npx, cnt);
-            for (int j = 0; j < npx; j++)           /* to pc[group of 64][pixel][64], int32 */
-                for (int c0 = 0; c0 < BNN_WP_LANES && g * BNN_WP_LANES + c0 < prm->cout; c0 += 8) {
-                    const int co = g * BNN_WP_LANES + c0;
-                    const __m256i v = _mm256_cvtepi16_epi32(
-                        _mm_loadu_si128((const __m128i *)(cnt + j * BNN_WP_LANES + c0)));
-                    _mm256_storeu_si256((__m256i *)(pc + ((size_t)(co / BNN_PL_GROUP) * BNN_WP_UNIT_MAX
-                                                          + p0 + j) * BNN_PL_GROUP + co % BNN_PL_GROUP), v);
-                }
-        }
-    }
-    for (int g0 = 0; g0 < prm->cout; g0 += BNN_PL_GROUP)
-        bnn_planes_epilogue(prm, io, u, 1, g0, bnn_min(BNN_PL_GROUP, prm->cout - g0),
-                            pc + (size_t)(g0 / BNN_PL_GROUP) * BNN_WP_UNIT_MAX * BNN_PL_GROUP);
-}
-
-#else
-/* Other builds: never called (bnnlite.backend passes no plane lists when
- * BNN_HAVE_PLANES is 0). */
-static void bnn_planes_block(const bnn_conv_params *prm, const bnn_planes *pl,
-                             const bnn_planes_io *io, int u0, int nu, void *ws)
-{
-    (void)prm; (void)pl; (void)io; (void)u0; (void)nu; (void)ws;
-}
-static void bnn_wplanes_unit(const bnn_conv_params *prm, const bnn_wplanes *wp,
-                             const bnn_planes_io *io, int u, void *ws)
-{
-    (void)prm; (void)wp; (void)io; (void)u; (void)ws;
 }
 #endif /* BNN_AVX2 */
-#endif /* BNNLITE_BCONV_PLANES_H */
+#endif /* BNNLITE_PLANES_AVX2_H */

@@ -1,0 +1,291 @@
+/*
+ * bconv_select.h -- the one place where a binary conv's way through the
+ * kernels is chosen and named (as Larq Compute Engine's select_kernel.h).
+ * Names: bnn_sel_.  kernels/_bconv.pxi fills a bnn_conv_params and a
+ * bnn_io (bnn_common.h), calls bnn_sel_job_init once per call and
+ * bnn_sel_run once per work item, in parallel.
+ *
+ * 1. The target (at compile time): the header of the build's instruction
+ *    set gives the block (popcount core + epilogue of BNN_P pixels x one
+ *    block of output channels) and the 2x2 pool of a block, named here as
+ *    BNN_SEL_TARGET(block) and BNN_SEL_TARGET(pool_block).  A new target
+ *    (NEON, say) is one header with these two functions and one entry in
+ *    the list below.
+ * 2. The path (per call, bnn_sel_choose):
+ *      BNN_SEL_PLANES   the bit-plane conv (planes_avx2.h), where the build
+ *                       has it, the layer's plane lists were made, and the
+ *                       output fills at least BNN_SEL_PLANES_MIN_PIXELS of
+ *                       a block's 256 pixels;
+ *      BNN_SEL_WPLANES  else its small-output path by weight planes
+ *                       (wplanes_avx2.h), where the weight planes were
+ *                       made and a unit (output row) fits it;
+ *      BNN_SEL_CORE     else the popcount core, row by row
+ *                       (bnn_sel_conv_row, bnn_sel_conv_row_pool2).
+ *    Python asks the same function (select_path in _bconv.pxi) to know
+ *    which prepared data and scratch to pass (bnnlite/_planes.py,
+ *    call_path); all three give the same integers, so the same floats.
+ */
+#ifndef BNNLITE_BCONV_SELECT_H
+#define BNNLITE_BCONV_SELECT_H
+
+#include "bnn_common.h"
+
+#if BNN_AVX512
+#include "bconv_avx512.h"
+#define BNN_SEL_TARGET(f) bnn_avx512_##f
+#elif BNN_AVX2
+#include "bconv_avx2.h"
+#define BNN_SEL_TARGET(f) bnn_avx2_##f
+#else
+#include "bconv_portable.h"
+#define BNN_SEL_TARGET(f) bnn_port_##f
+#endif
+
+/* The bit-plane paths: AVX2 builds only (their structs exist in all). */
+#include "planes_avx2.h"
+#include "wplanes_avx2.h"
+#define BNN_SEL_HAVE_PLANES BNN_AVX2
+
+/* The bit-plane conv runs only when a block holds at least this many of
+ * its 256 pixels (a smaller batch of small images leaves most bits of
+ * every plane idle, and the popcount core is then faster). */
+#define BNN_SEL_PLANES_MIN_PIXELS 128
+
+/* ------------------------------------------------------------------ */
+/* The popcount core, row by row                                       */
+/* ------------------------------------------------------------------ */
+
+/* The target's block (contract: bnn_port_block, bconv_portable.h), after
+ * asking for the residual it will add. */
+BNN_INLINE void bnn_sel_block(const bnn_conv_params *prm, const bnn_word_t *x0,
+                              ptrdiff_t pstep, const bnn_word_t *wb, int np, int nv,
+                              int co0, int nco, const float *res_px, ptrdiff_t s_res_w,
+                              float *out_px, ptrdiff_t s_out_w, int ocol,
+                              bnn_word_t *wbits)
+{
+    if (res_px)
+        bnn_prefetch_residual(res_px, s_res_w, np, co0 % prm->cres, nco);
+    BNN_SEL_TARGET(block)(prm, x0, pstep, wb, np, nv, co0, nco, res_px, s_res_w,
+                          out_px, s_out_w, ocol, wbits);
+}
+
+/* One output row (fixed n, ho): xrow = &x[n, ho*stride, 0, 0];
+ * res_row/out_row/bits_row point at [n, ho, 0, 0] of their arrays (or NULL),
+ * with W strides s_res_w/s_out_w (floats) and s_bits_w (words).
+ * Loop order: pixel tile outer, output-channel block inner, so the input
+ * pixels stay in L1 and the packed bits of a word are assembled in a
+ * register and stored once. */
+BNN_CLONES
+static void bnn_sel_conv_row(const bnn_conv_params *prm, const bnn_word_t *xrow,
+                             const float *res_row, ptrdiff_t s_res_w,
+                             float *out_row, ptrdiff_t s_out_w,
+                             bnn_word_t *bits_row, ptrdiff_t s_bits_w)
+{
+    const int cout = prm->cout;
+    const int nblk = (cout + BNN_CO_BLOCK - 1) / BNN_CO_BLOCK;
+    const ptrdiff_t pstep = (ptrdiff_t)prm->stride * prm->sxw;
+    const ptrdiff_t wblk = (ptrdiff_t)prm->kh * prm->kw * prm->cw * BNN_CO_BLOCK;
+    for (int wo0 = 0; wo0 < prm->wo; wo0 += BNN_P) {
+        const int np = bnn_min(BNN_P, prm->wo - wo0);
+        bnn_word_t wbits[BNN_P];
+        for (int b = 0; b < nblk; b++) {
+            const int co0 = b * BNN_CO_BLOCK;
+            const int nco = bnn_min(BNN_CO_BLOCK, cout - co0);
+            const int nv = (nco + BNN_LANES - 1) / BNN_LANES;
+            if (co0 % BNN_WORD_BITS == 0)
+                for (int p = 0; p < np; p++)
+                    wbits[p] = 0;
+            bnn_sel_block(prm, xrow + wo0 * pstep, pstep, prm->w + b * wblk, np, nv, co0, nco,
+                          res_row ? res_row + wo0 * s_res_w : NULL, s_res_w,
+                          out_row ? out_row + wo0 * s_out_w : NULL, s_out_w, 0, wbits);
+            if (bits_row && ((co0 + BNN_CO_BLOCK) % BNN_WORD_BITS == 0 || b == nblk - 1))
+                for (int p = 0; p < np; p++)
+                    bits_row[(wo0 + p) * s_bits_w + co0 / BNN_WORD_BITS] = wbits[p];
+        }
+    }
+}
+
+/* Float-mode conv fused with the 2x2/2 max-pool (and the sign_pack after
+ * it): one pooled output row i (fixed n) from conv rows 2i and 2i+1.
+ * xrow = &x[n, 2i*stride, 0, 0]; res_row = &residual[n, 2i, 0, 0] (conv
+ * resolution, H/W strides s_res_h/s_res_w) or NULL; out_row = &out[n, i, 0, 0]
+ * (pooled, W stride s_out_w) or NULL; bits_row = &out_bits[n, i, 0, 0] (W
+ * stride s_bits_w) or NULL.  wpool = Wo // 2 pooled pixels.  Each conv value
+ * is the float chain of bnn_epilogue; out = max(max(y[2i,2j], y[2i,2j+1]),
+ * max(y[2i+1,2j], y[2i+1,2j+1])) and bit co = out < next_thr[co]. */
+BNN_CLONES
+static void bnn_sel_conv_row_pool2(const bnn_conv_params *prm, const bnn_word_t *xrow,
+                                   const float *res_row, ptrdiff_t s_res_h, ptrdiff_t s_res_w,
+                                   float *out_row, ptrdiff_t s_out_w,
+                                   bnn_word_t *bits_row, ptrdiff_t s_bits_w, int wpool)
+{
+#if defined(__GNUC__)
+    float ybuf[2][BNN_P * BNN_CO_BLOCK] __attribute__((aligned(64)));
+#else
+    float ybuf[2][BNN_P * BNN_CO_BLOCK];
+#endif
+    bnn_conv_params ep = *prm;
+    ep.next_thr = NULL;           /* the pack is done after pooling */
+    const int cout = prm->cout;
+    const int nblk = (cout + BNN_CO_BLOCK - 1) / BNN_CO_BLOCK;
+    const ptrdiff_t pstep = (ptrdiff_t)prm->stride * prm->sxw;
+    const ptrdiff_t xrow1 = (ptrdiff_t)prm->stride * prm->sxh;
+    const ptrdiff_t wblk = (ptrdiff_t)prm->kh * prm->kw * prm->cw * BNN_CO_BLOCK;
+    const int wc = 2 * wpool;     /* conv pixels that reach the pooled output */
+    for (int wo0 = 0; wo0 < wc; wo0 += BNN_P) {
+        const int np = bnn_min(BNN_P, wc - wo0);   /* even */
+        const int q0 = wo0 / 2, nq = np / 2;
+        bnn_word_t wbits[BNN_P], unused[BNN_P];
+        for (int b = 0; b < nblk; b++) {
+            const int co0 = b * BNN_CO_BLOCK;
+            const int nco = bnn_min(BNN_CO_BLOCK, cout - co0);
+            const int nv = (nco + BNN_LANES - 1) / BNN_LANES;
+            if (co0 % BNN_WORD_BITS == 0)
+                for (int q = 0; q < nq; q++)
+                    wbits[q] = 0;
+            for (int r = 0; r < 2; r++)
+                bnn_sel_block(&ep, xrow + r * xrow1 + wo0 * pstep, pstep, prm->w + b * wblk,
+                              np, nv, co0, nco,
+                              res_row ? res_row + r * s_res_h + wo0 * s_res_w : NULL, s_res_w,
+                              ybuf[r], BNN_CO_BLOCK, co0, unused);
+            BNN_SEL_TARGET(pool_block)(ybuf[0], ybuf[1], nq, co0, nco, bits_row ? prm->next_thr : NULL,
+                                       out_row ? out_row + q0 * s_out_w : NULL, s_out_w, wbits);
+            if (bits_row && ((co0 + BNN_CO_BLOCK) % BNN_WORD_BITS == 0 || b == nblk - 1))
+                for (int q = 0; q < nq; q++)
+                    bits_row[(q0 + q) * s_bits_w + co0 / BNN_WORD_BITS] = wbits[q];
+        }
+    }
+}
+
+/* ------------------------------------------------------------------ */
+/* The path                                                            */
+/* ------------------------------------------------------------------ */
+typedef enum { BNN_SEL_CORE = 0, BNN_SEL_PLANES = 1, BNN_SEL_WPLANES = 2 } bnn_sel_path;
+
+/* Conv pixels in the first block of the bit-plane conv of an output of
+ * n x ho x wo conv pixels (0: it does not apply). */
+static inline ptrdiff_t bnn_sel_block_pixels(ptrdiff_t n, ptrdiff_t ho, ptrdiff_t wo, int pool)
+{
+    const int upix = bnn_pl_unit_pixels((int)wo, pool, (int)(wo / 2));
+    if (upix == 0 || !BNN_SEL_HAVE_PLANES)
+        return 0;
+    const ptrdiff_t units = n * (pool ? ho / 2 : ho), per = BNN_PL_PIX / upix;
+    return (per < units ? per : units) * upix;
+}
+
+/* Conv pixels per unit (output row, or pooled pair of rows) on the
+ * small-output path, or 0 when a unit is too wide for it. */
+static inline int bnn_sel_wp_unit_pixels(ptrdiff_t wo, int pool)
+{
+    const int upix = bnn_pl_unit_pixels((int)wo, pool, (int)(wo / 2));
+    return BNN_SEL_HAVE_PLANES && 0 < upix && upix <= BNN_WP_UNIT_MAX ? upix : 0;
+}
+
+/* The path of one call (see the top of this file): have_planes /
+ * have_wplanes say whether the layer's plane lists / weight planes exist. */
+static inline bnn_sel_path bnn_sel_choose(int have_planes, int have_wplanes, ptrdiff_t n,
+                                          ptrdiff_t ho, ptrdiff_t wo, int pool)
+{
+    if (have_planes && bnn_sel_block_pixels(n, ho, wo, pool) >= BNN_SEL_PLANES_MIN_PIXELS)
+        return BNN_SEL_PLANES;
+    if (have_wplanes && bnn_sel_wp_unit_pixels(wo, pool))
+        return BNN_SEL_WPLANES;
+    return BNN_SEL_CORE;
+}
+
+/* Scratch bytes per thread of a path (a multiple of 64). */
+static inline size_t bnn_sel_ws_bytes(bnn_sel_path path, int nplanes, int cout)
+{
+    const size_t b = path == BNN_SEL_PLANES ? bnn_pl_ws_bytes(nplanes)
+                   : path == BNN_SEL_WPLANES ? bnn_wp_ws_bytes(nplanes, cout) : 0;
+    return (b + 63) / 64 * 64;
+}
+
+/* Dynamic schedule with ~16 chunks per thread: rows cost the same, but a
+ * thread may be preempted (the machine is shared), so no static split. */
+static inline ptrdiff_t bnn_sel_row_grain(ptrdiff_t rows, int threads)
+{
+    const ptrdiff_t c = rows / (16 * (ptrdiff_t)threads);
+    return c > 1 ? c : 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* One call: its path and its work items                               */
+/* ------------------------------------------------------------------ */
+typedef struct {
+    const bnn_conv_params *prm;
+    const bnn_io *io;
+    const bnn_pl_lists *pl;      /* NULL unless path == BNN_SEL_PLANES */
+    const bnn_wp_planes *wp;     /* NULL unless path == BNN_SEL_WPLANES */
+    bnn_sel_path path;
+    ptrdiff_t units;             /* output rows, or pooled rows (io->rows per image) */
+    ptrdiff_t items;             /* work items: units, or blocks of units */
+    int units_per_block;         /* BNN_SEL_PLANES: units in a block */
+    size_t ws_bytes;             /* scratch per thread */
+} bnn_sel_job;
+
+/* The job of one call of n images (io->rows units each): pl / wp are the
+ * layer's plane lists / weight planes, or NULL where they were not made. */
+static void bnn_sel_job_init(bnn_sel_job *job, const bnn_conv_params *prm, const bnn_io *io,
+                             const bnn_pl_lists *pl, const bnn_wp_planes *wp, ptrdiff_t n,
+                             ptrdiff_t ho)
+{
+    const ptrdiff_t units = n * io->rows;
+    job->prm = prm;
+    job->io = io;
+    job->path = bnn_sel_choose(pl != NULL, wp != NULL, n, ho, prm->wo, io->pool);
+    job->pl = job->path == BNN_SEL_PLANES ? pl : NULL;
+    job->wp = job->path == BNN_SEL_WPLANES ? wp : NULL;
+    job->units_per_block = 1;
+    job->units = job->items = units;
+    if (job->path == BNN_SEL_PLANES) {
+        job->units_per_block = BNN_PL_PIX / bnn_pl_unit_pixels(prm->wo, io->pool, io->wpool);
+        job->items = (units + job->units_per_block - 1) / job->units_per_block;
+    }
+    job->ws_bytes = bnn_sel_ws_bytes(job->path, pl ? pl->nplanes : wp ? wp->nplanes : 0,
+                                     prm->cout);
+}
+
+/* Items per chunk of the dynamic schedule: one block or unit (they are
+ * few and heavy), or bnn_sel_row_grain rows. */
+static inline ptrdiff_t bnn_sel_grain(const bnn_sel_job *job, int threads)
+{
+    return job->path == BNN_SEL_CORE ? bnn_sel_row_grain(job->items, threads) : 1;
+}
+
+/* Work item b of the job (ws: this thread's scratch, job->ws_bytes).
+ * Items are whole output rows, so threads never share an output word. */
+static void bnn_sel_run(const bnn_sel_job *job, ptrdiff_t b, void *ws)
+{
+    const bnn_conv_params *prm = job->prm;
+    const bnn_io *io = job->io;
+    switch (job->path) {
+#if BNN_SEL_HAVE_PLANES
+    case BNN_SEL_PLANES: {
+        const ptrdiff_t u0 = b * job->units_per_block, left = job->units - u0;
+        bnn_pl_block(prm, job->pl, io, (int)u0,
+                     (int)(left < job->units_per_block ? left : job->units_per_block), ws);
+        return;
+    }
+    case BNN_SEL_WPLANES:
+        bnn_wp_unit(prm, job->wp, io, (int)b, ws);
+        return;
+#endif
+    default: {
+        const ptrdiff_t n = b / io->rows, i = b % io->rows;
+        const ptrdiff_t h = io->pool ? 2 * i : i;       /* the (first) conv row */
+        const bnn_word_t *xrow = io->x + n * io->sxn + h * prm->stride * prm->sxh;
+        const float *res_row = io->res ? io->res + n * io->srn + h * io->srh : NULL;
+        float *out_row = io->out ? io->out + n * io->son + i * io->soh : NULL;
+        bnn_word_t *bits_row = io->bits ? io->bits + n * io->sbn + i * io->sbh : NULL;
+        if (io->pool)
+            bnn_sel_conv_row_pool2(prm, xrow, res_row, io->srh, io->srw, out_row, io->sow,
+                                   bits_row, io->sbw, io->wpool);
+        else
+            bnn_sel_conv_row(prm, xrow, res_row, io->srw, out_row, io->sow, bits_row, io->sbw);
+        return;
+    }
+    }
+}
+
+#endif /* BNNLITE_BCONV_SELECT_H */

@@ -1,0 +1,33 @@
+"""bnnlite/bench/engines.py: the PyTorch FP32 engine is the bundle's own network."""
+import numpy as np
+import pytest
+
+import bnnlite
+from bnnlite.bench.engines import ENGINES, missing, torch_from_bundle
+from bnnlite.bench.evalset import data_file
+from bnnlite.bundle import read_bundle
+
+
+@pytest.mark.parametrize("path", ["tiny", "shipped"])
+def test_torch_engine_is_the_bundles_network(tiny_bundles, path):
+    """The PyTorch FP32 engine rebuilt from an fp32 bundle gives bnnlite's logits."""
+    import torch
+
+    bundle_path = tiny_bundles["fp32"] if path == "tiny" else data_file("fp32.h5")
+    model = bnnlite.Model.load(bundle_path)
+    h, w, c = model.header["input_shape"]
+    x = np.random.default_rng(0).integers(0, 256, (8, h, w, c), dtype=np.uint8)
+    net = torch_from_bundle(read_bundle(bundle_path))
+    mean, std = model.header["normalization_mean"], model.header["normalization_std"]
+    xt = torch.from_numpy(((x / np.float32(255) - mean) / std).astype(np.float32).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        got = net(xt).numpy()
+    np.testing.assert_allclose(got, model.logits(x), atol=1e-3)
+
+
+def test_missing_says_what_to_install(monkeypatch):
+    import bnnlite.bench.engines as engines
+    monkeypatch.setattr(engines, "find_spec", lambda name: None if name == "onnxruntime" else object())
+    assert "onnxruntime" in missing("ort-fp32") and "bnnlite[bench]" in missing("ort-bnn")
+    assert missing("torch-fp32") is None
+    assert set(ENGINES) >= {"bnnlite", "torch-fp32", "ort-fp32"}
