@@ -35,6 +35,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from .bitpack import WORD_BITS, WORD_DTYPE, words_for
+from .bounds import check_bounds
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord", "folded_conv_weight",
            "write_bundle", "read_bundle", "seal", "MAX_BUNDLE_BYTES"]
@@ -136,30 +137,39 @@ def _fixed_str(text: str) -> np.bytes_:
     return np.bytes_(text.encode("utf-8"))
 
 
-def write_bundle(path, header: dict, ops: list[OpRecord]) -> None:
-    """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename)."""
+def write_bundle(path, header: dict, ops: list[OpRecord], *, atomic: bool = True) -> None:
+    """Write ``ops`` and ``header`` to ``path`` atomically (temp file, seal, rename), or in
+    place with ``atomic=False`` (for a path that is itself a temporary file)."""
+    if atomic:
+        with atomic_path(path) as tmp:
+            _write(tmp, header, ops)
+    else:
+        _write(Path(path), header, ops)
+
+
+def _write(tmp: Path, header: dict, ops: list[OpRecord]) -> None:
     import h5py
-    with atomic_path(path) as tmp:
-        # libver v110: dense attribute storage, so a root attribute may exceed 64 KiB.
-        with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="v110") as f:
-            f.attrs["format"] = _fixed_str(FORMAT)
-            f.attrs["format_version"] = FORMAT_VERSION
-            for key in ("producer", "architecture", "input_layout"):
-                f.attrs[key] = _fixed_str(str(header[key]))
-            f.attrs["input_shape"] = np.asarray(header["input_shape"], np.int64)
-            f.attrs["normalization_mean"] = np.asarray(header["normalization_mean"], np.float32)
-            f.attrs["normalization_std"] = np.asarray(header["normalization_std"], np.float32)
-            for key in ("config", "class_names", "metrics"):
-                f.attrs[key] = _fixed_str(json.dumps(header[key]))
-            graph = [{"op": o.op, "name": o.name, "inputs": o.inputs, "outputs": o.outputs,
-                      "attrs": o.attrs} for o in ops]
-            f.attrs["graph"] = _fixed_str(json.dumps(graph))
-            g_ops = f.create_group("ops")
-            for o in ops:
-                g = g_ops.create_group(o.name)
-                for k, v in o.arrays.items():
-                    g.create_dataset(k, data=np.ascontiguousarray(v))
-        seal(tmp)
+    # libver v110: dense attribute storage, so a root attribute may exceed 64 KiB.
+    # locking=False: the temporary file is already flock-ed by its writer (_atomic.py).
+    with h5py.File(tmp, "w", userblock_size=USERBLOCK, libver="v110", locking=False) as f:
+        f.attrs["format"] = _fixed_str(FORMAT)
+        f.attrs["format_version"] = FORMAT_VERSION
+        for key in ("producer", "architecture", "input_layout"):
+            f.attrs[key] = _fixed_str(str(header[key]))
+        f.attrs["input_shape"] = np.asarray(header["input_shape"], np.int64)
+        f.attrs["normalization_mean"] = np.asarray(header["normalization_mean"], np.float32)
+        f.attrs["normalization_std"] = np.asarray(header["normalization_std"], np.float32)
+        for key in ("config", "class_names", "metrics"):
+            f.attrs[key] = _fixed_str(json.dumps(header[key]))
+        graph = [{"op": o.op, "name": o.name, "inputs": o.inputs, "outputs": o.outputs,
+                  "attrs": o.attrs} for o in ops]
+        f.attrs["graph"] = _fixed_str(json.dumps(graph))
+        g_ops = f.create_group("ops")
+        for o in ops:
+            g = g_ops.create_group(o.name)
+            for k, v in o.arrays.items():
+                g.create_dataset(k, data=np.ascontiguousarray(v))
+    seal(tmp)
 
 
 # ---------------------------------------------------------------- reading
@@ -308,13 +318,58 @@ def _int_attr(rec, key, where, lo=0, hi=MAX_DIM):
     return v
 
 
-def _read_dataset(group, name, dtype, shape, where):
-    if group is None or name not in group:
-        raise BundleError(f"{where}: dataset {name!r} is missing")
-    ds = group[name]
+def _hard_member(group, name, where, what):
+    """``group[name]`` if it is reached by its one hard link, else None if absent.
+
+    The link is inspected before it is followed: a soft or external link, or a
+    second hard link to one object, is something the writer never makes (an
+    external link would open another file)."""
     import h5py
+    if group is None:
+        return None
+    link = group.get(name, getlink=True)
+    if link is None:
+        return None
+    if not isinstance(link, h5py.HardLink):
+        kind = {h5py.SoftLink: "a soft link", h5py.ExternalLink: "an external link"}.get(type(link), "a link")
+        raise BundleError(f"{where}: {what} is {kind}; bundles hold no links")
+    obj = group[name]
+    if h5py.h5o.get_info(obj.id).rc != 1:
+        raise BundleError(f"{where}: {what} is hard-linked under more than one name; bundles hold no links")
+    return obj
+
+
+def _check_storage(ds, name, where):
+    """Refuse any storage the writer does not make, before a byte of data is read.
+
+    Allowed: contiguous or chunked layout, data inside the file, no filters.
+    External raw storage reads other files (or blocks on a FIFO); a virtual
+    dataset reads other datasets or files (one mapped onto the bundle itself
+    recursed in libhdf5 until SIGSEGV); filters are never written, so they
+    would only decompress an attacker's stream."""
+    import h5py
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout not in (h5py.h5d.CONTIGUOUS, h5py.h5d.CHUNKED):
+        kind = {h5py.h5d.VIRTUAL: "virtual", h5py.h5d.COMPACT: "compact"}.get(layout, f"layout {layout}")
+        raise BundleError(f"{where}: dataset {name!r} has {kind} storage; bundles store datasets "
+                          f"contiguous or chunked only")
+    if dcpl.get_external_count():
+        raise BundleError(f"{where}: dataset {name!r} keeps its data in external files; "
+                          f"bundles store every array inside the file")
+    if dcpl.get_nfilters():
+        raise BundleError(f"{where}: dataset {name!r} uses HDF5 filters (compression or others); "
+                          f"bundles store arrays unfiltered")
+
+
+def _read_dataset(group, name, dtype, shape, where):
+    import h5py
+    ds = _hard_member(group, name, where, f"dataset {name!r}")
+    if ds is None:
+        raise BundleError(f"{where}: dataset {name!r} is missing")
     if not isinstance(ds, h5py.Dataset):
         raise BundleError(f"{where}: {name!r} is not a dataset")
+    _check_storage(ds, name, where)
     if ds.dtype != np.dtype(dtype):
         raise BundleError(f"{where}: dataset {name!r} has dtype {ds.dtype}, expected {dtype}")
     if tuple(ds.shape) != tuple(shape):
@@ -403,13 +458,16 @@ def _infer(rec: dict, in_shapes, in_kinds, where, version=FORMAT_VERSION):
 
 
 def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
+    import h5py
     graph = _json_attr(f.attrs, "graph", path, list)
     if not 1 <= len(graph) <= MAX_OPS:
         raise BundleError(f"{path}: graph has {len(graph)} ops (1..{MAX_OPS} allowed)")
     shapes = {INPUT: header["input_shape"]}
     kinds = {INPUT: "float"}
     ops, names = [], set()
-    g_ops = f.get("ops")
+    g_ops = _hard_member(f, "ops", path, "/ops")
+    if g_ops is not None and not isinstance(g_ops, h5py.Group):
+        raise BundleError(f"{path}: /ops is not a group")
     budget = file_bytes  # arrays are stored uncompressed: they cannot outgrow the file
     for i, rec in enumerate(graph):
         if not isinstance(rec, dict) or not isinstance(rec.get("attrs", {}), dict):
@@ -436,7 +494,9 @@ def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
                                                       header["format_version"])
         if np.prod(out_shape, dtype=np.int64) > (1 << 26):
             raise BundleError(f"{where}: output of shape {out_shape} is implausibly large")
-        group = g_ops.get(name) if g_ops is not None else None
+        group = _hard_member(g_ops, name, where, f"group /ops/{name}")
+        if group is not None and not isinstance(group, h5py.Group):
+            raise BundleError(f"{where}: /ops/{name} is not a group")
         arrays = {}
         for ds_name, (dtype, shape_keys) in datasets.items():
             shp = tuple(attrs[k] for k in shape_keys)
@@ -473,6 +533,7 @@ def read_bundle(path) -> Bundle:
         with h5py.File(io.BytesIO(data), "r") as f:
             header = _read_header(f, path)
             ops, shapes, kinds = _read_ops(f, header, path, len(data))
+        check_bounds(header, ops, BundleError, path)
     except BundleError:
         raise
     except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError,

@@ -6,6 +6,9 @@
 """
 from __future__ import annotations
 
+import math
+import os
+import stat
 import time
 from contextlib import contextmanager
 
@@ -20,8 +23,38 @@ def _library_errors():
     from .bundle import BundleError
     try:
         yield
-    except (BundleError, ValueError, FileNotFoundError) as e:
-        raise click.ClickException(str(e)) from e
+    except (BundleError, ValueError, OSError, EOFError) as e:
+        raise click.ClickException(str(e) or type(e).__name__) from e
+    except MemoryError as e:
+        raise click.ClickException(f"out of memory ({e})") from e
+
+
+def _load_npy(path) -> np.ndarray:
+    """A .npy array, its header checked before anything is allocated (ValueError if bad)."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):  # np.load would block on a FIFO
+        raise ValueError(f"{path}: not a regular file")
+    fmt = np.lib.format
+    with open(path, "rb") as fh:
+        try:
+            version = fmt.read_magic(fh)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(fh)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(fh)
+            else:
+                raise ValueError(f"format version {version} is not supported")
+        except (ValueError, EOFError, SyntaxError, TypeError) as e:
+            # NumPy's own message may advise allow_pickle=True: never the right fix here.
+            raise ValueError(f"{path}: not a .npy array ({str(e).splitlines()[0][:200] or 'empty file'})") from e
+        if dtype.hasobject:
+            raise ValueError(f"{path}: holds Python objects (dtype {dtype}); images must be a uint8 array")
+        need = math.prod(shape) * dtype.itemsize
+        have = st.st_size - fh.tell()
+        if need > have:
+            raise ValueError(f"{path}: the header declares a {dtype} array of shape {shape} "
+                             f"({need:,} bytes), but the file holds {have:,} bytes of data")
+    return np.load(path, allow_pickle=False)
 
 
 def _model(path, threads, backend=None):
@@ -78,10 +111,7 @@ def evaluate(model, data, threads, backend, batch):
 def predict(images, model, threads):
     """Print the predicted class of each image in IMAGES (.npy, uint8 NHWC)."""
     with _library_errors():
-        try:
-            x = np.load(images, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise click.ClickException(f"{images}: not a .npy array ({e})") from e
+        x = _load_npy(images)
         m = _model(model, threads)
         pred = np.atleast_1d(m.predict(x))
     names = m.class_names

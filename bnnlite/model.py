@@ -49,17 +49,25 @@ class _BlasThreads:
     def __init__(self, controllers, n):
         self._controllers, self._n, self._before = controllers, n, None
 
+    @staticmethod
+    def _set(c, n):
+        # threadpoolctl lets only the first Python thread that sets OpenBLAS's count set it
+        # again (its pool is process-wide); from any other thread the limit was silently
+        # ignored, and BLAS then summed in another order (a Model shared with a worker
+        # thread gave other logits).  Calls of one Model hold its lock, so set it directly.
+        getattr(c, "_real_set_num_threads", c.set_num_threads)(n)
+
     def __enter__(self):
         self._before = [c.num_threads for c in self._controllers]
         for c, before in zip(self._controllers, self._before):
             if before != self._n:
-                c.set_num_threads(self._n)
+                self._set(c, self._n)
         return self
 
     def __exit__(self, *exc):
         for c, before in zip(self._controllers, self._before):
             if before != self._n:
-                c.set_num_threads(before)
+                self._set(c, before)
         return False
 
 
@@ -88,8 +96,14 @@ class Model:
     batch of one chunk (batch 1, say) instead splits each layer's rows
     between ``threads`` OpenMP threads, as does every batch on a backend
     whose ``concurrent_calls`` is False.  Either way an image's result does
-    not depend on the batch, the chunk or the thread count.  One Model is
-    not meant to be called from several threads at once (use one each).
+    not depend on the batch, the chunk or the thread count.
+
+    Thread safety: a Model may be shared by several threads.  A lock around
+    the planned buffers makes concurrent calls take turns (each gets exactly
+    its serial result); an uncontended lock costs a microsecond or less of a
+    1-2 ms batch-1 call, and batch-1 latency measured the same with and
+    without it (docs/benchmarks.md, issue 16).  For calls that run at the
+    same time, give each thread its own Model (the kernels release the GIL).
     """
 
     def __init__(self, bundle, *, threads: int = 1, backend: str | None = None, chunk: int | None = None,
@@ -99,6 +113,9 @@ class Model:
         self.source = source
         self.backend = get_backend(backend)
         self.graph = Graph(bundle, self.backend)
+        # The graph's buffers, the BLAS thread setting and the pool are shared by every
+        # call: one call at a time (per-call buffers would re-plan, per-thread sets multiply memory).
+        self._lock = threading.Lock()
         self._pool = None  # ThreadPoolExecutor for chunk-parallel batches, made on first use
         self.chunk = chunk
         self.threads = threads
@@ -147,10 +164,12 @@ class Model:
 
     @threads.setter
     def threads(self, v):
-        self._threads = self._positive_int("threads", v)
-        if self._pool is not None:  # sized for the old count
-            self._pool.shutdown(wait=False)
-            self._pool = None
+        v = self._positive_int("threads", v)
+        with self._lock:  # not while a call uses the pool
+            self._threads = v
+            if self._pool is not None:  # sized for the old count
+                self._pool.shutdown(wait=False)
+                self._pool = None
 
     @property
     def input_shape(self) -> tuple:
@@ -237,6 +256,11 @@ class Model:
     def logits(self, images) -> np.ndarray:
         """Raw class scores, float32 (N, K) (or (K,) for one image)."""
         x, single = self._prepare(images)
+        with self._lock:
+            out = self._logits(x)
+        return out[0] if single else out
+
+    def _logits(self, x):
         out = np.empty((len(x), self.graph.shapes["logits"][0]), np.float32)
         step = min(self.chunk, self.graph.max_chunk or self.chunk)
         starts = range(0, len(x), step)
@@ -251,7 +275,7 @@ class Model:
                 jobs = [pool.submit(self._run_chunks, x, shared, step, out, 1, k) for k in range(workers)]
                 for job in jobs:
                     job.result()
-        return out[0] if single else out
+        return out
 
     def predict_proba(self, images) -> np.ndarray:
         """Softmax of :meth:`logits`."""

@@ -7,8 +7,16 @@ needs: ``format``, ``format_version``, ``config`` (models.default_config),
 ``normalization`` ({"mean", "std"} on the 0-1 scale), ``class_names``,
 ``metrics`` and ``model`` (the state dict).  Resume checkpoints add
 ``optimizer``, ``scheduler``, ``epoch``, ``step``, ``running`` and ``history``.
+Everything in it is a tensor, number, string, list or dict, so it loads with
+``torch.load(weights_only=True)``; an older file that needs more is refused
+(``tools/convert_checkpoint.py`` converts one you trust).
 """
 from __future__ import annotations
+
+import os
+import pickle
+import re
+import stat
 
 import torch
 
@@ -28,9 +36,29 @@ def save_atomic(obj, path) -> None:
 
 
 def load_checkpoint(path) -> dict:
-    """Load a bnnlite checkpoint and check its header; ValueError if it is not one."""
+    """Load a bnnlite checkpoint and check its header; ValueError if it is not one.
+
+    Loaded with ``weights_only=True``: a checkpoint is data (tensors, numbers,
+    strings, lists, dicts), and unpickling anything else could run code."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        st = os.stat(path)
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block torch.load forever
+        raise ValueError(f"{path}: not a regular file, so not a checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message also advises weights_only=False: quote only what it found.
+        found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL [\w.]+", str(e))
+        if found is None:  # damaged or not a pickle at all
+            raise ValueError(f"{path}: not a readable PyTorch checkpoint (its pickle is damaged or "
+                             f"not one: {type(e).__name__})") from e
+        raise ValueError(
+            f"{path}: refused: this checkpoint holds objects other than tensors, numbers, strings, "
+            f"lists and dicts, and unpickling them could run code ({found.group(0)}). "
+            f"If you trust the file, convert it once with: python tools/convert_checkpoint.py "
+            f"{path} converted.pth") from e
     except Exception as e:  # torch raises many types for a bad file
         raise ValueError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:

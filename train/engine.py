@@ -50,6 +50,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from bnnlite._atomic import atomic_path, remove_stale
+
 from . import checkpoint as ckpt_io
 from bnnlite.datasets import load_dataset
 
@@ -219,6 +221,11 @@ def _load_teacher(path, mean, std, device):
     return (model.to(device, memory_format=torch.channels_last), (None if same else (tn["mean"], tn["std"])), info)
 
 
+def _write_log(path, history):
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(json.dumps(rec) + "\n" for rec in history))
+
+
 def _plot_curves(history, path):
     try:
         import matplotlib
@@ -314,6 +321,9 @@ def train(cfg: TrainConfig) -> dict:
 
     state = {"epoch": 0, "step": 0, "running": [0.0, 0.0, 0.0, 0.0], "history": [], "elapsed": 0.0}
     ckpt_path = out / CHECKPOINT
+    if rank == 0:  # temporaries of a run killed outright (kill -9) by now have no writer
+        for name in (CHECKPOINT, FINAL, LOG):
+            remove_stale(out / name)
     if cfg.resume and ckpt_path.exists():
         ck = ckpt_io.load_checkpoint(ckpt_path)
         model.load_state_dict(ck["model"])
@@ -328,6 +338,7 @@ def train(cfg: TrainConfig) -> dict:
             state["running"] = [0.0, 0.0, 0.0] + state["running"][3:]
         if rank == 0:
             print(f"resuming {ckpt_path} at epoch {state['epoch'] + 1}, step {state['step']}")
+            _write_log(out / LOG, state["history"])  # what the checkpoint holds: each epoch once
     elif cfg.resume and rank == 0:
         print(f"--resume: no {ckpt_path} yet, starting fresh")
 
@@ -439,13 +450,13 @@ def train(cfg: TrainConfig) -> dict:
                    "images_per_s": round(tn / max(r[3], 1e-9), 1), "wall_seconds": round(state["elapsed"], 1)}
             state["history"].append(rec)
             state.update(epoch=epoch + 1, step=0, running=[0.0, 0.0, 0.0, 0.0])
-            if rank == 0:
+            save_resume_state()
+            if rank == 0:  # after the checkpoint that holds this epoch (a kill between: resume rewrites it)
                 with open(out / LOG, "a") as f:
                     f.write(json.dumps(rec) + "\n")
                 print(f"epoch {epoch + 1}/{cfg.epochs}: train {100 * rec['train_acc']:.2f}% "
                       f"val {100 * val_acc:.2f}% ({rec['images_per_s']:.0f} img/s, {rec['epoch_seconds']:.0f} s)",
                       flush=True)
-            save_resume_state()
 
     if interrupted:
         return {"interrupted": True, "epoch": state["epoch"], "step": state["step"]}

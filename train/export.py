@@ -26,8 +26,8 @@ disagrees is refused.
 """
 from __future__ import annotations
 
+import signal
 import sys
-import tempfile
 from pathlib import Path
 
 import click
@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from bnnlite import __version__
+from bnnlite._atomic import temp_beside
 from bnnlite.bitpack import pack_bits
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
 from bnnlite.datasets import load_dataset
@@ -261,9 +262,10 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
               "class_names": ckpt["class_names"], "config": cfg, "metrics": metrics}
 
     out_path = Path(out_path)
-    with tempfile.TemporaryDirectory(dir=out_path.parent if out_path.parent.exists() else None) as td:
-        draft = Path(td) / "draft.h5"
-        write_bundle(draft, header, ops)
+    # The draft is a temporary of out_path's own pattern (<out>.*.tmp): removed on every
+    # exit, and by the next export of out_path after a kill -9.
+    with temp_beside(out_path) as draft:
+        write_bundle(draft, header, ops, atomic=False)
         # The probe: real test images when --data is given, else seeded random images.
         if data is not None:
             _, test, _ = load_dataset(data)
@@ -310,6 +312,8 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
 def main(ckpt, out, data, probe, tol, onnx_path, threads):
     """Fold checkpoint CKPT into the bnnlite bundle OUT (HDF5), verified against PyTorch."""
     torch.set_num_threads(threads)
+    # SIGTERM as an exception, so the temporaries are removed on the way out (as on Ctrl-C).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     try:
         export_checkpoint(ckpt, out, data=data, probe=probe, tol=tol, threads=threads, onnx_path=onnx_path)
     except ValueError as e:

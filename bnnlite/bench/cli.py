@@ -44,6 +44,18 @@ def _engines(engines) -> list[str]:
     return wanted
 
 
+def _check_paths(model, fp32, data):
+    """One clear error before any worker starts (a FIFO would block a worker, a bad file fail each row)."""
+    import os
+    import stat
+    for opt, p, dir_ok in (("--model", model, False), ("--fp32", fp32, False), ("--data", data, True)):
+        if p is None:
+            continue
+        mode = os.stat(p).st_mode
+        if not (stat.S_ISREG(mode) or (dir_ok and stat.S_ISDIR(mode))):
+            raise click.ClickException(f"{opt} {p}: not a regular file{' or a folder' if dir_ok else ''}")
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--model", "model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="BNN bundle [default: the shipped pretrained birealnet].")
@@ -77,6 +89,7 @@ def main(model, fp32, data, limit, threads, batch, runs, engines, scaling, layer
             return _layers(model, threads, batch, as_json)
     except BundleError as e:
         raise click.ClickException(str(e)) from e
+    _check_paths(model, fp32, data)
     wanted = _engines(engines)
     args = {"model": model, "fp32": fp32, "data": data, "limit": limit, "threads": threads, "batch": batch,
             "runs": runs}
