@@ -34,26 +34,9 @@ def _load_npy(path) -> np.ndarray:
     st = os.stat(path)
     if not stat.S_ISREG(st.st_mode):  # np.load would block on a FIFO
         raise ValueError(f"{path}: not a regular file")
-    fmt = np.lib.format
+    from .datasets import read_npy_header
     with open(path, "rb") as fh:
-        try:
-            version = fmt.read_magic(fh)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(fh)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(fh)
-            else:
-                raise ValueError(f"format version {version} is not supported")
-        except (ValueError, EOFError, SyntaxError, TypeError) as e:
-            # NumPy's own message may advise allow_pickle=True: never the right fix here.
-            raise ValueError(f"{path}: not a .npy array ({str(e).splitlines()[0][:200] or 'empty file'})") from e
-        if dtype.hasobject:
-            raise ValueError(f"{path}: holds Python objects (dtype {dtype}); images must be a uint8 array")
-        need = math.prod(shape) * dtype.itemsize
-        have = st.st_size - fh.tell()
-        if need > have:
-            raise ValueError(f"{path}: the header declares a {dtype} array of shape {shape} "
-                             f"({need:,} bytes), but the file holds {have:,} bytes of data")
+        read_npy_header(fh, path, st.st_size)
     return np.load(path, allow_pickle=False)
 
 

@@ -1,6 +1,6 @@
 """Your own data: image folders and .npz arrays, besides CIFAR-10 (torch-free).
 
-Public names: load_dataset, load_images, IMAGE_SUFFIXES.
+Public names: load_dataset, load_images, read_npy_header, IMAGE_SUFFIXES.
 
 ``load_dataset(path)`` returns ``(train, test, class_names)`` (``test`` may be
 empty) from:
@@ -19,6 +19,8 @@ the file or folder at fault.
 """
 from __future__ import annotations
 
+import math
+import os
 import zipfile
 from pathlib import Path
 
@@ -26,10 +28,60 @@ import numpy as np
 
 from .cifar import Split, load_cifar
 
-__all__ = ["load_dataset", "load_images", "IMAGE_SUFFIXES"]
+__all__ = ["load_dataset", "load_images", "read_npy_header", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024   # a decompression bomb is refused, not decoded
+
+
+def read_npy_header(fh, name, data_bytes: int):
+    """(shape, dtype) of the .npy stream ``fh``, checked before anything is allocated.
+
+    ``data_bytes``: how many bytes the file (or archive member) holds in all;
+    a header that declares more data than that, or Python objects, is a
+    ValueError (never NumPy's advice to allow pickles).
+    """
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = fmt.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = fmt.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"format version {version} is not supported")
+    except (ValueError, EOFError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{name}: not a .npy array ({str(e).splitlines()[0][:200] or 'empty file'})") from e
+    if dtype.hasobject:
+        raise ValueError(f"{name}: holds Python objects (dtype {dtype}); only plain numeric arrays are read")
+    need, have = math.prod(shape) * dtype.itemsize, data_bytes - fh.tell()
+    if need > have:
+        raise ValueError(f"{name}: the header declares a {dtype} array of shape {shape} ({need:,} bytes), "
+                         f"but holds {have:,} bytes of data")
+    return shape, dtype
+
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 40
+
+
+def _check_npz(path: Path) -> None:
+    """Every member's header against its size, and the total against memory, before np.load reads any."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = [i for i in zf.infolist() if i.filename.endswith(".npy")]
+            total = sum(i.file_size for i in members)
+            if total > _memory_bytes() // 2:
+                raise ValueError(f"{path}: its arrays would take {total:,} bytes, more than half of this "
+                                 f"machine's memory")
+            for info in members:
+                with zf.open(info) as fh:
+                    read_npy_header(fh, f"{path}: {info.filename}", info.file_size)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{path}: not a readable .npz archive ({type(e).__name__}: {e})") from e
 
 
 def _pillow():
@@ -134,6 +186,7 @@ def _npz_split(z, xk, yk, name) -> Split:
 
 
 def _load_npz(path: Path):
+    _check_npz(path)
     try:
         z = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError) as e:
