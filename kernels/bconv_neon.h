@@ -2,7 +2,7 @@
  * bconv_neon.h -- the ARM64 NEON target of the binary conv (aarch64, where
  * Advanced SIMD is always there; no -m flags): a vcntq_u8 popcount core
  * with pairwise widening accumulation (vpadalq_u8 into uint16 lanes), a
- * register tile of BNN_P pixels x 8 output channels, then the epilogue on
+ * register tile of 4 pixels x 8 output channels, then the epilogue on
  * 4 channels at a time (bnn_chain4).  Names: bnn_neon_.  bconv_select.h
  * calls bnn_neon_block and bnn_neon_pool_block (as BNN_SEL_TARGET(block),
  * BNN_SEL_TARGET(pool_block)) in NEON builds.  Bit-packing (pack.h) and
@@ -23,6 +23,13 @@
  * take the portable block: the same integers, so the same bits. */
 #define BNN_NEON_MAX_STEPS 4095
 
+/* Pixels per register tile: 4 x 4 uint16 accumulators + 4 weights + the
+ * broadcast + a temporary fit the 32 q registers; with 6 (BNN_P, sized for
+ * AVX-512) GCC 12 spilled accumulators in the inner loop (102 instructions
+ * per 24 popcount steps instead of 63 per 16; docs/benchmarks.md).  A
+ * block of BNN_P pixels is run as tiles of 4 + 2. */
+#define BNN_NEON_P 4
+
 /* One weight vector of BNN_LANES = 8 words (8 output channels) is 4 q
  * registers of 2 words. */
 #define BNN_NEON_Q (BNN_LANES / 2)
@@ -31,9 +38,9 @@ typedef char bnn_neon_lanes_are_q_pairs[(BNN_LANES % 2 == 0 && sizeof(bnn_word_t
 /* tile[p * BNN_CO_BLOCK + v * BNN_LANES + l] = sum over the steps (i, j, c)
  * of popcount(x0[p*pstep + i*sxh + j*sxw + c] XOR wb[step*NV*LANES + v*LANES + l])
  * (runs: bnn_row_runs, bnn_common.h), as uint32, for P pixels and vectors
- * v < nv.  One vector of 8 channels at a time: its 4 weight registers feed
- * all P pixels (register reuse), P x 4 uint16 accumulators stay in
- * registers (24 + 4 + 2 of the 32 for P = 6). */
+ * v < nv (P <= BNN_NEON_P).  One vector of 8 channels at a time: its 4
+ * weight registers feed all P pixels (register reuse), P x 4 uint16
+ * accumulators stay in registers. */
 BNN_INLINE void bnn_neon_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw,
                               ptrdiff_t pstep, const bnn_word_t *wb, int kh, int kw,
                               int cw, const int P, int nv, uint32_t *tile)
@@ -41,7 +48,7 @@ BNN_INLINE void bnn_neon_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
     const int nj = bnn_row_runs(kw, cw, sxw), nq = bnn_run_words(kw, cw, sxw);
     const ptrdiff_t nl = (ptrdiff_t)nv * BNN_LANES;
     for (int v = 0; v < nv; v++) {
-        uint16x8_t acc[BNN_P][BNN_NEON_Q];
+        uint16x8_t acc[BNN_NEON_P][BNN_NEON_Q];
         for (int p = 0; p < P; p++)
             for (int r = 0; r < BNN_NEON_Q; r++)
                 acc[p][r] = vdupq_n_u16(0);
@@ -134,7 +141,7 @@ BNN_INLINE void bnn_neon_tile(const bnn_conv_params *prm, const bnn_word_t *x0,
                               int co0, int nco, const float *res_px, ptrdiff_t s_res_w,
                               float *out_px, ptrdiff_t s_out_w, int ocol, bnn_word_t *wbits)
 {
-    uint32_t tile[BNN_P * BNN_CO_BLOCK] __attribute__((aligned(64)));
+    uint32_t tile[BNN_NEON_P * BNN_CO_BLOCK] __attribute__((aligned(64)));
     bnn_neon_core(x0, prm->sxh, prm->sxw, pstep, wb, prm->kh, prm->kw, prm->cw, P, nv, tile);
     for (int p = 0; p < P; p++)
         bnn_neon_epilogue(prm, tile + p * BNN_CO_BLOCK, co0, nco,
@@ -156,19 +163,20 @@ BNN_INLINE void bnn_neon_block(const bnn_conv_params *prm, const bnn_word_t *x0,
         return;
     }
 #define BNN_TILE_(P_)                                                                  \
-    bnn_neon_tile(prm, x0, pstep, wb, P_, nv, co0, nco, res_px, s_res_w, out_px, s_out_w, \
-                  ocol, wbits)
-    switch (np) {   /* a tile for every pixel count: the row's tail too */
-    case 6: BNN_TILE_(6); return;
-    case 5: BNN_TILE_(5); return;
-    case 4: BNN_TILE_(4); return;
-    case 3: BNN_TILE_(3); return;
-    case 2: BNN_TILE_(2); return;
-    default: BNN_TILE_(1); return;
+    bnn_neon_tile(prm, x0 + p0 * pstep, pstep, wb, P_, nv, co0, nco,                   \
+                  res_px ? res_px + p0 * s_res_w : NULL, s_res_w,                      \
+                  out_px ? out_px + p0 * s_out_w : NULL, s_out_w, ocol, wbits + p0)
+    for (int p0 = 0; p0 < np; p0 += BNN_NEON_P) {
+        switch (bnn_min(BNN_NEON_P, np - p0)) {   /* constant P: registers */
+        case 4: BNN_TILE_(4); break;
+        case 3: BNN_TILE_(3); break;
+        case 2: BNN_TILE_(2); break;
+        default: BNN_TILE_(1); break;
+        }
     }
 #undef BNN_TILE_
 }
-typedef char bnn_neon_p_is_6[(BNN_P == 6) ? 1 : -1];   /* the switch above */
+typedef char bnn_neon_p_is_4[(BNN_NEON_P == 4 && BNN_NEON_P <= BNN_P) ? 1 : -1];   /* the switch */
 
 /* np.maximum on 4 lanes (bnn_fmax_np): a where a > b or a is NaN, else b. */
 BNN_INLINE float32x4_t bnn_neon_fmax4(float32x4_t a, float32x4_t b)

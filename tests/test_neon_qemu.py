@@ -162,6 +162,17 @@ class TestFakedAarch64:
         assert (be.name, be.variant) == ("cython", "neon")
         assert arm == ["bnnlite._bconv_neon"]
 
+    def test_the_bench_reports_cython_neon(self, arm, monkeypatch):
+        from bnnlite.bench import engines
+        from bnnlite.model import Model
+
+        class Loaded:
+            logits = weight_bytes = None
+            backend = B.get_backend("cython")
+
+        monkeypatch.setattr(Model, "load", staticmethod(lambda *a, **k: Loaded))
+        assert engines._bnnlite("bnnlite", "model.h5", 1)[2] == "backend cython/neon"
+
     def test_x86_builds_are_refused(self, arm):
         assert not B._cpu_supports("avx512") and not B._cpu_supports("avx2")
         with pytest.raises(RuntimeError, match="needs a CPU with AVX2, POPCNT and FMA"):
