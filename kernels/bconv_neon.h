@@ -77,6 +77,13 @@ BNN_INLINE void bnn_neon_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
     }
 }
 
+/* Lane l of a compare mask (all ones / zero) at bit l: x86's movemask. */
+BNN_INLINE unsigned bnn_neon_movemask4(uint32x4_t m)
+{
+    static const uint32_t bitv[4] = {1, 2, 4, 8};
+    return vaddvq_u32(vandq_u32(m, vld1q_u32(bitv)));
+}
+
 /* The scalar epilogue (bnn_epilogue) of one pixel, 4 channels at a time
  * (a last group of fewer than 4 goes through bnn_epilogue): acc = K - 2*pop
  * as int32, then the int32 threshold (bits mode) or bnn_chain4 + optional
@@ -85,8 +92,6 @@ BNN_INLINE void bnn_neon_epilogue(const bnn_conv_params *prm, const uint32_t *t,
                                   int nco, const float *res_px, float *out_px, int ocol,
                                   bnn_word_t *wbits)
 {
-    static const uint32_t bitv[4] = {1, 2, 4, 8};
-    const uint32x4_t lanebit = vld1q_u32(bitv);
     const int32x4_t kv = vdupq_n_s32((int32_t)prm->k_bits);
     const int cres = prm->cres, rp = prm->gamma != NULL;
     int rc = res_px ? co0 % cres : 0;   /* the residual channel of co0 + l */
@@ -123,7 +128,7 @@ BNN_INLINE void bnn_neon_epilogue(const bnn_conv_params *prm, const uint32_t *t,
                 continue;
             m = vcltq_f32(y, vld1q_f32(prm->next_thr + co));
         }
-        bits |= (bnn_word_t)vaddvq_u32(vandq_u32(m, lanebit)) << (co % BNN_WORD_BITS);
+        bits |= (bnn_word_t)bnn_neon_movemask4(m) << (co % BNN_WORD_BITS);
     }
     *wbits |= bits;
     if (l < nco) {
@@ -191,8 +196,6 @@ BNN_INLINE void bnn_neon_pool_block(const float *y0, const float *y1, int npool,
                                     int nco, const float *next_thr, float *out_px,
                                     ptrdiff_t s_out_w, bnn_word_t *wbits)
 {
-    static const uint32_t bitv[4] = {1, 2, 4, 8};
-    const uint32x4_t lanebit = vld1q_u32(bitv);
     for (int q = 0; q < npool; q++) {
         const float *a = y0 + 2 * q * BNN_CO_BLOCK, *b = y1 + 2 * q * BNN_CO_BLOCK;
         float *o = out_px ? out_px + q * s_out_w + co0 : NULL;
@@ -206,7 +209,7 @@ BNN_INLINE void bnn_neon_pool_block(const float *y0, const float *y1, int npool,
                 vst1q_f32(o + l, m);
             if (next_thr) {
                 const uint32x4_t lt = vcltq_f32(m, vld1q_f32(next_thr + co0 + l));
-                bits |= (bnn_word_t)vaddvq_u32(vandq_u32(lt, lanebit)) << ((co0 + l) % BNN_WORD_BITS);
+                bits |= (bnn_word_t)bnn_neon_movemask4(lt) << ((co0 + l) % BNN_WORD_BITS);
             }
         }
         wbits[q] |= bits;
