@@ -7,6 +7,7 @@ qemu-user (.ci/run installs them); without them these tests skip."""
 from __future__ import annotations
 
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -32,18 +33,45 @@ needs_qemu = pytest.mark.skipif(
     reason=f"no {CC} / {QEMU} (Debian: apt-get install gcc-aarch64-linux-gnu qemu-user)")
 
 
-def _run_comparison(tmp_path, cases, kernels=None):
-    env = dict(os.environ, KERNELS=str(kernels)) if kernels is not None else None
-    return subprocess.run(["bash", str(ROOT / "tools/neon/build.sh"), str(tmp_path), str(cases)],
+def _run_comparison(out, cases, kernels=None, native=False):
+    env = dict(os.environ)
+    if kernels is not None:
+        env["KERNELS"] = str(kernels)
+    if native:
+        env["NATIVE"] = "1"
+    return subprocess.run(["bash", str(ROOT / "tools/neon/build.sh"), str(out), str(cases)],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
+def _digest(stdout):
+    m = re.search(r"^\w+ digest ([0-9a-f]{16})$", stdout, re.M)
+    return m and m.group(1)
+
+
+@pytest.fixture(scope="module")
+def qemu_run(tmp_path_factory):
+    return _run_comparison(tmp_path_factory.mktemp("neon"), CASES)
+
+
 @needs_qemu
-def test_neon_equals_portable_under_qemu(tmp_path):
-    r = _run_comparison(tmp_path, CASES)
+def test_neon_equals_portable_under_qemu(qemu_run):
+    r = qemu_run
     assert r.returncode == 0, r.stdout + r.stderr
     m = re.search(r"^(\d+) cases, (\d+) identical$", r.stdout, re.M)
     assert m and int(m.group(1)) == int(m.group(2)) >= 2000, r.stdout
+
+
+@needs_qemu
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or shutil.which("gcc") is None,
+                    reason="needs an x86-64 machine with gcc")
+def test_neon_equals_x86_portable(qemu_run, tmp_path):
+    """The same cases built for this x86 machine (portable target, native):
+    the digest of every output equals the NEON run's under qemu, so ARM
+    and x86 give the same bits."""
+    r = _run_comparison(tmp_path, CASES, native=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "portable digest" in r.stdout and "neon digest" in qemu_run.stdout
+    assert _digest(r.stdout) == _digest(qemu_run.stdout) is not None
 
 
 @needs_qemu
