@@ -5,6 +5,8 @@
  * conv_port (the portable target).  BNN_TU names the build.
  */
 #include "bconv_select.h"
+#include "fconv.h"
+#include "pack.h"
 
 #define NV_CAT_(a, b) a##_##b
 #define NV_CAT(a, b) NV_CAT_(a, b)
@@ -28,4 +30,19 @@ void NV_TU(pool)(const float *y0, const float *y1, int npool, int co0, int nco,
                  const float *next_thr, float *out_px, ptrdiff_t s_out_w, bnn_word_t *wbits)
 {
     BNN_SEL_TARGET(pool_block)(y0, y1, npool, co0, nco, next_thr, out_px, s_out_w, wbits);
+}
+
+/* The first layer's real conv (fconv.h: portable C in both builds here)
+ * and the float packing (pack.h): into the digest that the x86 run must
+ * reproduce. */
+void NV_TU(fconv_row)(const bnn_fconv_params *fp, const float *xrow, float *out_row,
+                      ptrdiff_t s_out_w, bnn_word_t *bits_row, ptrdiff_t s_bits_w)
+{
+    bnn_fconv_row(fp, xrow, out_row, s_out_w, bits_row, s_bits_w);
+}
+
+void NV_TU(pack_row)(const float *x, ptrdiff_t sxw, const float *thr, int c, int w,
+                     bnn_word_t *out, ptrdiff_t sow)
+{
+    bnn_pack_row(x, sxw, thr, c, w, out, sow);
 }

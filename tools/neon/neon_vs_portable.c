@@ -10,8 +10,10 @@
  * output with residual (cres = cout or a divisor or not), RPReLU, fused
  * pack, 2x2 pool; every 4th case also pools random blocks (NaN, -0.0)
  * directly.  Outputs start from a sentinel, so a missed or extra store
- * differs too.  Prints "N cases, N identical" and a digest of the
- * outputs; exits 1 on any mismatch.  Built natively on x86 (both builds
+ * differs too.  Every 8th case also runs a row of the first layer's conv
+ * and a packed row (the same portable C on both targets: digest only).
+ * Prints "N cases, N identical" and a digest of the outputs; exits 1 on
+ * any mismatch.  Built natively on x86 (both builds
  * portable; tools/neon/build.sh native) it prints the digest of the same
  * cases there.
  *   neon_vs_portable [CASES] [SEED]
@@ -23,6 +25,7 @@
 #include <string.h>
 
 #include "bnn_common.h"
+#include "fconv.h"   /* bnn_fconv_params */
 
 const char *target_neon(void);
 const char *target_port(void);
@@ -32,6 +35,10 @@ void pool_neon(const float *y0, const float *y1, int npool, int co0, int nco,
                const float *next_thr, float *out_px, ptrdiff_t s_out_w, bnn_word_t *wbits);
 void pool_port(const float *y0, const float *y1, int npool, int co0, int nco,
                const float *next_thr, float *out_px, ptrdiff_t s_out_w, bnn_word_t *wbits);
+void fconv_row_neon(const bnn_fconv_params *fp, const float *xrow, float *out_row,
+                    ptrdiff_t s_out_w, bnn_word_t *bits_row, ptrdiff_t s_bits_w);
+void pack_row_neon(const float *x, ptrdiff_t sxw, const float *thr, int c, int w,
+                   bnn_word_t *out, ptrdiff_t sow);
 
 static uint64_t nv_state = 0x9E3779B97F4A7C15ull;
 static uint64_t nv_u64(void)   /* xorshift64* */
@@ -273,6 +280,38 @@ static int nv_pool_case(void)
     return ok;
 }
 
+/* One row of the first layer's real conv (fused pack) and one packed row:
+ * the same C on both targets, so only into the digest, which says whether
+ * ARM computes x86's bits. */
+static void nv_fconv_pack_case(void)
+{
+    bnn_fconv_params fp;
+    memset(&fp, 0, sizeof fp);
+    fp.kh = nv_int(1, 3); fp.kw = nv_int(1, 3); fp.cin = nv_int(1, 4);
+    fp.cout = nv_int(1, 140); fp.stride = nv_int(1, 2);
+    const int win = fp.kw + nv_int(0, 10);
+    fp.wo = (win - fp.kw) / fp.stride + 1;
+    fp.sxw = fp.cin; fp.sxh = (ptrdiff_t)win * fp.cin;
+    const size_t nx = (size_t)fp.kh * win * fp.cin, nw = (size_t)fp.kh * fp.kw * fp.cin * fp.cout;
+    float *x = nv_floats(nx, -2.0f, 2.0f), *w = nv_floats(nw, -0.5f, 0.5f);
+    float *mult = nv_floats(fp.cout, -2.0f, 2.0f), *bias = nv_floats(fp.cout, -1.0f, 1.0f);
+    float *thr = nv_floats(fp.cout, -1.0f, 1.0f);
+    nv_specials(x, nx, 1);
+    fp.w = w; fp.bias = bias; fp.mult = nv_chance(70) ? mult : NULL;
+    fp.relu = nv_chance(50); fp.thr = thr;
+    const int owords = (fp.cout + BNN_WORD_BITS - 1) / BNN_WORD_BITS;
+    float *out = malloc((size_t)fp.wo * fp.cout * sizeof(float));
+    bnn_word_t *bits = calloc((size_t)fp.wo * owords, sizeof(bnn_word_t));
+    fconv_row_neon(&fp, x, out, fp.cout, bits, owords);
+    nv_hash(out, (size_t)fp.wo * fp.cout * sizeof(float), 1);
+    nv_hash(bits, (size_t)fp.wo * owords * sizeof(bnn_word_t), 0);
+    const int c = fp.cout, px = fp.wo;
+    memset(bits, 0, (size_t)px * owords * sizeof(bnn_word_t));
+    pack_row_neon(out, c, thr, c, px, bits, owords);
+    nv_hash(bits, (size_t)px * owords * sizeof(bnn_word_t), 0);
+    free(x); free(w); free(mult); free(bias); free(thr); free(out); free(bits);
+}
+
 int main(int argc, char **argv)
 {
     const int cases = argc > 1 ? atoi(argv[1]) : 2400;
@@ -293,6 +332,8 @@ int main(int argc, char **argv)
             same += nv_pool_case();
             run++;
         }
+        if (i % 8 == 7)
+            nv_fconv_pack_case();
     }
     printf("%d cases, %d identical\n", run, same);
     printf("%s digest %016llx\n", target_neon(), (unsigned long long)nv_digest);
