@@ -75,17 +75,22 @@ def test_neon_equals_x86_portable(qemu_run, tmp_path):
 
 
 @needs_qemu
-def test_the_comparison_sees_a_dropped_fma(tmp_path):
-    """No test that cannot fail: the NEON chain with its fused multiply-add
-    split into a multiply and an add must differ from the portable one."""
+@pytest.mark.parametrize("header, old, new, cases", [
+    # the epilogue's fused multiply-add split into a multiply and an add
+    ("bnn_common.h", "y = vfmaq_f32(bias, y, mult);",
+     "y = vaddq_f32(vmulq_f32(y, mult), bias);", 400),
+    # uint16 accumulators past their limit (the saturated 4100-word case)
+    ("bconv_neon.h", "#define BNN_NEON_MAX_STEPS 4095", "#define BNN_NEON_MAX_STEPS 4100", 4),
+])
+def test_the_comparison_sees_a_broken_neon_target(tmp_path, header, old, new, cases):
+    """No test that cannot fail: a NEON target changed as above must differ
+    from the portable one."""
     kernels = tmp_path / "kernels"
     shutil.copytree(ROOT / "kernels", kernels, ignore=shutil.ignore_patterns("*.c", "*.so"))
-    common = kernels / "bnn_common.h"
-    src = common.read_text()
-    fused = "y = vfmaq_f32(bias, y, mult);"
-    assert src.count(fused) == 1
-    common.write_text(src.replace(fused, "y = vaddq_f32(vmulq_f32(y, mult), bias);"))
-    r = _run_comparison(tmp_path / "out", 400, kernels)
+    src = (kernels / header).read_text()
+    assert src.count(old) == 1
+    (kernels / header).write_text(src.replace(old, new))
+    r = _run_comparison(tmp_path / "out", cases, kernels)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "MISMATCH" in r.stderr
 
