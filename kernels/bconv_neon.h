@@ -5,8 +5,9 @@
  * register tile of 4 pixels x 8 output channels, then the epilogue on
  * 4 channels at a time (bnn_chain4).  Names: bnn_neon_.  bconv_select.h
  * calls bnn_neon_block and bnn_neon_pool_block (as BNN_SEL_TARGET(block),
- * BNN_SEL_TARGET(pool_block)) in NEON builds.  Bit-packing (pack.h) and
- * the first layer's real conv (fconv.h) use their portable C there.
+ * BNN_SEL_TARGET(pool_block)) in NEON builds.  Bit-packing has a NEON
+ * compare in pack.h; the first layer's real conv (fconv.h) uses its
+ * portable C there.
  * Proven equal to the portable target bit for bit under qemu-aarch64:
  * tools/neon/ (tests/test_neon_qemu.py).
  */
@@ -77,13 +78,6 @@ BNN_INLINE void bnn_neon_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t sxw
     }
 }
 
-/* Lane l of a compare mask (all ones / zero) at bit l: x86's movemask. */
-BNN_INLINE unsigned bnn_neon_movemask4(uint32x4_t m)
-{
-    static const uint32_t bitv[4] = {1, 2, 4, 8};
-    return vaddvq_u32(vandq_u32(m, vld1q_u32(bitv)));
-}
-
 /* The scalar epilogue (bnn_epilogue) of one pixel, 4 channels at a time
  * (a last group of fewer than 4 goes through bnn_epilogue): acc = K - 2*pop
  * as int32, then the int32 threshold (bits mode) or bnn_chain4 + optional
@@ -128,7 +122,7 @@ BNN_INLINE void bnn_neon_epilogue(const bnn_conv_params *prm, const uint32_t *t,
                 continue;
             m = vcltq_f32(y, vld1q_f32(prm->next_thr + co));
         }
-        bits |= (bnn_word_t)bnn_neon_movemask4(m) << (co % BNN_WORD_BITS);
+        bits |= (bnn_word_t)bnn_movemask4(m) << (co % BNN_WORD_BITS);
     }
     *wbits |= bits;
     if (l < nco) {
@@ -209,7 +203,7 @@ BNN_INLINE void bnn_neon_pool_block(const float *y0, const float *y1, int npool,
                 vst1q_f32(o + l, m);
             if (next_thr) {
                 const uint32x4_t lt = vcltq_f32(m, vld1q_f32(next_thr + co0 + l));
-                bits |= (bnn_word_t)bnn_neon_movemask4(lt) << ((co0 + l) % BNN_WORD_BITS);
+                bits |= (bnn_word_t)bnn_movemask4(lt) << ((co0 + l) % BNN_WORD_BITS);
             }
         }
         wbits[q] |= bits;

@@ -207,6 +207,14 @@ BNN_INLINE __m512 bnn_chain16(__m512 t, __m512 scale, __m512 mult, __m512 bias, 
 #endif
 
 #if BNN_NEON
+/* Lane l of a 4-lane compare mask (all ones / zero) at bit l: x86's
+ * movemask. */
+BNN_INLINE unsigned bnn_movemask4(uint32x4_t m)
+{
+    static const uint32_t bitv[4] = {1, 2, 4, 8};
+    return vaddvq_u32(vandq_u32(m, vld1q_u32(bitv)));
+}
+
 /* bnn_chain8 on 4 channels.  vfmaq_f32(b, y, m) = fused y*m + b, where the
  * scalar chain has fmaf; arm_neon.h writes vmulq_f32 / vaddq_f32 as plain
  * C operators, so only -ffp-contract=off keeps GCC from fusing the others. */

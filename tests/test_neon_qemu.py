@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CC = "aarch64-linux-gnu-gcc"
 OBJDUMP = "aarch64-linux-gnu-objdump"
 QEMU = "qemu-aarch64"
-CASES = 2400          # + one direct pool case per 4: 3000 in all
+CASES = 2400          # + a pool case per 4, a pack case per 8: 3300 in all
 
 needs_cc = pytest.mark.skipif(
     shutil.which(CC) is None,
@@ -81,6 +81,9 @@ def test_neon_equals_x86_portable(qemu_run, tmp_path):
      "y = vaddq_f32(vmulq_f32(y, mult), bias);", 400),
     # uint16 accumulators past their limit (the saturated 4100-word case)
     ("bconv_neon.h", "#define BNN_NEON_MAX_STEPS 4095", "#define BNN_NEON_MAX_STEPS 4100", 4),
+    # the packing compare off by a tie (x <= thr for x < thr)
+    ("pack.h", "vcltq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))",
+     "vcleq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))", 400),
 ])
 def test_the_comparison_sees_a_broken_neon_target(tmp_path, header, old, new, cases):
     """No test that cannot fail: a NEON target changed as above must differ

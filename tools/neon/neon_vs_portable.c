@@ -9,9 +9,10 @@
  * pixels (sxw > cw), batch and pixel tails, bits output (threshold), float
  * output with residual (cres = cout or a divisor or not), RPReLU, fused
  * pack, 2x2 pool; every 4th case also pools random blocks (NaN, -0.0)
- * directly.  Outputs start from a sentinel, so a missed or extra store
- * differs too.  Every 8th case also runs a row of the first layer's conv
- * and a packed row (the same portable C on both targets: digest only).
+ * directly, and every 8th packs a row of floats (with a row of the first
+ * layer's conv before it: the same portable C on both targets, digest
+ * only).  Outputs start from a sentinel, so a missed or extra store
+ * differs too.
  * Prints "N cases, N identical" and a digest of the outputs; exits 1 on
  * any mismatch.  Built natively on x86 (both builds
  * portable; tools/neon/build.sh native) it prints the digest of the same
@@ -38,6 +39,8 @@ void pool_port(const float *y0, const float *y1, int npool, int co0, int nco,
 void fconv_row_neon(const bnn_fconv_params *fp, const float *xrow, float *out_row,
                     ptrdiff_t s_out_w, bnn_word_t *bits_row, ptrdiff_t s_bits_w);
 void pack_row_neon(const float *x, ptrdiff_t sxw, const float *thr, int c, int w,
+                   bnn_word_t *out, ptrdiff_t sow);
+void pack_row_port(const float *x, ptrdiff_t sxw, const float *thr, int c, int w,
                    bnn_word_t *out, ptrdiff_t sow);
 
 static uint64_t nv_state = 0x9E3779B97F4A7C15ull;
@@ -280,10 +283,11 @@ static int nv_pool_case(void)
     return ok;
 }
 
-/* One row of the first layer's real conv (fused pack) and one packed row:
- * the same C on both targets, so only into the digest, which says whether
- * ARM computes x86's bits. */
-static void nv_fconv_pack_case(void)
+/* One row of the first layer's real conv (fused pack; the same C on both
+ * targets, so only into the digest, which says whether ARM computes x86's
+ * bits), then its output packed by both targets (pack.h); 1 when the
+ * packed bits are the same. */
+static int nv_fconv_pack_case(void)
 {
     bnn_fconv_params fp;
     memset(&fp, 0, sizeof fp);
@@ -306,10 +310,22 @@ static void nv_fconv_pack_case(void)
     nv_hash(out, (size_t)fp.wo * fp.cout * sizeof(float), 1);
     nv_hash(bits, (size_t)fp.wo * owords * sizeof(bnn_word_t), 0);
     const int c = fp.cout, px = fp.wo;
-    memset(bits, 0, (size_t)px * owords * sizeof(bnn_word_t));
+    for (int l = 0; l < c; l++)      /* ties: a threshold equal to an output */
+        if (nv_chance(30))
+            thr[l] = out[(size_t)nv_int(0, px - 1) * c + l];
+    nv_specials(thr, c, 5);
+    const size_t nb = (size_t)px * owords * sizeof(bnn_word_t);
+    bnn_word_t *bits2 = malloc(nb);
+    memset(bits, 0xa5, nb);
+    memset(bits2, 0xa5, nb);
     pack_row_neon(out, c, thr, c, px, bits, owords);
-    nv_hash(bits, (size_t)px * owords * sizeof(bnn_word_t), 0);
-    free(x); free(w); free(mult); free(bias); free(thr); free(out); free(bits);
+    pack_row_port(out, c, thr, c, px, bits2, owords);
+    nv_hash(bits, nb, 0);
+    const int ok = memcmp(bits, bits2, nb) == 0;
+    if (!ok)
+        fprintf(stderr, "MISMATCH: pack c=%d w=%d\n", c, px);
+    free(x); free(w); free(mult); free(bias); free(thr); free(out); free(bits); free(bits2);
+    return ok;
 }
 
 int main(int argc, char **argv)
@@ -332,8 +348,10 @@ int main(int argc, char **argv)
             same += nv_pool_case();
             run++;
         }
-        if (i % 8 == 7)
-            nv_fconv_pack_case();
+        if (i % 8 == 7) {
+            same += nv_fconv_pack_case();
+            run++;
+        }
     }
     printf("%d cases, %d identical\n", run, same);
     printf("%s digest %016llx\n", target_neon(), (unsigned long long)nv_digest);
