@@ -1,8 +1,9 @@
 """Build of bnnlite's compiled kernels (package metadata is in pyproject.toml).
 
-Three extensions come from the same source (kernels/_bconv.pxi and the
-headers kernels/bconv_select.h includes, included by three tiny .pyx files;
-the selector picks the instruction set's code from the flags):
+The kernel extensions come from the same source (kernels/_bconv.pxi and
+the headers kernels/bconv_select.h includes, included by one tiny .pyx file
+per build; the selector picks the instruction set's code from the flags).
+On x86-64:
 
 * ``bnnlite._bconv_avx512``: -mavx512f/bw/vl/dq/vpopcntdq -mfma, used at run
   time only when the CPU reports AVX512F + AVX512BW + AVX512VPOPCNTDQ + FMA3;
@@ -10,6 +11,13 @@ the selector picks the instruction set's code from the flags):
   popcount), used when the CPU has AVX2 + POPCNT + FMA3 but not the AVX-512
   set above;
 * ``bnnlite._bconv_generic``: portable (``__builtin_popcountll``).
+
+On aarch64 (ARM64), where Advanced SIMD is always there:
+
+* ``bnnlite._bconv_neon``: no -m flags (kernels/bconv_neon.h, vcntq_u8);
+* ``bnnlite._bconv_generic``: portable, with -DBNN_NO_NEON.
+
+Elsewhere only ``bnnlite._bconv_generic``.
 
 A fourth, ``bnnlite._cpu`` (kernels/_cpu.pyx, no -m flags), tells
 ``bnnlite.backend`` which of them this CPU runs.
@@ -23,16 +31,26 @@ with a warning.
 Environment: ``BNNLITE_CYTHON_DEBUG=1`` re-enables bounds/wraparound checks.
 """
 import os
+import platform
 import sys
 import warnings
 
 from setuptools import Extension, setup
 
-NAMES = ("_bconv_avx512", "_bconv_avx2", "_bconv_generic", "_cpu")
 DEPENDS = ["kernels/_bconv.pxi", "kernels/_bitpack.pxd", "kernels/bnn_common.h",
            "kernels/bconv_select.h", "kernels/bconv_portable.h", "kernels/bconv_avx2.h",
-           "kernels/bconv_avx512.h", "kernels/planes_avx2.h", "kernels/wplanes_avx2.h",
-           "kernels/fconv.h", "kernels/pack.h", "kernels/cpu_features.h"]
+           "kernels/bconv_avx512.h", "kernels/bconv_neon.h", "kernels/planes_avx2.h",
+           "kernels/wplanes_avx2.h", "kernels/fconv.h", "kernels/pack.h", "kernels/cpu_features.h"]
+
+
+def _target_names(machine, win32=False):
+    """The extensions this machine builds (platform.machine()'s spelling)."""
+    m = machine.lower()
+    if m in ("x86_64", "amd64") and not win32:
+        return ["_bconv_avx512", "_bconv_avx2", "_bconv_generic", "_cpu"]
+    if m in ("aarch64", "arm64"):
+        return ["_bconv_neon", "_bconv_generic", "_cpu"]
+    return ["_bconv_generic", "_cpu"]
 
 
 def _extensions():
@@ -45,8 +63,9 @@ def _extensions():
         from Cython.Build import cythonize
     except ImportError:
         cythonize = None
-    use_pyx = cythonize is not None and all(os.path.exists(f"kernels/{n}.pyx") for n in NAMES)
-    if not use_pyx and not all(os.path.exists(f"kernels/{n}.c") for n in NAMES):
+    names = _target_names(platform.machine(), sys.platform == "win32")
+    use_pyx = cythonize is not None and all(os.path.exists(f"kernels/{n}.pyx") for n in names)
+    if not use_pyx and not all(os.path.exists(f"kernels/{n}.c") for n in names):
         warnings.warn("bnnlite: Cython is not available and kernels/*.c are missing; "
                       "building without the compiled kernels (the numba/numpy "
                       "backends will be used)")
@@ -70,9 +89,11 @@ def _extensions():
     # source with -falign-functions=64: 0.85-0.93x; tools/kernel_ab.py):
     # loop heads on cache lines make its speed independent of that.
     portable = [] if sys.platform == "win32" else ["-falign-loops=64"]
+    # NEON needs no flag on aarch64; its generic build is portable C only.
+    if "_bconv_neon" in names:
+        portable = portable + ["-DBNN_NO_NEON"]
     flags = {"_bconv_avx512": common + avx512, "_bconv_avx2": common + avx2,
-             "_bconv_generic": common + portable, "_cpu": common}
-    names = [n for n in NAMES if not (sys.platform == "win32" and n in ("_bconv_avx512", "_bconv_avx2"))]
+             "_bconv_neon": common, "_bconv_generic": common + portable, "_cpu": common}
 
     exts = [Extension(f"bnnlite.{n}",
                       sources=[f"kernels/{n}.{'pyx' if use_pyx else 'c'}"],

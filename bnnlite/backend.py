@@ -5,9 +5,11 @@ same signatures for every implementation:
 
 * ``"cython"``: the compiled extension.  ``bnnlite._bconv_avx512`` when the CPU
   has AVX512F/BW/VL/DQ + AVX512VPOPCNTDQ + FMA, else ``bnnlite._bconv_avx2``
-  when it has AVX2 + POPCNT + FMA, else ``bnnlite._bconv_generic`` (a variant
-  that is not built is skipped).  The CPU is asked through the compiled probe
-  ``bnnlite._cpu``.  ``"cython-avx512"`` / ``"cython-avx2"`` /
+  when it has AVX2 + POPCNT + FMA, else ``bnnlite._bconv_neon`` on ARM64,
+  else ``bnnlite._bconv_generic`` (a variant that is not built is skipped;
+  setup.py builds the x86 ones on x86-64 only, the NEON one on aarch64 only).
+  The CPU is asked through the compiled probe ``bnnlite._cpu``.
+  ``"cython-avx512"`` / ``"cython-avx2"`` / ``"cython-neon"`` /
   ``"cython-generic"`` force one build.  Inside a build, the path of each
   binary conv (bit planes, weight planes or popcount core) is the kernels'
   choice (kernels/bconv_select.h; bnnlite/_planes.py prepares its data).
@@ -46,7 +48,7 @@ __all__ = ["get_backend", "available_backends", "Backend", "PreparedWeights",
 ENV_VAR = "BNNLITE_BACKEND"
 #: Names accepted by get_backend / $BNNLITE_BACKEND.
 BACKEND_NAMES = ("cython", "numba", "numpy", "cython-avx512", "cython-avx2",
-                 "cython-generic")
+                 "cython-neon", "cython-generic")
 #: The pip extra that installs numba (pyproject.toml).
 NUMBA_EXTRA = "numba"
 _F32 = np.dtype(np.float32)
@@ -657,6 +659,7 @@ _warned_fallback = False
 _CYTHON_VARIANTS = {"avx512": ("avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512vpopcntdq",
                                "fma"),
                     "avx2": ("avx2", "popcnt", "fma"),
+                    "neon": ("neon",),       # aarch64 (setup.py builds it there only)
                     "generic": ()}
 
 
@@ -681,9 +684,14 @@ def _cpu_has_avx2() -> bool:
     return _cpu_has(_CYTHON_VARIANTS["avx2"])
 
 
+def _cpu_has_neon() -> bool:
+    return _cpu_has(_CYTHON_VARIANTS["neon"])
+
+
 def _cpu_supports(variant) -> bool:
     # Through the module-level names, so tests can pretend to be another CPU.
-    return {"avx512": _cpu_has_avx512, "avx2": _cpu_has_avx2}.get(variant, lambda: True)()
+    return {"avx512": _cpu_has_avx512, "avx2": _cpu_has_avx2,
+            "neon": _cpu_has_neon}.get(variant, lambda: True)()
 
 
 def _cython_variant(variant):
@@ -704,14 +712,15 @@ def _load(name: str) -> Backend:
         if impl is None:
             raise ImportError(
                 "bnnlite: the Cython kernels (bnnlite._bconv_generic / _bconv_avx2 "
-                "/ _bconv_avx512) are not built; run `pip install -e .` or "
+                "/ _bconv_avx512 / _bconv_neon) are not built; run `pip install -e .` or "
                 "`python setup.py build_ext --inplace` with a C compiler, "
                 f"or use BNNLITE_BACKEND=numba ({missing})") from missing
     elif name.startswith("cython-"):
         variant = name[len("cython-"):]
         if not _cpu_supports(variant):
             feats = [f.upper() for f in _CYTHON_VARIANTS[variant]]
-            raise RuntimeError(f"bnnlite: {name} needs a CPU with {', '.join(feats[:-1])} and {feats[-1]}; "
+            need = " and ".join(filter(None, (", ".join(feats[:-1]), feats[-1])))
+            raise RuntimeError(f"bnnlite: {name} needs a CPU with {need}; "
                                "use 'cython'")
         try:
             impl = _cython_variant(variant)

@@ -10,8 +10,9 @@ cdef extern from "cpu_features.h" nogil:
 
 def has(str name):
     """True / False: whether this CPU runs instructions of ``name`` (a GCC
-    feature name such as "avx2" or "avx512vpopcntdq"); None when the build
-    could not ask (no GCC-compatible compiler, not x86)."""
+    feature name such as "avx2" or "avx512vpopcntdq"; "neon", always there
+    on aarch64); None when the build could not ask (no GCC-compatible
+    compiler, neither x86 nor aarch64)."""
     cdef bytes b = name.encode("ascii")
     cdef int r = bnn_cpu_has(b)
     return None if r < 0 else bool(r)

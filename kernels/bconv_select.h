@@ -6,11 +6,11 @@
  * bnn_sel_run once per work item, in parallel.
  *
  * 1. The target (at compile time): the header of the build's instruction
- *    set gives the block (popcount core + epilogue of BNN_P pixels x one
- *    block of output channels) and the 2x2 pool of a block, named here as
+ *    set (AVX-512, AVX2, NEON, else portable) gives the block (popcount core +
+ *    epilogue of BNN_P pixels x one block of output channels) and the 2x2 pool of a block, named here as
  *    BNN_SEL_TARGET(block) and BNN_SEL_TARGET(pool_block).  A new target
- *    (NEON, say) is one header with these two functions and one entry in
- *    the list below.
+ *    is one header with these two functions and one entry in the list
+ *    below.
  * 2. The path (per call, bnn_sel_choose):
  *      BNN_SEL_PLANES   the bit-plane conv (planes_avx2.h), where the build
  *                       has it, the layer's plane lists were made, and the
@@ -36,6 +36,9 @@
 #elif BNN_AVX2
 #include "bconv_avx2.h"
 #define BNN_SEL_TARGET(f) bnn_avx2_##f
+#elif BNN_NEON
+#include "bconv_neon.h"
+#define BNN_SEL_TARGET(f) bnn_neon_##f
 #else
 #include "bconv_portable.h"
 #define BNN_SEL_TARGET(f) bnn_port_##f

@@ -11,7 +11,7 @@
  *   bconv_select.h   the one place the path of a binary conv is chosen
  *                    (bit planes / weight planes / popcount core) and the
  *                    target's block is named; the row loops
- *   bconv_portable.h bconv_avx2.h bconv_avx512.h
+ *   bconv_portable.h bconv_avx2.h bconv_avx512.h bconv_neon.h
  *                    the popcount core + epilogue of one block, per target
  *   planes_avx2.h    the bit-plane conv (AVX2)
  *   wplanes_avx2.h   its small-output path, by weight planes (AVX2)
@@ -30,8 +30,9 @@
  *   t = (float)acc * scale[co]; t = fma(t, mult[co], bias[co]);
  *   t = t + residual;
  *   rprelu: t >= gamma ? (t - gamma) + zeta : beta * (t - gamma) + zeta
- * with its copies on 8 lanes (bnn_chain8, AVX2) and 16 lanes (bnn_chain16,
- * AVX-512), operation for operation, so every target gives the same bits.
+ * with its copies on 8 lanes (bnn_chain8, AVX2), 16 lanes (bnn_chain16,
+ * AVX-512) and 4 lanes (bnn_chain4, NEON), operation for operation, so
+ * every target gives the same bits.
  */
 #ifndef BNNLITE_BNN_COMMON_H
 #define BNNLITE_BNN_COMMON_H
@@ -75,6 +76,18 @@ typedef uint64_t bnn_word_t;
 #define BNN_AVX2 0
 #endif
 #define BNN_HAVE_AVX2 BNN_AVX2
+
+/* ARM64 with NEON (Advanced SIMD is part of the base ARMv8-A ISA, so every
+ * aarch64 build has it): the vcntq_u8 popcount core.  BNN_NO_NEON forces
+ * the portable target there (the cross-compiled test, tools/neon/, builds
+ * both into one program to compare them). */
+#if !BNN_AVX512 && !BNN_AVX2 && defined(__aarch64__) && defined(__ARM_NEON) && \
+    !defined(BNN_NO_NEON)
+#define BNN_NEON 1
+#include <arm_neon.h>
+#else
+#define BNN_NEON 0
+#endif
 
 #if defined(__GNUC__)
 #define BNN_INLINE static inline __attribute__((always_inline))
@@ -188,6 +201,35 @@ BNN_INLINE __m512 bnn_chain16(__m512 t, __m512 scale, __m512 mult, __m512 bias, 
         const __mmask16 ge = _mm512_cmp_ps_mask(y, gamma, _CMP_GE_OQ);
         const __m512 d = _mm512_sub_ps(y, gamma);
         y = _mm512_add_ps(_mm512_mask_blend_ps(ge, _mm512_mul_ps(beta, d), d), zeta);
+    }
+    return y;
+}
+#endif
+
+#if BNN_NEON
+/* Lane l of a 4-lane compare mask (all ones / zero) at bit l: x86's
+ * movemask. */
+BNN_INLINE unsigned bnn_movemask4(uint32x4_t m)
+{
+    static const uint32_t bitv[4] = {1, 2, 4, 8};
+    return vaddvq_u32(vandq_u32(m, vld1q_u32(bitv)));
+}
+
+/* bnn_chain8 on 4 channels.  vfmaq_f32(b, y, m) = fused y*m + b, where the
+ * scalar chain has fmaf; arm_neon.h writes vmulq_f32 / vaddq_f32 as plain
+ * C operators, so only -ffp-contract=off keeps GCC from fusing the others. */
+BNN_INLINE float32x4_t bnn_chain4(float32x4_t t, float32x4_t scale, float32x4_t mult,
+                                  float32x4_t bias, int res, float32x4_t r, int rp,
+                                  float32x4_t gamma, float32x4_t beta, float32x4_t zeta)
+{
+    float32x4_t y = vmulq_f32(t, scale);
+    y = vfmaq_f32(bias, y, mult);
+    if (res)
+        y = vaddq_f32(y, r);
+    if (rp) {
+        const uint32x4_t ge = vcgeq_f32(y, gamma);
+        const float32x4_t d = vsubq_f32(y, gamma);
+        y = vaddq_f32(vbslq_f32(ge, d, vmulq_f32(beta, d)), zeta);
     }
     return y;
 }

@@ -11,7 +11,8 @@
 #include <string.h>
 
 /* 1 when the CPU has the feature (a name __builtin_cpu_supports knows:
- * "avx512f", "avx512bw", "avx512vpopcntdq", "avx2", "popcnt", "fma"),
+ * "avx512f", "avx512bw", "avx512vpopcntdq", "avx2", "popcnt", "fma"; on
+ * aarch64 "neon"),
  * 0 when not, -1 when this compiler/target cannot tell (then only the
  * portable build is safe).  The builtin wants a literal, hence the list. */
 static int bnn_cpu_has(const char *name)
@@ -23,6 +24,9 @@ static int bnn_cpu_has(const char *name)
     BNN_CPU_("avx512vpopcntdq") BNN_CPU_("avx2") BNN_CPU_("popcnt") BNN_CPU_("fma")
 #undef BNN_CPU_
     return 0;
+#elif defined(__aarch64__)
+    /* Advanced SIMD is part of every ARMv8-A CPU: the NEON build runs. */
+    return strcmp(name, "neon") == 0;
 #else
     (void)name;
     return -1;

@@ -24,6 +24,19 @@ BNN_INLINE bnn_word_t bnn_pack_word(const float *x, const float *thr, int n)
     }
     return bits;
 }
+#elif BNN_NEON
+/* 4 channels per compare (GCC 12 leaves the scalar loop below at 9
+ * instructions per channel). */
+BNN_INLINE bnn_word_t bnn_pack_word(const float *x, const float *thr, int n)
+{
+    bnn_word_t bits = 0;
+    int l = 0;
+    for (; l + 4 <= n; l += 4)
+        bits |= (bnn_word_t)bnn_movemask4(vcltq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))) << l;
+    for (; l < n; l++)
+        bits |= (bnn_word_t)(x[l] < thr[l]) << l;
+    return bits;
+}
 #else
 BNN_INLINE bnn_word_t bnn_pack_word(const float *x, const float *thr, int n)
 {

@@ -105,7 +105,8 @@ def _load(path: Path, tag: str, name: str):
               help="Calls per timed round (32 x chunk 4 = batch 128).")
 @click.option("--model", "whole", is_flag=True,
               help="Time the whole model (Model.logits, batch 128) instead of each layer.")
-@click.option("--backend", type=click.Choice(["cython", "cython-avx512", "cython-avx2", "cython-generic"]),
+@click.option("--backend", type=click.Choice(["cython", "cython-avx512", "cython-avx2", "cython-neon",
+                                         "cython-generic"]),
               default="cython", show_default=True,
               help="The compiled variant the builds are of (cython: the one this CPU picks).")
 def main(build_a, build_b, rounds, chunk, calls, whole, backend):
