@@ -111,7 +111,7 @@ def test_npz_errors(tmp_path, arrays, match):
 
 def test_npz_with_a_pickled_object_is_refused(tmp_path):
     np.savez(tmp_path / "p.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1, int))
-    with pytest.raises(ValueError, match="x holds Python objects") as e:
+    with pytest.raises(ValueError, match="x.npy: holds Python objects") as e:
         load_dataset(tmp_path / "p.npz")
     assert "allow_pickle" not in str(e.value)
 
@@ -127,3 +127,24 @@ def test_one_epoch_on_an_image_folder_of_100_pngs(tmp_path):
     assert m["test_acc"] is None and 0 <= m["val_acc"] <= 1
     ck = torch.load(tmp_path / "o" / "model.pth", weights_only=False)
     assert ck["class_names"] == ["a", "b", "c", "d"] and ck["config"]["image_size"] == 16
+
+
+def test_npz_member_declaring_more_than_it_holds_is_refused_before_loading(tmp_path):
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "|u1", "fortran_order": False,
+                                               "shape": (10 ** 6, 32, 32, 3)})
+    with zipfile.ZipFile(tmp_path / "liar.npz", "w") as zf:
+        zf.writestr("x.npy", buf.getvalue() + b"\0" * 100)
+        zf.writestr("y.npy", b"")
+    with pytest.raises(ValueError, match="declares a uint8 array of shape"):
+        load_dataset(tmp_path / "liar.npz")
+
+
+def test_npz_bigger_than_memory_is_refused(tmp_path, monkeypatch):
+    import bnnlite.datasets as ds
+    np.savez_compressed(tmp_path / "z.npz", x=np.zeros((50, 32, 32, 3), np.uint8), y=np.zeros(50, int))
+    monkeypatch.setattr(ds, "_memory_bytes", lambda: 100_000)
+    with pytest.raises(ValueError, match="more than half of this machine's memory"):
+        load_dataset(tmp_path / "z.npz")
