@@ -77,3 +77,17 @@ def write_tiny_training_set(root: Path, n_train: int = 320, n_test: int = 64, se
     per = n_train // 5
     sizes = [per] * 4 + [n_train - 4 * per]
     return write_binary_folder(root, random_batches(seed, sizes, n_test))
+
+
+TINY_WIDTHS = {"widths": [8, 8, 16, 16, 32, 32]}
+
+
+def tiny_train_config(model, data, out, **kw):
+    """A TrainConfig for 2 epochs of a tiny-width model on write_tiny_training_set(n_train=320) data:
+    one thread, FP32 on the CPU, no compile, no progress bar; ``kw`` overrides."""
+    from bnnlite.train.engine import TrainConfig
+    base = dict(model=model, data=str(data), out=str(out), epochs=2, batch_size=32, val_size=32,
+                subset=320, compile=False, bf16=False, progress=False, threads=1, seed=0,
+                model_overrides=TINY_WIDTHS, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import _models
-from _cifar_files import write_tiny_training_set
-from bnnlite.train.engine import TrainConfig, native_bf16, resolve_device, train
+from _cifar_files import tiny_train_config, write_tiny_training_set
+from bnnlite.train.engine import native_bf16, resolve_device, train
 from bnnlite.train.models import BinaryConv2d, build_model, default_config, init_from_checkpoint
 from bnnlite.train.optim import Ema, make_optimizer, make_schedule
 
@@ -28,11 +28,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(model, data, out, **kw):
-    base = dict(model=model, data=str(data), out=str(out), epochs=2, batch_size=32, val_size=32,
-                subset=320, compile=False, bf16=False, progress=False, threads=1, seed=0,
-                model_overrides=TINY, device="cpu")
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, out, **kw)
 
 
 def _weights(path):

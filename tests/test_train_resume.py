@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 import torch
 
-from _cifar_files import write_tiny_training_set
+from _cifar_files import tiny_train_config, write_tiny_training_set
 from bnnlite.train import checkpoint as ckpt_io
-from bnnlite.train.engine import TrainConfig, train
+from bnnlite.train.engine import train
 
 TINY = {"widths": [8, 8, 16, 16, 32, 32]}
 STEPS_PER_EPOCH = (320 - 32) // 32   # 288 training images after the 32-image validation hold-out
@@ -42,11 +42,7 @@ def data_dir(tmp_path_factory):
 
 
 def _cfg(model, data, out, **kw):
-    base = dict(model=model, data=str(data), out=str(out), epochs=2, batch_size=32, val_size=32,
-                subset=320, compile=False, bf16=False, progress=False, threads=1, seed=0,
-                model_overrides=TINY)
-    base.update(kw)
-    return TrainConfig(**base)
+    return tiny_train_config(model, data, out, **kw)
 
 
 def _log(out):
