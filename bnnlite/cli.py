@@ -1,6 +1,6 @@
 """``bnnlite``: run a bundle from the shell (torch-free).
 
-    bnnlite info [--model model.h5]          # summary of a bundle (default: the shipped one)
+    bnnlite info [model.h5]                  # summary of a bundle (default: the shipped one)
     bnnlite evaluate [--data cifar-10-...]   # top-1 on the CIFAR-10 test split or the shipped sample
     bnnlite predict images.npy               # class per image of a uint8 (N, H, W, C) array
 """
@@ -52,11 +52,14 @@ def main():
 
 
 @main.command()
+@click.argument("bundle", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
-def info(model):
-    """Print the ops, shapes, bits and bytes of a bundle."""
+def info(bundle, model):
+    """Print the ops, shapes, bits and bytes of BUNDLE (or --model; default: the shipped one)."""
+    if bundle and model and bundle != model:
+        raise click.UsageError("give the bundle once: as BUNDLE or as --model")
     with _library_errors():
-        click.echo(_model(model, 1).summary())
+        click.echo(_model(bundle or model, 1).summary())
 
 
 @main.command()
@@ -75,8 +78,8 @@ def evaluate(model, data, threads, backend, batch):
             from .cifar import load_test_split
             images, labels = load_test_split(data)
         else:
-            from .bench import SAMPLE, _data_file
-            with np.load(_data_file(SAMPLE)) as z:
+            from .bench import SAMPLE, data_file
+            with np.load(data_file(SAMPLE)) as z:
                 images, labels = z["images"], z["labels"]
         correct, t0 = 0, time.perf_counter()
         for i in tqdm(range(0, len(images), batch), unit="batch", disable=None, leave=False):

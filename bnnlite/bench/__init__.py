@@ -28,4 +28,3 @@ from .evalset import SAMPLE, data_file
 
 __all__ = ["ENGINES", "SAMPLE", "data_file", "main"]
 
-_data_file = data_file  # the name bnnlite/cli.py (``bnnlite evaluate``) imports
