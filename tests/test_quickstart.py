@@ -86,7 +86,7 @@ def test_readme_quick_start_in_one_venv(tmp_path):
     away = tmp_path / "away"
     assert "Model" in _run('python -c "import bnnlite; print(bnnlite.Model.__name__)"', away, env)
     _run("bnnlite info", away, env)                       # the CLIs run
-    _run("python -m pytest -q -p no:cacheprovider tests/test_torch_free.py tests/test_bench.py",
+    _run("python -m pytest -q -p no:cacheprovider tests/test_torch_free.py tests/test_bench_cli.py",
          repo, env)
 
 
