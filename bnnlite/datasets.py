@@ -216,7 +216,10 @@ def load_dataset(path) -> tuple[Split, Split, list[str]]:
     if not path.exists():
         raise FileNotFoundError(f"no data at {path}")
     if path.is_dir():
-        if any(p.is_dir() for p in path.iterdir()) and not any(path.rglob("*batch*")):
+        # CIFAR's batch files sit in the folder or one below (cifar-10-batches-*/): no need to walk
+        # a whole image tree to tell the two apart.
+        cifar = any(path.glob("*batch*")) or any(path.glob("*/*batch*"))
+        if any(p.is_dir() for p in path.iterdir()) and not cifar:
             train, test, classes = _load_folder(path)
         else:
             try:

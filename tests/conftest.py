@@ -35,3 +35,10 @@ def tiny_bundles(tiny_models, tmp_path_factory):
     """arch -> path of the exported, sealed bundle of ``tiny_models[arch]``."""
     d = tmp_path_factory.mktemp("bundles")
     return {arch: _models.export(m, d, arch) for arch, m in tiny_models.items()}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny CIFAR-binary training set (320 train + 64 test random images) for the training tests."""
+    from _cifar_files import write_tiny_training_set
+    return write_tiny_training_set(tmp_path_factory.mktemp("data"), n_train=320, n_test=64, seed=0)

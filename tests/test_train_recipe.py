@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import _models
-from _cifar_files import tiny_train_config, write_tiny_training_set
+from _cifar_files import tiny_train_config
 from bnnlite.train.engine import native_bf16, resolve_device, train
 from bnnlite.train.models import BinaryConv2d, build_model, default_config, init_from_checkpoint
 from bnnlite.train.optim import Ema, make_optimizer, make_schedule
@@ -20,11 +20,6 @@ TINY = {"widths": [8, 8, 16, 16, 32, 32]}
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_tiny_training_set(tmp_path_factory.mktemp("data"), n_train=320, n_test=64, seed=0)
 
 
 def _cfg(model, data, out, **kw):

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from _cifar_files import tiny_train_config, write_tiny_training_set
+from _cifar_files import tiny_train_config
 from bnnlite.train import checkpoint as ckpt_io
 from bnnlite.train.engine import train
 
@@ -34,11 +34,6 @@ TIMING = {"epoch_seconds", "images_per_s", "wall_seconds"}
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return write_tiny_training_set(tmp_path_factory.mktemp("data"), n_train=320, n_test=64, seed=0)
 
 
 def _cfg(model, data, out, **kw):
