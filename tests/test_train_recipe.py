@@ -120,8 +120,25 @@ def test_ema_is_the_running_average():
         with torch.no_grad():
             lin.weight.fill_(v)
         ema.update(lin)
-    # first update copies (1), then 0.5*1 + 0.5*2 = 1.5, then 0.5*1.5 + 0.5*3 = 2.25
-    assert torch.allclose(ema.module().weight, torch.full((1, 2), 2.25))
+    # first update copies (1); then decay min(0.5, 2/11), then min(0.5, 3/12)
+    d1, d2 = 2 / 11, 3 / 12
+    want = d2 * (d1 * 1.0 + (1 - d1) * 2.0) + (1 - d2) * 3.0
+    assert torch.allclose(ema.module().weight, torch.full((1, 2), want))
+
+
+def test_ema_warm_up_forgets_the_initial_weights_in_a_short_run():
+    # 700 steps at decay 0.999 without warm-up keep 0.999**700 = 50% of the
+    # initial weights; with the warm-up the share is below 1%.
+    lin = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    ema = Ema(lin, 0.999)
+    ema.update(lin)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    for _ in range(700):
+        ema.update(lin)
+    assert 0.0 < ema.module().weight.item() < 0.01
 
 
 def test_no_weight_decay_on_latent_binary_weights_bn_or_thresholds():

@@ -36,7 +36,7 @@ CONFIGS = {
            f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled --schedule linear --warmup-epochs 0.5"),
     "F3": ("F2 + label smoothing 0.1", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1"),
-    "F4": ("F3 + EMA 0.999", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
+    "F4": ("F3 + EMA 0.999 (warm-up: decay min(0.999, (1+n)/(10+n)))", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1 --ema 0.999"),
     "F5": ("F3 with lr 0.1", f"--model fp32 --epochs {FP32_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.5 --label-smoothing 0.1 --lr 0.1"),
