@@ -87,11 +87,13 @@ def _log(run_dir):
     return [json.loads(line) for line in p.read_text().splitlines()] if p.exists() else []
 
 
-def run(name, data, runs):
+def run(name, data, runs, threads=None):
     out = Path(runs) / name
     if (out / "model.pth").exists():
         return
     cmd = command(name, data, runs) + (["--resume"] if (out / "checkpoint.pth").exists() else [])
+    if threads:  # a machine setting, not part of the recipe (the table's commands leave it out)
+        cmd += ["--threads", str(threads)]
     print("+", shlex.join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -115,10 +117,12 @@ def main(argv=None):
     ap.add_argument("--runs", required=True)
     ap.add_argument("--only", nargs="*", help="run these configs only (default: all, in order)")
     ap.add_argument("--table", action="store_true", help="print the table only")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (1 keeps a shared 2-core machine from stalling both threads)")
     a = ap.parse_args(argv)
     if not a.table:
         for name in a.only or CONFIGS:
-            run(name, a.data, a.runs)
+            run(name, a.data, a.runs, a.threads)
     print(table(a.runs, a.data))
 
 
