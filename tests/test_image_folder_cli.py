@@ -295,3 +295,38 @@ def test_a_fifo_named_like_an_image_does_not_hang(how, bundle, folder, tmp_path)
     err = proc.stderr.strip().splitlines()
     assert proc.returncode == 1 and err[-1].startswith("Error: "), proc.stderr
     assert "pipe.png: not a regular file" in err[-1] and "Traceback" not in proc.stderr
+
+
+# ---------------------------------------------------------------- other sizes, other class counts
+@pytest.mark.parametrize("arch,side,classes", [("fp32", 24, ("east", "west")), ("xnor", 40, ("north", "south", "west"))])
+def test_train_and_export_other_image_sizes_and_class_counts(arch, side, classes, tmp_path, torch1):
+    """The classifier follows the data: 24x24 and 40x40 images, 2 and 3 classes, through training and export."""
+    import bnnlite
+    from bnnlite.train.engine import TrainConfig, train
+    from bnnlite.train.export import export_checkpoint
+    rng = np.random.default_rng(side)
+    for c in classes:
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(12):
+            Image.fromarray(_image(c, rng, (side, side))).save(tmp_path / "d" / c / f"{i}.png")
+    train(TrainConfig(model=arch, data=str(tmp_path / "d"), out=str(tmp_path / "o"), epochs=1, batch_size=8,
+                      compile=False, bf16=False, progress=False, threads=1, device="cpu",
+                      model_overrides={"widths": [8, 8, 16, 16, 32, 32]}))
+    export_checkpoint(tmp_path / "o" / "model.pth", tmp_path / "m.h5", probe=32, log=lambda *a: None)
+    m = bnnlite.Model.load(tmp_path / "m.h5")
+    assert m.input_shape == (side, side, 3) and m.class_names == list(classes)
+    assert m.logits(np.zeros((2, side, side, 3), np.uint8)).shape == (2, len(classes))
+
+
+@pytest.mark.parametrize("size,match", [((20, 20), "must be a multiple of 8, got 20"),
+                                        ((16, 24), "images are 24x16; the built-in models take square images")])
+def test_train_on_sizes_the_models_cannot_take(size, match, tmp_path, torch1):
+    from bnnlite.train import cli as train_cli
+    rng = np.random.default_rng(0)
+    for c in CLASSES[:2]:
+        (tmp_path / "d" / c).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(_image(c, rng, size)).save(tmp_path / "d" / c / f"{i}.png")
+    r = CliRunner().invoke(train_cli.main, ["--model", "birealnet", "--data", str(tmp_path / "d"),
+                                            "--out", str(tmp_path / "o"), *TINY])
+    assert_error(r, match)
