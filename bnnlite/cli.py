@@ -2,7 +2,12 @@
 
     bnnlite info [model.h5]                  # summary of a bundle (default: the shipped one)
     bnnlite evaluate [--data cifar-10-...]   # top-1 on the CIFAR-10 test split or the shipped sample
+    bnnlite evaluate --data photos/          # ... or on an image folder, one subfolder per class
     bnnlite predict images.npy               # class per image of a uint8 (N, H, W, C) array
+    bnnlite predict a.png b.jpg photos/      # class per image file (folders: flat or per class)
+
+Image files are decoded by Pillow (bnnlite.datasets) and must have the
+model's input size: nothing is resized behind your back.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import os
 import stat
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import click
 import numpy as np
@@ -23,6 +29,8 @@ def _library_errors():
     from .bundle import BundleError
     try:
         yield
+    except BrokenPipeError:  # `bnnlite predict ... | head`: click ends quietly
+        raise
     except (BundleError, ValueError, OSError, EOFError) as e:
         raise click.ClickException(str(e) or type(e).__name__) from e
     except MemoryError as e:
@@ -38,6 +46,53 @@ def _load_npy(path) -> np.ndarray:
     with open(path, "rb") as fh:
         read_npy_header(fh, path, st.st_size)
     return np.load(path, allow_pickle=False)
+
+
+def _image_reader(m):
+    """images(paths) -> uint8 (N, H, W, C) at the input size and channels of model ``m``."""
+    from .datasets import load_images
+    h, w, c = m.input_shape
+    if c not in (1, 3):
+        raise ValueError(f"the model takes {c}-channel input: image files give 1 (greyscale) or 3 (RGB)")
+    return lambda paths: load_images(paths, (h, w), channels=c, expected_by=f"the model ({m.source}) takes")
+
+
+def _image_paths(inputs) -> list[Path]:
+    """The image files named by ``inputs``: files as given, folders flat or one subfolder per class."""
+    from .datasets import class_folder_files, image_files
+    files = []
+    for p in map(Path, inputs):
+        if not p.is_dir():
+            files.append(p)
+        elif any(q.is_dir() and not q.name.startswith(".") for q in p.iterdir()):
+            files += class_folder_files(p)[0]
+        else:
+            found = image_files(p)
+            if not found:
+                raise ValueError(f"{p}: no image files in this folder")
+            files += found
+    return files
+
+
+def _evaluation_set(data, m):
+    """(labels, images(i, j)) of the evaluation data at ``data`` for model ``m``."""
+    from .datasets import class_folder_files, is_image_folder, load_dataset
+    path = Path(data)
+    if path.is_dir() and is_image_folder(path):
+        root = path / "test" if (path / "train").is_dir() else path
+        if not root.is_dir():
+            raise ValueError(f"{path}: has train/ but no test/ folder to evaluate on")
+        files, labels, _ = class_folder_files(root, m.class_names, classes_of="the model's")
+        read = _image_reader(m)
+        return labels, lambda i, j: read(files[i:j])
+    if path.suffix.lower() == ".npz":
+        train, test, _ = load_dataset(path)
+        split = test if len(test) else train
+        images, labels = split.images, split.labels
+    else:
+        from .cifar import load_test_split
+        images, labels = load_test_split(data)
+    return labels, lambda i, j: images[i:j]
 
 
 def _model(path, threads, backend=None):
@@ -65,7 +120,9 @@ def info(bundle, model):
 @main.command()
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
 @click.option("--data", type=click.Path(exists=True), default=None,
-              help="CIFAR-10 (either official layout, tarball or folder) [default: the shipped 1,000-image sample].")
+              help="CIFAR-10 (either official layout, tarball or folder); an image folder with one subfolder "
+                   "per class, named as the model's classes (with train/ and test/: test/); or an .npz "
+                   "(x_test and y_test, else x and y) [default: the shipped 1,000-image sample].")
 @click.option("--threads", type=click.IntRange(1), default=1)
 @click.option("--backend", type=click.Choice(["cython", "numba", "numpy"]), default=None)
 @click.option("--batch", type=click.IntRange(1), default=128)
@@ -75,15 +132,17 @@ def evaluate(model, data, threads, backend, batch):
     with _library_errors():
         m = _model(model, threads, backend)
         if data:
-            from .cifar import load_test_split
-            images, labels = load_test_split(data)
+            labels, images = _evaluation_set(data, m)
         else:
             from .bench import SAMPLE, data_file
             with np.load(data_file(SAMPLE)) as z:
-                images, labels = z["images"], z["labels"]
+                x, labels = z["images"], z["labels"]
+            images = lambda i, j: x[i:j]  # noqa: E731
+        if len(labels) and labels.max() >= len(m.class_names):
+            raise ValueError(f"{data}: label {labels.max()} is beyond the model's {len(m.class_names)} classes")
         correct, t0 = 0, time.perf_counter()
-        for i in tqdm(range(0, len(images), batch), unit="batch", disable=None, leave=False):
-            correct += int((m.predict(images[i:i + batch]) == labels[i:i + batch]).sum())
+        for i in tqdm(range(0, len(labels), batch), unit="batch", disable=None, leave=False):
+            correct += int((m.predict(images(i, i + batch)) == labels[i:i + batch]).sum())
         dt = time.perf_counter() - t0
     click.echo(f"{m!r}")
     click.echo(f"top-1 {100 * correct / len(labels):.2f}% on {len(labels):,} images "
@@ -91,18 +150,38 @@ def evaluate(model, data, threads, backend, batch):
 
 
 @main.command()
-@click.argument("images", type=click.Path(exists=True, dir_okay=False))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
 @click.option("--threads", type=click.IntRange(1), default=1)
-def predict(images, model, threads):
-    """Print the predicted class of each image in IMAGES (.npy, uint8 NHWC)."""
+@click.option("--batch", type=click.IntRange(1), default=128, help="Image files decoded and run at a time.")
+def predict(inputs, model, threads, batch):
+    """Print the predicted class of each image in INPUTS.
+
+    INPUTS: one .npy array (uint8 NHWC; a line per image: index, class,
+    name), or image files (PNG, JPEG, BMP, GIF, WebP) and folders of them,
+    flat or one subfolder per class (a line per file: path, class, name).
+    Images must have the model's input size (bnnlite info shows it).
+    """
+    npy = [p for p in inputs if p.lower().endswith(".npy") and not os.path.isdir(p)]
+    if npy and len(inputs) > 1:
+        raise click.UsageError("give one .npy file, or image files and folders")
     with _library_errors():
-        x = _load_npy(images)
+        if npy:
+            x = _load_npy(npy[0])
+            m = _model(model, threads)
+            rows = [(str(i), p) for i, p in enumerate(np.atleast_1d(m.predict(x)))]
+            _print_predictions(rows, m.class_names)
+            return
         m = _model(model, threads)
-        pred = np.atleast_1d(m.predict(x))
-    names = m.class_names
-    for i, p in enumerate(pred):
-        click.echo(f"{i}\t{p}\t{names[p] if p < len(names) else ''}")
+        files, read = _image_paths(inputs), _image_reader(m)
+        for i in range(0, len(files), batch):
+            part = files[i:i + batch]
+            _print_predictions(zip(map(str, part), m.predict(read(part))), m.class_names)
+
+
+def _print_predictions(rows, names):
+    for key, p in rows:
+        click.echo(f"{key}\t{p}\t{names[p] if p < len(names) else ''}")
 
 
 if __name__ == "__main__":

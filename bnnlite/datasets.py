@@ -14,6 +14,20 @@ empty) from:
   subfolders laid out that way.  Class names are the subfolder names in
   sorted order; every image must have the size of the first one.
 
+``bnnlite predict`` and ``bnnlite evaluate`` read image files through
+``load_images`` and ``class_folder_files`` too.
+
+Every file is taken as hostile.  An image folder holds class folders, a class
+folder image files: anything else in them (a text file, a folder one level
+too deep) is an error naming it, never skipped in silence; only hidden
+entries (``.DS_Store``, ``._x.png``) are passed over.  Image files are opened
+without blocking and refused unless regular (a FIFO would hang the read),
+decoded only by the Pillow plugins of ``IMAGE_SUFFIXES`` (a file named
+``x.png`` that is really, say, an EPS never reaches another decoder), and
+their size is checked against the expected one and against
+``MAX_IMAGE_PIXELS`` from the header, before any pixel is decoded (a
+decompression bomb costs nothing).
+
 Errors are ValueError (FileNotFoundError where nothing is there) and name
 the file or folder at fault.
 """
@@ -21,6 +35,8 @@ from __future__ import annotations
 
 import math
 import os
+import stat
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -28,9 +44,11 @@ import numpy as np
 
 from .cifar import Split, load_cifar
 
-__all__ = ["load_dataset", "load_images", "read_npy_header", "IMAGE_SUFFIXES"]
+__all__ = ["load_dataset", "load_images", "image_files", "class_folder_files", "is_image_folder",
+           "read_npy_header", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # the only decoders a file reaches
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024   # a decompression bomb is refused, not decoded
 
 
@@ -93,75 +111,142 @@ def _pillow():
     return Image
 
 
-def _regular(path: Path) -> Path:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    if not path.is_file():
+def _open_regular(path: Path):
+    """``path`` open for reading; a FIFO, device or folder is a ValueError (O_NONBLOCK: opening
+    a FIFO does not wait for a writer; fstat of the open file: no swap between check and read)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ValueError(f"{path}: not a regular file ({e.strerror})") from e
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
         raise ValueError(f"{path}: not a regular file")
-    return path
+    return os.fdopen(fd, "rb")
 
 
-def load_images(paths, size=None) -> np.ndarray:
-    """Decode image files to uint8 (N, H, W, 3) RGB; every image must have ``size`` (H, W) or the first's."""
+def _size_error(p, got, size, expected_by):
+    (h, w), (eh, ew) = got, size
+    if expected_by is None:
+        return ValueError(f"{p}: image is {w}x{h} (W x H), the others are {ew}x{eh}: resize your images to one size")
+    return ValueError(f"{p}: image is {w}x{h} (W x H), {expected_by} {ew}x{eh}: resize it to that size first")
+
+
+def _decode(Image, p: Path, size, mode: str, expected_by) -> np.ndarray:
+    with _open_regular(p) as fh:
+        try:
+            with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS: refused below, no warning printed
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                im = Image.open(fh, formats=PILLOW_FORMATS)
+        except Image.DecompressionBombError as e:  # over twice the limit: Pillow's own refusal
+            raise ValueError(f"{p}: image is larger than the {MAX_IMAGE_PIXELS:,} pixels read "
+                             f"(a decompression bomb? {e})") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
+        with im:
+            w, h = im.size
+            if w * h > MAX_IMAGE_PIXELS:
+                raise ValueError(f"{p}: image is {w}x{h}, more than the {MAX_IMAGE_PIXELS:,} pixels read "
+                                 f"(a decompression bomb?)")
+            if size is not None and (h, w) != tuple(size):
+                raise _size_error(p, (h, w), size, expected_by)
+            try:
+                im.load()
+                return np.asarray(im.convert(mode), dtype=np.uint8)
+            except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
+                raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def load_images(paths, size=None, *, channels: int = 3, expected_by: str | None = None) -> np.ndarray:
+    """Decode image files to uint8 (N, H, W, ``channels``) (3: RGB, 1: greyscale).
+
+    Every image must have ``size`` (H, W), or the first one's; a mismatch is a
+    ValueError naming the file and both sizes (``expected_by`` says whose size
+    it is, e.g. "the model takes"; default: the other images').
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"images are read with 1 or 3 channels, not {channels}")
     Image = _pillow()
     out = []
     for p in paths:
-        p = _regular(Path(p))
-        try:
-            with Image.open(p) as im:
-                im.load()
-                arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
-        if size is None:
-            size = arr.shape[:2]
-        elif arr.shape[:2] != tuple(size):
-            raise ValueError(f"{p}: image is {arr.shape[1]}x{arr.shape[0]} (W x H), the others are "
-                             f"{size[1]}x{size[0]}: resize your images to one size")
-        out.append(arr)
+        arr = _decode(Image, Path(p), size, "RGB" if channels == 3 else "L", expected_by)
+        size = arr.shape[:2]
+        out.append(arr.reshape(arr.shape[:2] + (channels,)))
     if not out:
-        return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.zeros((0, 0, 0, channels), np.uint8)
     return np.stack(out)
 
 
-def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir())
+def _visible(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted, hidden ones (.DS_Store, ._x.png) left out."""
+    try:
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    except OSError as e:
+        raise ValueError(f"{folder}: cannot list this folder ({e.strerror or type(e).__name__})") from e
 
 
-def _image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def image_files(folder) -> list[Path]:
+    """The image files in ``folder``, sorted by name (maybe none).
+
+    Anything else in it (a subfolder, a file of another type) is a ValueError
+    naming it; hidden entries are passed over.
+    """
+    folder = Path(folder)
+    files = []
+    for p in _visible(folder):
+        if p.is_dir():
+            raise ValueError(f"{p}: a folder inside an image folder (it may hold image files only)")
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise ValueError(f"{p}: not an image file ({', '.join(IMAGE_SUFFIXES)}); move it out of {folder}")
+        files.append(p)
+    return files
 
 
-def _read_folder_split(root: Path, classes: list[str], size=None) -> Split:
-    images, labels = [], []
-    for label, name in enumerate(classes):
-        folder = root / name
-        files = _image_files(folder) if folder.is_dir() else []
-        if not files:
+def class_folder_files(root, classes=None, *, classes_of: str = "the training split's"):
+    """(files, labels int64, class_names) of the tree ``root/<class>/<image>``.
+
+    ``classes`` None: the class names are the subfolder names, sorted.  Given
+    (e.g. a model's, in its order): every subfolder must be named as one of
+    them, the labels index ``classes``, and a class may have no folder.  A
+    file beside the class folders, or a class folder without images, is a
+    ValueError naming it.
+    """
+    root = Path(root)
+    folders = []
+    for p in _visible(root):
+        if not p.is_dir():
+            raise ValueError(f"{p}: a file beside the class folders (images belong in {root}/<class>/)")
+        folders.append(p)
+    if not folders:
+        raise ValueError(f"{root}: no class subfolders with images (folder/<class>/<image>.png)")
+    names = [p.name for p in folders] if classes is None else list(classes)
+    index = {name: i for i, name in enumerate(names)}
+    files, labels = [], []
+    for folder in folders:
+        if folder.name not in index:
+            shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+            raise ValueError(f"{folder}: {folder.name!r} is not one of {classes_of} classes ({shown})")
+        found = image_files(folder)
+        if not found:
             raise ValueError(f"{folder}: class folder has no images ({', '.join(IMAGE_SUFFIXES)})")
-        x = load_images(files, size)
-        size = x.shape[1:3]
-        images.append(x)
-        labels.append(np.full(len(x), label, np.int64))
-    extra = sorted({p.name for p in _class_folders(root)} - set(classes))
-    if extra:
-        raise ValueError(f"{root}: class folder(s) {', '.join(extra)} are not classes of the training split")
-    return Split(np.concatenate(images), np.concatenate(labels))
+        files += found
+        labels += [index[folder.name]] * len(found)
+    return files, np.array(labels, np.int64), names
+
+
+def _read_folder_split(root: Path, classes=None, size=None) -> tuple[Split, list[str]]:
+    files, labels, names = class_folder_files(root, classes)
+    return Split(load_images(files, size), labels), names
 
 
 def _load_folder(root: Path):
     if (root / "train").is_dir():
-        classes = [p.name for p in _class_folders(root / "train")]
-        if not classes:
-            raise ValueError(f"{root / 'train'}: no class subfolders")
-        train = _read_folder_split(root / "train", classes)
-        test = (_read_folder_split(root / "test", classes, train.images.shape[1:3]) if (root / "test").is_dir()
+        train, classes = _read_folder_split(root / "train")
+        test = (_read_folder_split(root / "test", classes, train.images.shape[1:3])[0] if (root / "test").is_dir()
                 else Split(train.images[:0], train.labels[:0]))
         return train, test, classes
-    classes = [p.name for p in _class_folders(root)]
-    if not classes:
-        raise ValueError(f"{root}: no class subfolders with images (folder/<class>/<image>.png)")
-    train = _read_folder_split(root, classes)
+    train, classes = _read_folder_split(root)
     return train, Split(train.images[:0], train.labels[:0]), classes
 
 
@@ -210,16 +295,22 @@ def _load_npz(path: Path):
     return train, test, (names or [f"class_{i}" for i in range(n)])
 
 
+def is_image_folder(path) -> bool:
+    """True for a folder of class folders (or train/ and test/), False for CIFAR-10's folders."""
+    path = Path(path)
+    # CIFAR's batch files sit in the folder or one below (cifar-10-batches-*/): no need to walk
+    # a whole image tree to tell the two apart.
+    cifar = any(path.glob("*batch*")) or any(path.glob("*/*batch*"))
+    return path.is_dir() and not cifar and any(p.is_dir() for p in path.iterdir())
+
+
 def load_dataset(path) -> tuple[Split, Split, list[str]]:
     """(train, test, class_names) from CIFAR-10, an .npz file or an image folder (module docstring)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no data at {path}")
     if path.is_dir():
-        # CIFAR's batch files sit in the folder or one below (cifar-10-batches-*/): no need to walk
-        # a whole image tree to tell the two apart.
-        cifar = any(path.glob("*batch*")) or any(path.glob("*/*batch*"))
-        if any(p.is_dir() for p in path.iterdir()) and not cifar:
+        if is_image_folder(path):
             train, test, classes = _load_folder(path)
         else:
             try:
