@@ -43,8 +43,20 @@ def tiny_config(arch: str) -> dict:
 
 def make_model(arch: str, seed: int = 0):
     """A VGGSmall in eval mode with random weights, BN stats and binary parameters."""
+    from bnnlite.train.models import build_model
+    model = randomize(build_model(tiny_config(arch)), seed, linear=False)
     import torch
-    from bnnlite.train.models import BinaryConv2d, RPReLU, build_model
+    with torch.no_grad():  # keep the logits O(1) so an absolute tolerance is meaningful
+        model.classifier.weight.mul_(0.5)
+    return model
+
+
+def randomize(model, seed: int = 0, linear: bool = True):
+    """Random, non-trivial parameters and BN statistics for any network built from torch.nn
+    and bnnlite.train.nn layers (Linear layers keep theirs with ``linear=False``); returns it
+    in eval mode."""
+    import torch
+    from bnnlite.train.nn import BinaryConv2d, BinaryLinear, RPReLU
 
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
@@ -55,7 +67,6 @@ def make_model(arch: str, seed: int = 0):
     def rand(*shape):
         return torch.rand(*shape, generator=g)
 
-    model = build_model(tiny_config(arch))
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, torch.nn.BatchNorm2d):
@@ -65,11 +76,16 @@ def make_model(arch: str, seed: int = 0):
                 sign = torch.where(rand(c) < 0.3, -1.0, 1.0)  # ~30% negative multipliers
                 m.weight.copy_(sign * (0.5 + rand(c)))
                 m.bias.copy_(0.3 * randn(c))
-            elif isinstance(m, torch.nn.Conv2d):
+            elif isinstance(m, torch.nn.BatchNorm1d):
+                m.running_mean.copy_(0.5 * randn(m.num_features))
+                m.running_var.copy_(0.5 + 1.5 * rand(m.num_features))
+            elif isinstance(m, torch.nn.Conv2d) or (linear and isinstance(m, torch.nn.Linear)):
                 # He init: the signal neither dies nor explodes through the real layers.
                 fan_in = m.weight[0].numel()
                 m.weight.copy_(randn(*m.weight.shape) * (2.0 / fan_in) ** 0.5)
-            elif isinstance(m, BinaryConv2d):
+                if m.bias is not None:
+                    m.bias.copy_(0.1 * randn(*m.bias.shape))
+            elif isinstance(m, (BinaryConv2d, BinaryLinear)):
                 m.weight.copy_(2 * rand(*m.weight.shape) - 1)
                 if m.scale_mode == "learned":
                     m.alpha.copy_(0.05 + 0.2 * rand(m.alpha.shape[0]))
@@ -80,10 +96,9 @@ def make_model(arch: str, seed: int = 0):
                 m.gamma.copy_(0.2 * randn(c))
                 m.beta.copy_(0.5 * randn(c))   # negative slopes too
                 m.zeta.copy_(0.2 * randn(c))
-        # Keep the logits O(1) so an absolute tolerance is meaningful.
-        model.classifier.weight.mul_(0.5)
-    model.eval()
-    return model
+            elif isinstance(m, torch.nn.PReLU):
+                m.weight.copy_(0.5 * randn(*m.weight.shape))
+    return model.eval()
 
 
 def write_checkpoint(model, path) -> Path:
@@ -122,14 +137,14 @@ def torch_logits(model, images: np.ndarray) -> np.ndarray:
 
 
 def write_plain_bundle(model, path) -> Path:
-    """``checkpoint_to_ops`` + ``write_bundle`` with a fixed header: byte-for-byte the same file
+    """``lower`` + ``write_bundle`` with a fixed header: byte-for-byte the same file
     on every machine (no measured metrics in it), so seeded byte mutations are reproducible."""
     from bnnlite.bundle import write_bundle
-    from bnnlite.train.export import checkpoint_to_ops
+    from bnnlite.train.lower import lower
     cfg = model.config
     header = {"producer": "bnnlite tests", "architecture": cfg["arch"],
               "input_shape": [cfg["image_size"], cfg["image_size"], cfg["in_channels"]], "input_layout": "NHWC",
               "normalization_mean": MEAN, "normalization_std": STD, "class_names": CLASS_NAMES,
               "config": cfg, "metrics": {"note": "test bundle"}}
-    write_bundle(path, header, checkpoint_to_ops(model))
+    write_bundle(path, header, lower(model, header["input_shape"]))
     return Path(path)

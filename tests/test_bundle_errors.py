@@ -646,14 +646,14 @@ class TestExportCli:
         import bnnlite.train.export as ex
         from _models import write_checkpoint
         ckpt = write_checkpoint(tiny_models["birealnet"], tmp_path / "b.pt")
-        real = ex.checkpoint_to_ops
+        real = ex.lower
 
-        def broken(model, log=None):
-            ops = real(model, log)
+        def broken(model, input_shape, log=None):
+            ops = real(model, input_shape, log)
             rec = next(o for o in ops if o.name == "bconv3")
             rec.arrays["multiplier"] = -rec.arrays["multiplier"]
             return ops
-        monkeypatch.setattr(ex, "checkpoint_to_ops", broken)
+        monkeypatch.setattr(ex, "lower", broken)
         r = self._run([ckpt, tmp_path / "out.h5", "--probe", "16"])
         assert r.exit_code == 1 and isinstance(r.exception, SystemExit), r.output
         assert "refusing to write" in r.output and "disagrees with PyTorch" in r.output

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bnnlite.train.export import _int_threshold
+from bnnlite.train.fold import int_threshold
 from bnnlite.train.models import BinaryBlock, default_config
 
 
@@ -41,7 +41,7 @@ def test_thresholds_reproduce_pytorch_decisions(seed, ambiguous):
     blk, k = _block(16, 40, seed, ambiguous)
     t_next = np.zeros(40) if ambiguous else np.random.default_rng(seed).normal(0, 0.5, 40)
     flip = (blk.bn.weight.detach().numpy() < 0)
-    thr = _int_threshold(blk, t_next, flip, k)
+    thr = int_threshold(blk.conv.scale(), blk.bn, t_next, flip, k)
 
     acc = torch.arange(-k, k + 1, 2, dtype=torch.float32)   # the values K - 2*popcount takes
     with torch.no_grad():

@@ -202,6 +202,6 @@ def test_kd_from_a_fastres_teacher_trains_and_records_it(data_dir, tmp_path):
 
 
 def test_fastres_does_not_export(tmp_path):
-    from bnnlite.train.export import checkpoint_to_ops
-    with pytest.raises(ValueError, match="no bundle form"):
-        checkpoint_to_ops(build_model(default_config("fastres")).eval())
+    from bnnlite.train.lower import ExportError, lower
+    with pytest.raises(ExportError, match=r"gelu \(node gelu, fastres.py:\d+: .*F.gelu"):
+        lower(build_model(default_config("fastres")).eval(), (32, 32, 3))

@@ -1,28 +1,12 @@
-"""``bnnlite-export CKPT OUT.h5``: fold a trained model into a bundle.
+"""``bnnlite-export CKPT OUT.h5`` and ``export_model``: a trained network as a bundle.
 
-Public names: checkpoint_to_ops, export_checkpoint, main.
+Public names: export_model, export_checkpoint, main.
 
-Folding (done once here so the runtime does no algebra per call), per output
-channel co.  Batch-norm in eval mode becomes one multiplier and one bias,
-computed in float32 exactly as PyTorch's CPU kernel does, which then applies
-it as one FMA:  a = gamma * (1 / sqrt(var + eps)),  b = fma(-mean, a, beta),
-BN(y) = fma(y, a, b).  Keeping that form (instead of folding a into the
-weights) makes the runtime round like PyTorch, bit for bit:
-
-* real conv + BN:   y = fma(conv(x, W), a, b)      (weight W, multiplier a, bias b)
-* binary conv + BN: y = fma(acc * alpha, a, b)      (scale alpha, multiplier a, bias b),
-  acc = K - 2 * popcount(x XOR w) the +-1 dot product, alpha PyTorch's own
-  float32 value (learned, or mean|W| as PyTorch computes it).
-* binary output (XNOR-Net: the next layer only needs sign(y - t)): flip the
-  weights of channels with m = a * alpha < 0 (acc -> -acc) so every m >= 0 and
-  max-pool commutes with the transform; then sign(y) = -1 iff
-  acc < ceil((t - c) / m): an integer threshold, and max-pool on bits is AND.
-* classifier: weights permuted from NCHW-flatten to NHWC-flatten order; a
-  classifier normalisation (BatchNorm1d) folded into its weights and bias.
-
-Before writing, the bundle is run through the bnnlite runtime on a probe
-batch and compared with the PyTorch model in eval mode (FP32); a bundle that
-disagrees is refused.
+``lower.py`` turns the network into bundle ops (torch.fx tracing; fold.py has
+the folding arithmetic).  Here the bundle is written with its header
+(input shape, normalisation, class names, metrics), but only after the
+bnnlite runtime has run it on a probe batch and agreed with the PyTorch model
+in eval mode (FP32); a bundle that disagrees is refused.
 """
 from __future__ import annotations
 
@@ -36,16 +20,15 @@ import torch
 
 from bnnlite import __version__
 from bnnlite._atomic import temp_beside
-from bnnlite.bitpack import pack_bits
-from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
+from bnnlite.bundle import write_bundle
 from bnnlite.datasets import load_dataset
-from bnnlite.reference import fma32
 
 from .checkpoint import load_checkpoint
 from .data import normalize
-from .models import BinaryBlock, RealBlock, VGGSmall, model_from_checkpoint
+from .lower import ExportError, lower
+from .models import model_from_checkpoint
 
-__all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
+__all__ = ["export_model", "export_checkpoint", "main"]
 
 # What "agrees with PyTorch" means.  On a CPU with FMA the runtime rounds every
 # float op before the classifier as PyTorch does (docs/conventions.md), so the
@@ -56,159 +39,6 @@ __all__ = ["checkpoint_to_ops", "export_checkpoint", "main"]
 # images.  A real export bug touches most of them.
 MIN_CLASS_AGREEMENT = 0.999
 MIN_FRACTION_WITHIN_TOL = 0.99
-
-
-def _np(t):
-    return t.detach().to(torch.float64).cpu().numpy()
-
-
-def _f32(t):
-    """PyTorch's own float32 values (what its eval forward computes with)."""
-    return t.detach().to(torch.float32).cpu().numpy()
-
-
-@torch.no_grad()
-def _bn_as_fma(bn, log=None):
-    """float32 (a, b) with PyTorch's eval BatchNorm == fma(y, a, b) (its CPU kernel's own
-    arithmetic); checked on a probe, with a note if this PyTorch build rounds otherwise."""
-    inv = (np.float32(1) / np.sqrt(_f32(bn.running_var) + np.float32(bn.eps))).astype(np.float32)
-    a = (_f32(bn.weight) * inv).astype(np.float32)
-    b = fma32(-_f32(bn.running_mean), a, _f32(bn.bias))
-    probe = torch.randn(2, a.size, 8, 8, generator=torch.Generator().manual_seed(0)) * 4
-    got = bn(probe).numpy()
-    want = fma32(probe.numpy(), a.reshape(1, -1, 1, 1), b.reshape(1, -1, 1, 1))
-    if log is not None and not np.array_equal(got, want):
-        log(f"note: this PyTorch's BatchNorm rounds differently from fma(y, a, b) on "
-            f"{np.mean(got != want):.1%} of a probe; expect last-bit differences")
-    return a, b
-
-
-def _pack_weight(w, flip=None):
-    """(Cout, Cin, KH, KW) latent weights -> packed (Cout, KH, KW, Cw); bit = (w < 0) XOR flip."""
-    neg = (w < 0).transpose(0, 2, 3, 1)
-    if flip is not None:
-        neg = neg != flip[:, None, None, None]
-    return pack_bits(np.where(neg, -1.0, 1.0), 0.0)
-
-
-@torch.no_grad()
-def _int_threshold(blk, t_next, flip, k_bits):
-    """Integer thresholds that reproduce PyTorch's own sign decisions bit for bit.
-
-    PyTorch computes the next layer's input bit of channel co as
-    ``bn(acc * alpha)[co] < t_next[co]`` in float32 (acc = the exact integer conv
-    sum). Solving that in float64 disagrees with float32 rounding whenever the
-    boundary falls within an ulp of an integer, and then every pixel with that
-    acc flips. So the decisions are taken from PyTorch itself, for every
-    possible acc in [-k_bits-1, k_bits+1]: float32 rounding is monotone, so
-    they form one run per channel, and the runtime's rule
-    ``acc' < thr[co]`` (acc' = -acc where the weights were flipped) reproduces it.
-    """
-    accs = torch.arange(-k_bits - 1, k_bits + 2, dtype=torch.float32)
-    y = accs.view(1, 1, -1, 1) * blk.conv.scale().float().view(1, -1, 1, 1)
-    neg = (blk.bn(y) < torch.as_tensor(t_next, dtype=torch.float32).view(1, -1, 1, 1))[0, :, :, 0].numpy()
-    n_neg = neg.sum(axis=1)  # how many acc values give bit 1 (-1)
-    # Not flipped: bit 1 for the n_neg smallest acc -> thr = lowest acc + n_neg.
-    # Flipped (acc' = -acc): bit 1 for the n_neg largest acc -> the same count from the other end.
-    thr = -(k_bits + 1) + n_neg
-    runs = np.where(flip[:, None], neg[:, ::-1], neg)
-    if not np.array_equal(runs, np.arange(neg.shape[1])[None, :] < n_neg[:, None]):
-        raise RuntimeError("PyTorch's sign decisions are not monotone in the conv sum: cannot fold "
-                           "them into integer thresholds")
-    return np.clip(thr, -(k_bits + 1), k_bits + 1).astype(np.int32)
-
-
-def _classifier_folded(model):
-    """Classifier weight and bias (float64, NCHW-flatten order) with its input normalisation folded in.
-
-    norm(x) = (x - mean) * r with r = scale / sqrt(var + eps), so
-    W norm(x) + b = (W * r) x + (b - W @ (mean * r)).
-    """
-    w, b = _np(model.classifier.weight), _np(model.classifier.bias)
-    norm = getattr(model, "classifier_norm", None)
-    if norm is not None:
-        r = model.classifier_scale / np.sqrt(_np(norm.running_var) + norm.eps)
-        b = b - w @ (_np(norm.running_mean) * r)
-        w = w * r[None, :]
-    return w, b
-
-
-def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
-    """The op list for a VGGSmall in eval mode (see module docstring for the maths)."""
-    if not isinstance(model, VGGSmall):
-        raise ValueError(f"{type(model).__name__} ({model.config.get('arch')}) has no bundle form: only the "
-                         f"VGG-small models (fp32, xnor, birealnet) export")
-    cfg = model.config
-    ops: list[OpRecord] = []
-    x = INPUT
-    blocks = list(model.blocks)
-    for i, blk in enumerate(blocks):
-        last = i == len(blocks) - 1
-        if isinstance(blk, RealBlock):
-            w = _f32(blk.conv.weight)
-            a, b = _bn_as_fma(blk.bn, log)
-            cout, cin, kh, kw = w.shape
-            ops.append(OpRecord("conv2d", f"conv{i}", [x], [f"conv{i}"],
-                                {"cin": cin, "cout": cout, "kh": kh, "kw": kw, "stride": 1, "padding": 1,
-                                 "activation": "relu" if blk.relu else "none"},
-                                {"weight": np.ascontiguousarray(w.transpose(2, 3, 1, 0)),
-                                 "multiplier": a, "bias": b}))
-            x = f"conv{i}"
-        else:
-            assert isinstance(blk, BinaryBlock)
-            conv = blk.conv
-            w = _np(conv.weight)
-            cout, cin, kh, kw = w.shape
-            k_bits = kh * kw * cin
-            a, b = _bn_as_fma(blk.bn, log)
-            alpha = _f32(conv.scale())
-            thr_in = _np(conv.threshold) if conv.threshold is not None else np.zeros(cin)
-            if not ops or ops[-1].outputs[0] != f"bits{i}":
-                ops.append(OpRecord("sign_pack", f"sign{i}", [x], [f"bits{i}"], {"channels": cin},
-                                    {"threshold": thr_in.astype(np.float32)}))
-            attrs = {"cin": cin, "cout": cout, "kh": kh, "kw": kw, "stride": 1, "padding": 1}
-            nxt = blocks[i + 1] if not last else None
-            bits_out = (not blk.shortcut and blk.act is None and isinstance(nxt, BinaryBlock)
-                        and not nxt.shortcut)
-            if bits_out:
-                # XNOR-Net path: bits straight out of the conv, pooled as bits.
-                t_next = (_np(nxt.conv.threshold) if nxt.conv.threshold is not None else np.zeros(cout))
-                flip = a * alpha < 0
-                ops.append(OpRecord("bconv2d", f"bconv{i}", [f"bits{i}"], [f"bconv{i}"],
-                                    {**attrs, "output": "bits"},
-                                    {"weight": _pack_weight(w, flip),
-                                     "threshold": _int_threshold(blk, t_next, flip, k_bits)}))
-                x = f"bconv{i}"
-                if blk.pool:
-                    ops.append(OpRecord("bmaxpool2d", f"pool{i}", [x], [f"bits{i + 1}"], {"size": 2, "stride": 2}))
-                else:
-                    ops[-1].outputs = [f"bits{i + 1}"]
-                x = f"bits{i + 1}"
-                continue
-            arrays = {"weight": _pack_weight(w), "scale": alpha, "multiplier": a, "bias": b}
-            inputs = [f"bits{i}"]
-            if blk.shortcut:
-                inputs.append(x)
-            if blk.act is not None:
-                attrs["rprelu"] = True
-                arrays.update(rprelu_gamma=_np(blk.act.gamma).astype(np.float32),
-                              rprelu_beta=_np(blk.act.beta).astype(np.float32),
-                              rprelu_zeta=_np(blk.act.zeta).astype(np.float32))
-            ops.append(OpRecord("bconv2d", f"bconv{i}", inputs, [f"bconv{i}"], {**attrs, "output": "float"}, arrays))
-            x = f"bconv{i}"
-        if blk.pool:
-            ops.append(OpRecord("maxpool2d", f"pool{i}", [x], [f"pool{i}"], {"size": 2, "stride": 2}))
-            x = f"pool{i}"
-    side = cfg["image_size"] // 2 ** len(cfg["pool_after"])
-    c_last = cfg["widths"][-1]
-    ops.append(OpRecord("flatten", "flatten", [x], ["flat"]))
-    w, bias = _classifier_folded(model)
-    n_out = w.shape[0]
-    w_nhwc = w.reshape(n_out, c_last, side, side).transpose(0, 2, 3, 1).reshape(n_out, -1)
-    ops.append(OpRecord("dense", "classifier", ["flat"], [OUTPUT],
-                        {"units_in": w_nhwc.shape[1], "units_out": n_out},
-                        {"weight": w_nhwc.astype(np.float32), "bias": bias.astype(np.float32)}))
-    return ops
 
 
 def _torch_logits(model, images, mean, std, batch=100):
@@ -242,12 +72,13 @@ def _compare(model_t, bundle_path, images, mean, std, threads, batch=100):
 
 def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, threads=1,
                       onnx_path=None, log=print) -> dict:
-    """Export ``ckpt_path`` to ``out_path``; returns the metrics written into the bundle."""
+    """Export ``ckpt_path`` (a ``bnnlite-train`` checkpoint) to ``out_path``; returns the
+    metrics written into the bundle."""
     ckpt = load_checkpoint(ckpt_path)
     model = model_from_checkpoint(ckpt)
     norm = ckpt["normalization"]
     cfg = ckpt["config"]
-    ops = checkpoint_to_ops(model, log)
+    input_shape = [cfg["image_size"], cfg["image_size"], cfg["in_channels"]]
     metrics = {k: v for k, v in ckpt["metrics"].items() if isinstance(v, (int, float, str))}
     if "test_acc" in metrics:
         metrics["pytorch_test_acc_training"] = metrics.pop("test_acc")
@@ -257,10 +88,61 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
         if ckpt.get("history"):
             metrics["val_acc"] = ckpt["history"][-1]["val_acc"]
     header = {"producer": f"bnnlite-export {__version__}", "architecture": cfg["arch"],
-              "input_shape": [cfg["image_size"], cfg["image_size"], cfg["in_channels"]], "input_layout": "NHWC",
+              "input_shape": input_shape, "input_layout": "NHWC",
               "normalization_mean": norm["mean"], "normalization_std": norm["std"],
               "class_names": ckpt["class_names"], "config": cfg, "metrics": metrics}
+    return _write_verified(model, header, out_path, data=data, probe=probe, tol=tol, threads=threads,
+                           onnx_path=onnx_path, log=log)
 
+
+def export_model(model: torch.nn.Module, path, *, mean=None, std=None, class_names=None, input_size=None,
+                 data=None, probe=256, tol=1e-3, threads=1, onnx_path=None, log=print) -> dict:
+    """Export any network built from standard PyTorch layers and ``bnnlite.train.nn`` layers.
+
+    ``input_size``: (H, W), (H, W, C) or one int for square images (default: the model's
+    ``config["image_size"]`` if it has one); C defaults to the first conv's input channels.
+    ``mean`` / ``std``: the per-channel normalisation of ``x / 255`` the model was trained
+    with (default 0 / 1).  ``class_names``: one per logit (default "0", "1", ...).
+    ``data``: a data set for ``load_dataset`` whose test split is the agreement probe
+    (else ``probe`` random images).  Raises ExportError naming what has no bundle form.
+    Returns the metrics written into the bundle.
+    """
+    cfg = getattr(model, "config", None) or {}
+    if input_size is None:
+        if "image_size" not in cfg:
+            raise ValueError("input_size is needed: the model has no config['image_size']")
+        input_size = cfg["image_size"]
+    size = [input_size, input_size] if isinstance(input_size, int) else list(input_size)
+    if len(size) == 2:
+        first = next((m for m in model.modules() if hasattr(m, "weight") and getattr(m.weight, "dim", None)
+                      and m.weight.dim() == 4), None)
+        if first is None:
+            raise ValueError("input_size needs the channel count (H, W, C): the model has no conv")
+        size.append(int(first.weight.shape[1]))
+    if len(size) != 3 or not all(isinstance(v, int) and v > 0 for v in size):
+        raise ValueError(f"input_size must be an int, (H, W) or (H, W, C) of positive ints, got {input_size!r}")
+    c = size[2]
+    mean = [0.0] * c if mean is None else [float(v) for v in mean]
+    std = [1.0] * c if std is None else [float(v) for v in std]
+    if len(mean) != c or len(std) != c:
+        raise ValueError(f"mean and std need {c} values (one per input channel)")
+    header = {"producer": f"bnnlite-export {__version__}", "architecture": cfg.get("arch", type(model).__name__),
+              "input_shape": size, "input_layout": "NHWC", "normalization_mean": mean,
+              "normalization_std": std, "class_names": list(class_names) if class_names is not None else None,
+              "config": {k: v for k, v in cfg.items() if isinstance(v, (int, float, str, list, bool))},
+              "metrics": {}}
+    return _write_verified(model, header, path, data=data, probe=probe, tol=tol, threads=threads,
+                           onnx_path=onnx_path, log=log)
+
+
+def _write_verified(model, header, out_path, *, data, probe, tol, threads, onnx_path, log) -> dict:
+    """Lower ``model``, write the bundle beside ``out_path``, compare it with PyTorch, then
+    move it into place (or refuse).  Returns the metrics written."""
+    model = model.eval()
+    ops = lower(model, header["input_shape"], log)
+    if header["class_names"] is None:
+        header["class_names"] = [str(i) for i in range(ops[-1].attrs.get("units_out", 0))] or []
+    mean, std = header["normalization_mean"], header["normalization_std"]
     out_path = Path(out_path)
     # The draft is a temporary of out_path's own pattern (<out>.*.tmp): removed on every
     # exit, and by the next export of out_path after a kill -9.
@@ -274,7 +156,7 @@ def export_checkpoint(ckpt_path, out_path, *, data=None, probe=256, tol=1e-3, th
             rng = np.random.default_rng(0)
             images = rng.integers(0, 256, (probe,) + tuple(header["input_shape"]), dtype=np.uint8)
             labels = None
-        ref, got, agree, diff = _compare(model, draft, images, norm["mean"], norm["std"], threads)
+        ref, got, agree, diff = _compare(model, draft, images, mean, std, threads)
         frac_close = float(np.mean(diff <= tol))
         log(f"probe of {len(images)} images: class agreement {100 * agree:.3f}%, "
             f"max |logit diff| {diff.max():.2e}, within {tol:g}: {100 * frac_close:.3f}%")

@@ -1,0 +1,463 @@
+"""Lowering a PyTorch network to bundle ops, by tracing it with torch.fx.
+
+Public names: ExportError, lower, LEAF_TYPES.
+
+``lower(model, input_shape)`` traces ``model`` (eval mode) with torch.fx,
+keeping ``bnnlite.train.nn`` layers and standard ``torch.nn`` layers whole,
+runs the traced graph once on a probe batch so every shape and every Python
+value (``x.shape[1] // 2`` and the like) is known, and then walks the graph
+in order, turning each node, or a chain of nodes, into bundle ops:
+
+* Conv2d [-> BatchNorm2d] [-> ReLU]              -> ``conv2d`` (BN as one FMA)
+* BinaryConv2d [-> BatchNorm2d] [-> + shortcut] [-> RPReLU | PReLU]
+                                                  -> ``sign_pack`` + ``bconv2d`` (float out)
+* BinaryConv2d [-> BatchNorm2d] [-> MaxPool2d 2] read only by binary convs
+                                                  -> ``bconv2d`` with bits out (XNOR-Net)
+* MaxPool2d 2 -> ``maxpool2d``; flatten -> ``flatten``;
+  [BatchNorm1d [-> * c]] -> Linear               -> ``dense`` (normalisation folded in,
+  columns permuted from NCHW- to NHWC-flatten order)
+
+The folding arithmetic (BN as fma, integer thresholds) is in fold.py.  A
+module or function with no rule raises ExportError naming it and where it
+is called.  Ops the runtime does not know yet (``bnnlite.bundle.OP_SPECS``)
+are refused the same way, so a bundle is never written that cannot load.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from bnnlite.bundle import INPUT, OUTPUT, OpRecord
+
+from .fold import bn_as_fma, f32, int_threshold, pack_weight
+from .nn import BinaryConv2d, BinaryLinear, RPReLU
+
+__all__ = ["ExportError", "lower", "LEAF_TYPES"]
+
+
+class ExportError(ValueError):
+    """The network has a module, function or pattern with no bundle form; the message names it."""
+
+
+# Modules kept whole by the tracer (their insides are the op's business).
+LEAF_TYPES = (BinaryConv2d, BinaryLinear, RPReLU, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.ReLU, nn.PReLU,
+              nn.Hardtanh, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Linear,
+              nn.Identity, nn.Dropout)
+_PASS = (nn.Identity, nn.Dropout)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m, qualname):
+        return isinstance(m, LEAF_TYPES) or super().is_leaf_module(m, qualname)
+
+
+@dataclass
+class _Node:
+    """One traced node with its concrete value on the probe batch."""
+    node: fx.Node
+    kind: str                     # "input", "module", "function", "method", "output", "const"
+    target: object                # the module, function or method name
+    value: object                 # tensor (probe result) or a plain Python value
+    args: tuple = ()
+    users: list = field(default_factory=list)
+
+    @property
+    def name(self):
+        return self.node.name
+
+    def where(self) -> str:
+        """' (node NAME, FILE:LINE: CODE)': the user's line that called it (torch.fx's own frames skipped)."""
+        lines = (self.node.meta.get("stack_trace") or "").splitlines()
+        for head, code in reversed(list(zip(lines[::2], lines[1::2]))):  # innermost first
+            m = re.match(r'\s*File "(.+)", line (\d+)', head)
+            if m and f"{os.sep}torch{os.sep}" not in m.group(1):
+                return f" (node {self.name}, {os.path.basename(m.group(1))}:{m.group(2)}: {code.strip()})"
+        return f" (node {self.name})"
+
+
+def _trace(model: nn.Module, input_shape) -> tuple[list[_Node], dict]:
+    try:
+        tracer = _Tracer()
+        tracer.record_stack_traces = True  # error messages name the line of the forward
+        graph = tracer.trace(model)
+    except Exception as e:  # fx raises TraceError, TypeError, ... for data-dependent Python
+        raise ExportError(f"cannot trace {type(model).__name__} with torch.fx: {e}") from e
+    gm = fx.GraphModule(model, graph)
+    mods = dict(gm.named_modules())
+    h, w, c = input_shape
+    probe = torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0))
+    env: dict[str, object] = {}
+    nodes: list[_Node] = []
+    by_name: dict[str, _Node] = {}
+
+    def val(a):
+        return fx.node.map_arg(a, lambda n: env[n.name])
+
+    with torch.no_grad():
+        for n in graph.nodes:
+            args, kwargs = val(n.args), val(n.kwargs)
+            if n.op == "placeholder":
+                v, kind, target = probe, "input", None
+            elif n.op == "get_attr":
+                v = gm
+                for part in n.target.split("."):
+                    v = getattr(v, part)
+                kind, target = "const", n.target
+            elif n.op == "call_module":
+                target = mods[n.target]
+                v, kind = target(*args, **kwargs), "module"
+            elif n.op == "call_function":
+                v, kind, target = n.target(*args, **kwargs), "function", n.target
+            elif n.op == "call_method":
+                v, kind, target = getattr(args[0], n.target)(*args[1:], **kwargs), "method", n.target
+            else:  # output
+                v, kind, target = args[0], "output", None
+            env[n.name] = v
+            rec = _Node(n, kind, target, v, tuple(n.args))
+            if kwargs:
+                rec.args = rec.args + (dict(n.kwargs),)
+            nodes.append(rec)
+            by_name[n.name] = rec
+    for rec in nodes:
+        for u in rec.node.users:
+            rec.users.append(by_name[u.name])
+    return nodes, by_name
+
+
+def _is_tensor(rec):
+    return isinstance(rec.value, torch.Tensor)
+
+
+def _what(rec) -> str:
+    if rec.kind == "module":
+        return type(rec.target).__name__
+    if rec.kind == "method":
+        return f"Tensor.{rec.target}"
+    return getattr(rec.target, "__name__", str(rec.target))
+
+
+def _match(rec, *kinds) -> bool:
+    """Is ``rec`` one of the layer kinds: module classes, functions or method names."""
+    for k in kinds:
+        if isinstance(k, type) and rec.kind == "module" and isinstance(rec.target, k):
+            return True
+        if callable(k) and not isinstance(k, type) and rec.kind == "function" and rec.target is k:
+            return True
+        if isinstance(k, str) and rec.kind == "method" and rec.target == k:
+            return True
+    return False
+
+
+_RELU = (nn.ReLU, F.relu, torch.relu, "relu")
+_ADD = (operator.add, torch.add, "add")
+_FLATTEN = (nn.Flatten, torch.flatten, "flatten")
+
+
+class _Lowering:
+    def __init__(self, nodes, by_name, log):
+        self.nodes, self.by_name, self.log = nodes, by_name, log
+        self.ops: list[OpRecord] = []
+        self.tensor: dict[str, str] = {}      # fx node name -> bundle tensor name
+        self.nchw_flat: dict[str, tuple] = {}  # bundle flatten output -> (C, H, W) of its input
+        self.bits: dict[tuple, str] = {}       # (float tensor, thresholds) -> its sign_pack output
+        self.done: set[str] = set()
+        # Names as the hand-written exporter gave them (conv0, sign1 -> bits1, bconv1, pool1, ...,
+        # flatten -> flat, classifier): layers numbered in order, the rest after the layer before.
+        self.layer = {r.name: i for i, r in enumerate(r for r in nodes if _match(r, nn.Conv2d, BinaryConv2d))}
+        self.last_layer = 0
+        self.dense_count = 0
+
+    # ---------------------------------------------------------------- helpers
+    def _arg(self, rec, i=0):
+        a = rec.args[i]
+        return self.by_name[a.name] if isinstance(a, fx.Node) else a
+
+    def _val(self, rec, i):
+        """The concrete value of argument i (a traced shape computation, or a literal)."""
+        a = self._arg(rec, i)
+        return a.value if isinstance(a, _Node) else a
+
+    def _only_user(self, rec, *kinds):
+        """The single user of ``rec`` if it is one of ``kinds`` (a chain to fuse), else None."""
+        users = self._tensor_users(rec)
+        if len(users) == 1 and _match(users[0], *kinds):
+            return users[0]
+        return None
+
+    @staticmethod
+    def _tensor_users(rec):
+        """Users that compute tensors (``x.shape[1]`` and friends read no values)."""
+        return [u for u in rec.users if _is_tensor(u) or u.kind == "output"]
+
+    def _src(self, rec) -> str:
+        """The bundle tensor that holds the value of node ``rec`` (through pass-through nodes)."""
+        while rec.name not in self.tensor and _match(rec, *_PASS):
+            rec = self._arg(rec)
+        if rec.name not in self.tensor:
+            raise ExportError(f"{_what(rec)}{rec.where()} has no bundle form here")
+        return self.tensor[rec.name]
+
+    def _emit(self, op, name, inputs, attrs=None, arrays=None, out=None) -> str:
+        out = out or name
+        self.ops.append(OpRecord(op, name, inputs, [out], attrs or {}, arrays or {}))
+        return out
+
+    def _bits_of(self, rec_in, conv, reader) -> str:
+        """Packed bits of a float tensor for a binary layer (its sign threshold), shared."""
+        src = self._src(rec_in)
+        c = conv.weight.shape[1]
+        t = f32(conv.threshold) if conv.threshold is not None else np.zeros(c, np.float32)
+        key = (src, t.tobytes())
+        if key not in self.bits:
+            i = self.layer[reader.name]
+            self.bits[key] = self._emit("sign_pack", f"sign{i}", [src], {"channels": c}, {"threshold": t},
+                                        out=f"bits{i}")
+        return self.bits[key]
+
+    # ---------------------------------------------------------------- rules
+    def run(self):
+        for rec in self.nodes:
+            self._ensure(rec)
+        return self.ops
+
+    def _ensure(self, rec):
+        """Lower ``rec`` after everything it reads (a fused chain may need a branch that the
+        traced order puts later, such as a Bi-Real unit's downsampling shortcut)."""
+        if rec.name in self.done:
+            return
+        self.done.add(rec.name)
+        for a in rec.node.all_input_nodes:
+            self._ensure(self.by_name[a.name])
+        if rec.kind == "input":
+            self.tensor[rec.name] = INPUT
+        elif rec.kind == "output":
+            self._output(rec)
+        elif rec.kind == "const" or not _is_tensor(rec) or _match(rec, *_PASS):
+            return  # shapes, Python arithmetic on them, pass-through layers
+        elif _match(rec, nn.Conv2d):
+            self._conv(rec)
+        elif _match(rec, BinaryConv2d):
+            self._bconv(rec)
+        elif _match(rec, nn.MaxPool2d, F.max_pool2d):
+            self._maxpool(rec)
+        elif _match(rec, *_FLATTEN):
+            self._flatten(rec)
+        elif _match(rec, nn.BatchNorm1d, nn.Linear):
+            self._dense(rec)
+        elif _match(rec, "repeat") and all(_match(u, *_ADD) for u in self._tensor_users(rec)):
+            return  # a Bi-Real channel-doubling shortcut: the add consumes it
+        else:
+            raise ExportError(f"{_what(rec)}{rec.where()} cannot be exported to a bnnlite bundle: "
+                              f"no runtime op for it in this position")
+
+    def _output(self, rec):
+        src = self._arg(rec)
+        if not isinstance(src, _Node) or not _is_tensor(src):
+            raise ExportError("the network must return one tensor of logits")
+        name = self._src(src)
+        producer = next(op for op in self.ops if op.outputs[0] == name)
+        if name == INPUT or sum(name in op.inputs for op in self.ops):
+            raise ExportError("the logits must be the output of the last layer")
+        producer.outputs = [OUTPUT]
+
+    def _conv(self, rec):
+        m = rec.target
+        if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or isinstance(m.padding, str) \
+                or m.padding[0] != m.padding[1] or m.stride[0] != m.stride[1]:
+            raise ExportError(f"Conv2d{rec.where()}: only groups=1, dilation 1, zero padding and square "
+                              f"padding/stride export")
+        w = f32(m.weight)
+        cout, cin, kh, kw = w.shape
+        last, a, b = rec, np.ones(cout, np.float32), np.zeros(cout, np.float32)
+        if m.bias is not None:
+            b = f32(m.bias)
+        bn = self._only_user(rec, nn.BatchNorm2d)
+        if bn is not None:
+            if m.bias is not None:
+                raise ExportError(f"Conv2d{rec.where()}: a conv bias before BatchNorm does not fold bit-exactly; "
+                                  f"use bias=False")
+            a, b = bn_as_fma(bn.target, self.log)
+            last = bn
+        relu = self._only_user(last, *_RELU)
+        if relu is not None:
+            last = relu
+        for r in (bn, relu):
+            if r is not None:
+                self.done.add(r.name)
+        i = self.last_layer = self.layer[rec.name]
+        self.tensor[last.name] = self._emit(
+            "conv2d", f"conv{i}", [self._src(self._arg(rec))],
+            {"cin": cin, "cout": cout, "kh": kh, "kw": kw, "stride": m.stride[0], "padding": m.padding[0],
+             "activation": "relu" if relu is not None else "none"},
+            {"weight": np.ascontiguousarray(w.transpose(2, 3, 1, 0)), "multiplier": a, "bias": b})
+
+    def _bconv(self, rec):
+        conv = rec.target
+        w = conv.weight.detach().double().cpu().numpy()
+        cout, cin, kh, kw = w.shape
+        bits_in = self._bits_of(self._arg(rec), conv, rec)
+        i = self.last_layer = self.layer[rec.name]
+        alpha = f32(conv.scale())
+        bn = self._only_user(rec, nn.BatchNorm2d)
+        last = bn or rec
+        attrs = {"cin": cin, "cout": cout, "kh": kh, "kw": kw, "stride": conv.stride, "padding": conv.padding}
+        if bn is not None:
+            self.done.add(bn.name)
+            a, b = bn_as_fma(bn.target, self.log)
+        else:
+            a, b = np.ones(cout, np.float32), np.zeros(cout, np.float32)
+        if self._bits_readers(last) is not None:
+            return self._bconv_bits(rec, conv, bn, last, w, a, alpha, bits_in, attrs)
+        inputs = [bits_in]
+        arrays = {"weight": pack_weight(w), "scale": alpha, "multiplier": a, "bias": b}
+        add = self._only_user(last, *_ADD)
+        if add is not None:
+            other = [self._arg(add, i) for i in (0, 1)]
+            other = other[1] if other[0] is last else other[0]
+            if not isinstance(other, _Node) or not _is_tensor(other) or other.value.shape[2:] != last.value.shape[2:]:
+                raise ExportError(f"add{add.where()}: the shortcut must be a tensor of the conv's output size")
+            if _match(other, "repeat"):  # channel doubling: x.repeat(1, k, 1, 1) == x[c % cin]
+                reps = [self._val(other, i) for i in range(1, len(other.args))]
+                reps = list(reps[0]) if len(reps) == 1 else reps
+                if len(reps) != 4 or reps[0] != 1 or reps[2:] != [1, 1]:
+                    raise ExportError(f"Tensor.repeat{other.where()}: only a channel repeat (1, k, 1, 1) exports")
+                other = self._arg(other)
+            self._ensure(other)
+            inputs.append(self._src(other))
+            self.done.add(add.name)
+            last = add
+        act = self._only_user(last, RPReLU, nn.PReLU)
+        if act is not None:
+            m = act.target
+            if isinstance(m, RPReLU):
+                g, be, z = f32(m.gamma), f32(m.beta), f32(m.zeta)
+            else:
+                be = np.broadcast_to(f32(m.weight), (cout,)).astype(np.float32)
+                g, z = np.zeros(cout, np.float32), np.zeros(cout, np.float32)
+            attrs["rprelu"] = True
+            arrays.update(rprelu_gamma=g, rprelu_beta=be, rprelu_zeta=z)
+            self.done.add(act.name)
+            last = act
+        attrs["output"] = "float"
+        self.tensor[last.name] = self._emit("bconv2d", f"bconv{i}", inputs, attrs, arrays)
+
+    def _bits_readers(self, last):
+        """The binary convs that read ``last`` (through an optional 2x2 max-pool), when nothing
+        else does and they share one threshold: then only sign(last) is ever needed."""
+        pool = self._only_user(last, nn.MaxPool2d, F.max_pool2d)
+        if pool is not None:
+            if not self._is_pool2(pool):
+                return None
+            last = pool
+        readers = self._tensor_users(last)
+        if not readers or not all(_match(u, BinaryConv2d) for u in readers):
+            return None
+        ts = {None if u.target.threshold is None else f32(u.target.threshold).tobytes() for u in readers}
+        return (pool, readers) if len(ts) == 1 else None
+
+    def _bconv_bits(self, rec, conv, bn, last, w, a, alpha, bits_in, attrs):
+        pool, readers = self._bits_readers(last)
+        nxt = readers[0].target
+        cout = w.shape[0]
+        k_bits = w.shape[1] * w.shape[2] * w.shape[3]
+        t_next = f32(nxt.threshold) if nxt.threshold is not None else np.zeros(cout, np.float32)
+        flip = a * alpha < 0  # make every m = a * alpha >= 0: max-pool then commutes with sign
+        i = self.layer[rec.name]
+        bits_name = f"bits{self.layer[readers[0].name]}"
+        out = self._emit("bconv2d", f"bconv{i}", [bits_in], {**attrs, "output": "bits"},
+                         {"weight": pack_weight(w, flip),
+                          "threshold": int_threshold(conv.scale(), bn.target if bn else None, t_next, flip, k_bits)},
+                         out=bits_name if pool is None else f"bconv{i}")
+        if pool is not None:
+            self.done.add(pool.name)
+            out = self._emit("bmaxpool2d", f"pool{i}", [out], {"size": 2, "stride": 2}, out=bits_name)
+            last = pool
+        self.tensor[last.name] = out
+        # The readers' sign_pack of this tensor is the tensor itself.
+        self.bits[(out, t_next.tobytes())] = out
+
+    def _is_pool2(self, rec):
+        if rec.kind == "module":
+            m = rec.target
+            k, s, p = m.kernel_size, m.stride, m.padding
+            extra = m.dilation not in (1, (1, 1)) or m.ceil_mode
+        else:
+            args = [self._arg(rec, i) for i in range(1, len(rec.args)) if not isinstance(rec.args[i], dict)]
+            kw = rec.args[-1] if rec.args and isinstance(rec.args[-1], dict) else {}
+            k = args[0] if args else kw.get("kernel_size")
+            s = args[1] if len(args) > 1 else kw.get("stride", None)
+            p = args[2] if len(args) > 2 else kw.get("padding", 0)
+            extra = kw.get("ceil_mode", False) or kw.get("dilation", 1) != 1
+        s = k if s in (None, []) else s
+        return k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and not extra
+
+    def _maxpool(self, rec):
+        if not self._is_pool2(rec):
+            raise ExportError(f"{_what(rec)}{rec.where()}: only 2x2 max-pooling with stride 2 exports")
+        self.tensor[rec.name] = self._emit("maxpool2d", f"pool{self.last_layer}", [self._src(self._arg(rec))],
+                                           {"size": 2, "stride": 2})
+
+    def _flatten(self, rec):
+        src = self._arg(rec)
+        if src.value.dim() != 4 or rec.value.dim() != 2:
+            raise ExportError(f"{_what(rec)}{rec.where()}: only flattening (N, C, H, W) to (N, C*H*W) exports")
+        out = self._emit("flatten", "flatten", [self._src(src)], out="flat")
+        self.nchw_flat[out] = tuple(src.value.shape[1:])
+        self.tensor[rec.name] = out
+
+    def _dense(self, rec):
+        """[BatchNorm1d [-> * c]] -> Linear as one dense op."""
+        first, norm, scale = rec, None, 1.0
+        if _match(rec, nn.BatchNorm1d):
+            norm = rec.target
+            if norm.affine:
+                raise ExportError(f"BatchNorm1d{rec.where()}: only affine=False before a Linear exports")
+            nxt = self._only_user(rec, operator.mul, torch.mul, "mul")
+            if nxt is not None:
+                c = [self._arg(nxt, i) for i in (0, 1)]
+                c = c[1] if c[0] is rec else c[0]
+                if not isinstance(c, (int, float)):
+                    raise ExportError(f"mul{nxt.where()}: only a constant scale after BatchNorm1d exports")
+                scale = float(c)
+                self.done.add(nxt.name)
+                rec = nxt
+            lin = self._only_user(rec, nn.Linear)
+            if lin is None:
+                raise ExportError(f"BatchNorm1d{first.where()}: only directly before a Linear exports")
+            self.done.add(lin.name)
+            rec = lin
+        m = rec.target
+        w = m.weight.detach().double().cpu().numpy()
+        b = m.bias.detach().double().cpu().numpy() if m.bias is not None else np.zeros(w.shape[0])
+        if norm is not None:  # norm(x) = (x - mean) * r: W norm(x) + b = (W r) x + (b - W (mean r))
+            r = scale / np.sqrt(norm.running_var.double().cpu().numpy() + norm.eps)
+            b = b - w @ (norm.running_mean.double().cpu().numpy() * r)
+            w = w * r[None, :]
+        src = self._src(self._arg(first))
+        if src in self.nchw_flat:  # PyTorch flattens NCHW, the runtime NHWC
+            c, h, wd = self.nchw_flat[src]
+            w = w.reshape(-1, c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
+        name = "classifier" if any(u.kind == "output" for u in rec.users) else f"dense{self.dense_count}"
+        self.dense_count += 1
+        self.tensor[rec.name] = self._emit("dense", name, [src],
+                                           {"units_in": w.shape[1], "units_out": w.shape[0]},
+                                           {"weight": w.astype(np.float32), "bias": b.astype(np.float32)})
+
+
+def lower(model: nn.Module, input_shape, log=None) -> list[OpRecord]:
+    """Bundle ops for ``model`` (put in eval mode) on NHWC inputs of ``input_shape`` = (H, W, C)."""
+    model.eval()
+    nodes, by_name = _trace(model, input_shape)
+    ops = _Lowering(nodes, by_name, log).run()
+    from bnnlite.bundle import OP_SPECS
+    for op in ops:
+        if op.op not in OP_SPECS:
+            raise ExportError(f"{op.name}: the runtime has no {op.op!r} op")
+    return ops
