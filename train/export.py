@@ -36,9 +36,9 @@ import torch
 
 from bnnlite import __version__
 from bnnlite._atomic import temp_beside
-from bnnlite.bitpack import pack_bits
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
 from bnnlite.datasets import load_dataset
+from bnnlite.ops.binary import pack_conv_weight
 from bnnlite.reference import fma32
 
 from .checkpoint import load_checkpoint
@@ -81,14 +81,6 @@ def _bn_as_fma(bn, log=None):
         log(f"note: this PyTorch's BatchNorm rounds differently from fma(y, a, b) on "
             f"{np.mean(got != want):.1%} of a probe; expect last-bit differences")
     return a, b
-
-
-def _pack_weight(w, flip=None):
-    """(Cout, Cin, KH, KW) latent weights -> packed (Cout, KH, KW, Cw); bit = (w < 0) XOR flip."""
-    neg = (w < 0).transpose(0, 2, 3, 1)
-    if flip is not None:
-        neg = neg != flip[:, None, None, None]
-    return pack_bits(np.where(neg, -1.0, 1.0), 0.0)
 
 
 @torch.no_grad()
@@ -176,7 +168,7 @@ def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
                 flip = a * alpha < 0
                 ops.append(OpRecord("bconv2d", f"bconv{i}", [f"bits{i}"], [f"bconv{i}"],
                                     {**attrs, "output": "bits"},
-                                    {"weight": _pack_weight(w, flip),
+                                    {"weight": pack_conv_weight(w, flip),
                                      "threshold": _int_threshold(blk, t_next, flip, k_bits)}))
                 x = f"bconv{i}"
                 if blk.pool:
@@ -185,7 +177,7 @@ def checkpoint_to_ops(model, log=None) -> list[OpRecord]:
                     ops[-1].outputs = [f"bits{i + 1}"]
                 x = f"bits{i + 1}"
                 continue
-            arrays = {"weight": _pack_weight(w), "scale": alpha, "multiplier": a, "bias": b}
+            arrays = {"weight": pack_conv_weight(w), "scale": alpha, "multiplier": a, "bias": b}
             inputs = [f"bits{i}"]
             if blk.shortcut:
                 inputs.append(x)
