@@ -61,7 +61,7 @@ def _to_torch(rec, bundle):
     conv = nn.Conv2d(c, c, 1, groups=c)  # per-channel x * scale + shift
     conv.weight.data = torch.from_numpy(rec.arrays["scale"].reshape(c, 1, 1, 1).copy())
     conv.bias.data = torch.from_numpy(rec.arrays["shift"].copy())
-    return [conv]
+    return conv
 
 
 SCALE_ADD = OpKind("scale_add", ScaleAdd, _infer, _bounds, int_attrs={"channels": 1},

@@ -53,18 +53,36 @@ def _normalizer(bundle_header):
 
 
 def torch_from_bundle(bundle):
-    """A plain torch.nn.Sequential with the bundle's folded float weights (fp32 models),
-    from each op kind's PyTorch mirror (``OpKind.to_torch``, bnnlite/ops/)."""
+    """A torch.nn.Module with the bundle's folded float weights (fp32 models): each op's
+    PyTorch mirror (``OpKind.to_torch``, bnnlite/ops/), called on its input tensors by name."""
     from torch import nn
 
+    from ..bundle import INPUT, OUTPUT
     from ..ops import lookup
     layers = []
     for rec in bundle.ops:
         to_torch = lookup(rec.op).to_torch
         if to_torch is None:
             raise click.ClickException(f"torch-fp32 needs a real-valued bundle; op {rec.op!r} found")
-        layers += to_torch(rec, bundle)
-    return nn.Sequential(*layers).eval()
+        layers.append(to_torch(rec, bundle))
+    wiring = [(list(rec.inputs), rec.outputs[0]) for rec in bundle.ops]
+    last_read = {name: i for i, (ins, _) in enumerate(wiring) for name in ins}
+    # Each tensor is dropped after its last reader, as nn.Sequential would: the same peak memory.
+    drop_after = [[n for n in set(ins) if last_read[n] == i] for i, (ins, _) in enumerate(wiring)]
+
+    class BundleNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(layers)
+
+        def forward(self, x):
+            t = {INPUT: x}
+            for layer, (ins, out), dead in zip(self.layers, wiring, drop_after):
+                t[out] = layer(*[t[n] for n in ins])
+                for n in dead:
+                    del t[n]
+            return t[OUTPUT]
+    return BundleNet().eval()
 
 
 def _bnnlite(engine, model_path, threads):

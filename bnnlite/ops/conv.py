@@ -163,7 +163,7 @@ def _to_torch(rec, bundle):
     conv = nn.Conv2d(a["cin"], a["cout"], (a["kh"], a["kw"]), a["stride"], a["padding"])
     conv.weight.data = torch.from_numpy(folded_conv_weight(rec))
     conv.bias.data = torch.from_numpy(rec.arrays["bias"].copy())
-    return [conv, nn.ReLU()] if a["activation"] == "relu" else [conv]
+    return nn.Sequential(conv, nn.ReLU()) if a["activation"] == "relu" else conv
 
 
 CONV2D = register(OpKind(

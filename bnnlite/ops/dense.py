@@ -61,7 +61,7 @@ def _to_torch(rec, bundle):
         wt = wt.reshape((a["units_out"],) + tuple(hwc)).transpose(0, 3, 1, 2).reshape(a["units_out"], -1)
     lin.weight.data = torch.from_numpy(wt.copy())
     lin.bias.data = torch.from_numpy(rec.arrays["bias"].copy())
-    return [lin]
+    return lin
 
 
 DENSE = register(OpKind(

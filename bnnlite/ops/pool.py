@@ -56,7 +56,7 @@ def _bmaxpool_onnx(g, rec):
 
 def _maxpool_torch(rec, bundle):
     from torch import nn
-    return [nn.MaxPool2d(2)]
+    return nn.MaxPool2d(2)
 
 
 MAXPOOL2D = register(OpKind(

@@ -63,8 +63,9 @@ class OpKind:
       and finiteness (bconv2d's zero tail bits).
     * ``runtime(rec, shapes, backend)``: the :class:`~bnnlite.ops.runtime.RuntimeOp`.
     * ``to_onnx(g, rec)``: append the op's ONNX nodes to ``g`` (onnx_export.py).
-    * ``to_torch(rec, bundle) -> [torch modules]``: the float mirror (bench/engines.py);
-      import torch inside it, so that ``import bnnlite`` stays torch-free.
+    * ``to_torch(rec, bundle) -> torch.nn.Module``: the float mirror (bench/engines.py),
+      called on the op's input tensors (NCHW) in order; import torch inside it, so
+      that ``import bnnlite`` stays torch-free.
     """
     name: str
     runtime: type

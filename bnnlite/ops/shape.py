@@ -45,7 +45,7 @@ def _to_onnx(g, rec):
 
 def _to_torch(rec, bundle):
     from torch import nn
-    return [nn.Flatten()]  # NCHW order: the dense after it permutes its weight (dense.py)
+    return nn.Flatten()  # NCHW order: the dense after it permutes its weight (dense.py)
 
 
 FLATTEN = register(OpKind("flatten", Flatten, _infer, same_bound, to_onnx=_to_onnx, to_torch=_to_torch))
