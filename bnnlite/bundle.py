@@ -17,8 +17,9 @@ Layout (all readable with plain h5py or h5dump):
 
 ``read_bundle`` checks everything before any allocation that the file
 declares: sizes, dtypes, shapes against the op kinds' schemas (bnnlite/ops/)
-and against the shapes flowing through the graph, op references, finiteness.  Every problem is a
-:class:`BundleError` naming the op and the dataset.
+and against the shapes flowing through the graph, op references,
+finiteness.  Every problem is a :class:`BundleError` naming the op and the
+dataset.
 """
 from __future__ import annotations
 

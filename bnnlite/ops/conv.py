@@ -149,8 +149,8 @@ class Conv2D(RuntimeOp):
 def _to_onnx(g, rec):
     a, p, n = rec.attrs, rec.attrs["padding"], rec.name
     relu = a["activation"] == "relu"
-    y = g.node("Conv", [rec.inputs[0], g.const(n + "_w", folded_conv_weight(rec)), g.const(n + "_b", rec.arrays["bias"])],
-               [n + "_pre" if relu else rec.outputs[0]],
+    w, b = g.const(n + "_w", folded_conv_weight(rec)), g.const(n + "_b", rec.arrays["bias"])
+    y = g.node("Conv", [rec.inputs[0], w, b], [n + "_pre" if relu else rec.outputs[0]],
                kernel_shape=[a["kh"], a["kw"]], strides=[a["stride"]] * 2, pads=[p] * 4)
     if relu:
         g.node("Relu", [y], [rec.outputs[0]])
