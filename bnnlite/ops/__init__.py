@@ -13,9 +13,12 @@ translation and the PyTorch mirror, and registers them as one :class:`OpKind`:
 * shape.py   ``flatten``
 * dense.py   ``dense``: the classifier
 
-A new op kind is a module like these plus its ``register(OpKind(...))``
-(tests/test_ops_registry.py adds one); bundle.py, bounds.py, graph.py,
-onnx_export.py and the bench find it in the registry.
+A new op kind is a module like these: ``infer`` (checks and output shape),
+``bounds``, a RuntimeOp subclass whose ``bind`` calls its kernel, optionally
+``to_onnx`` and ``to_torch``, and one ``register(OpKind(...))``; a built-in
+one is also imported below (tests/test_ops_registry.py adds a toy op from a
+test).  bundle.py, bounds.py, graph.py, onnx_export.py and the bench find it
+in the registry.
 """
 from .registry import Inferred, Inputs, OpKind, SchemaError, lookup, register, registered, unregister
 from .runtime import RuntimeOp
