@@ -16,9 +16,10 @@ Layout (all readable with plain h5py or h5dump):
 * ``/ops/<name>/<dataset>``: the arrays of each op.
 
 ``read_bundle`` checks everything before any allocation that the file
-declares: sizes, dtypes, shapes against the op specs and against the shapes
-flowing through the graph, op references, finiteness.  Every problem is a
-:class:`BundleError` naming the op and the dataset.
+declares: sizes, dtypes, shapes against the op kinds' schemas (bnnlite/ops/)
+and against the shapes flowing through the graph, op references,
+finiteness.  Every problem is a :class:`BundleError` naming the op and the
+dataset.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_path
-from .bitpack import WORD_BITS, WORD_DTYPE, words_for
 from .bounds import check_bounds
+from .ops import Inputs, SchemaError, registered
+from .ops.conv import folded_conv_weight  # noqa: F401  (a public name of this module before bnnlite/ops/)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord", "folded_conv_weight",
            "write_bundle", "read_bundle", "seal", "MAX_BUNDLE_BYTES"]
@@ -61,32 +63,9 @@ class BundleError(ValueError):
     """The file is not a usable bnnlite bundle; the message says why."""
 
 
-# Per op type: attribute names (ints unless noted), datasets with dtype and a
-# shape formula over the attributes, and how many inputs it takes.
-OP_SPECS: dict[str, dict] = {
-    "conv2d": {"inputs": (1, 1), "attrs": ("cin", "cout", "kh", "kw", "stride", "padding"),
-               "str_attrs": {"activation": ("none", "relu")},
-               "datasets": {"weight": ("float32", ("kh", "kw", "cin", "cout")),
-                            "bias": ("float32", ("cout",))},
-               "v3_datasets": {"multiplier": ("float32", ("cout",))}},
-    "sign_pack": {"inputs": (1, 1), "attrs": ("channels",),
-                  "datasets": {"threshold": ("float32", ("channels",))}},
-    "bconv2d": {"inputs": (1, 2), "attrs": ("cin", "cout", "kh", "kw", "stride", "padding"),
-                "str_attrs": {"output": ("float", "bits")},
-                "datasets": {"weight": (WORD_DTYPE.name, ("cout", "kh", "kw", "cw"))},
-                "float_datasets": {"multiplier": ("float32", ("cout",)), "bias": ("float32", ("cout",))},
-                "v3_float_datasets": {"scale": ("float32", ("cout",))},
-                "rprelu_datasets": {"rprelu_gamma": ("float32", ("cout",)),
-                                    "rprelu_beta": ("float32", ("cout",)),
-                                    "rprelu_zeta": ("float32", ("cout",))},
-                "bits_datasets": {"threshold": ("int32", ("cout",))}},
-    "maxpool2d": {"inputs": (1, 1), "attrs": ("size", "stride"), "datasets": {}},
-    "bmaxpool2d": {"inputs": (1, 1), "attrs": ("size", "stride"), "datasets": {}},
-    "flatten": {"inputs": (1, 1), "attrs": (), "datasets": {}},
-    "dense": {"inputs": (1, 1), "attrs": ("units_in", "units_out"),
-              "datasets": {"weight": ("float32", ("units_out", "units_in")),
-                           "bias": ("float32", ("units_out",))}},
-}
+# The op kinds a bundle may name, a live read-only view of the registry
+# (bnnlite/ops/: each kind's attributes, datasets, inputs and shape inference).
+OP_SPECS = registered()
 
 
 @dataclass
@@ -110,16 +89,6 @@ class Bundle:
 
 
 # ---------------------------------------------------------------- writing
-def folded_conv_weight(rec: OpRecord) -> np.ndarray:
-    """A ``conv2d`` op's weight as float32 OIHW with its multiplier folded in, for engines
-    that compute ``conv + bias`` (ONNX, ``torch.nn.Conv2d``): the maths of
-    ``fma(conv, multiplier, bias)`` with one rounding more.  Format 2 has no multiplier."""
-    w = rec.arrays["weight"].transpose(3, 2, 0, 1)  # (KH,KW,Cin,Cout) -> OIHW
-    if "multiplier" in rec.arrays:
-        w = w * rec.arrays["multiplier"][:, None, None, None]
-    return np.ascontiguousarray(w, np.float32)
-
-
 def seal(path) -> None:
     """(Re)compute the user-block seal of an HDF5 file written with a 512-byte user block."""
     path = Path(path)
@@ -382,79 +351,21 @@ def _read_dataset(group, name, dtype, shape, where):
     return arr
 
 
-def _infer(rec: dict, in_shapes, in_kinds, where, version=FORMAT_VERSION):
-    """Check one op against the shapes flowing in; return (attrs, out_shape, out_kind, datasets)."""
-    op = rec["op"]
-    spec = OP_SPECS[op]
-    attrs = {k: _int_attr(rec, k, where, lo=0 if k == "padding" else 1) for k in spec["attrs"]}
-    for k, allowed in spec.get("str_attrs", {}).items():
+def _infer(kind, rec: dict, inputs: list, shapes, kinds, where, version=FORMAT_VERSION):
+    """Check one op of ``kind`` against the tensors flowing in (names ``inputs``);
+    return (attrs, out_shape, out_kind, datasets)."""
+    attrs = {k: _int_attr(rec, k, where, lo=lo) for k, lo in kind.int_attrs.items()}
+    for k, allowed in kind.str_attrs.items():
         v = rec["attrs"].get(k)
         if v not in allowed:
             raise BundleError(f"{where}: attribute {k!r} = {v!r} should be one of {', '.join(allowed)}")
         attrs[k] = v
-    shape, kind = in_shapes[0], in_kinds[0]
-    datasets = dict(spec["datasets"])
-    if version >= 3:
-        datasets.update(spec.get("v3_datasets", {}))
-
-    def need(kind_wanted):
-        if kind != kind_wanted:
-            raise BundleError(f"{where}: input {rec['inputs'][0]!r} is {kind}, {op} needs {kind_wanted}")
-
-    if op in ("conv2d", "bconv2d"):
-        need("float" if op == "conv2d" else "bits")
-        if len(shape) != 3 or shape[2] != attrs["cin"]:
-            raise BundleError(f"{where}: input shape {shape} does not have cin={attrs['cin']} channels")
-        h, w = shape[0] + 2 * attrs["padding"], shape[1] + 2 * attrs["padding"]
-        if attrs["kh"] > h or attrs["kw"] > w or attrs["padding"] >= max(attrs["kh"], attrs["kw"]):
-            raise BundleError(f"{where}: kernel {attrs['kh']}x{attrs['kw']} with padding {attrs['padding']} "
-                              f"does not fit input {shape}")
-        out = ((h - attrs["kh"]) // attrs["stride"] + 1, (w - attrs["kw"]) // attrs["stride"] + 1, attrs["cout"])
-        out_kind = "float"
-        if op == "bconv2d":
-            attrs["cw"] = words_for(attrs["cin"])
-            if attrs["output"] == "float":
-                datasets.update(spec["float_datasets"])
-                if version >= 3:
-                    datasets.update(spec["v3_float_datasets"])
-                if rec["attrs"].get("rprelu", False) is True:
-                    attrs["rprelu"] = True
-                    datasets.update(spec["rprelu_datasets"])
-                if len(in_shapes) == 2:
-                    rs, rk = in_shapes[1], in_kinds[1]
-                    if rk != "float" or len(rs) != 3 or rs[:2] != out[:2] or attrs["cout"] % rs[2]:
-                        raise BundleError(f"{where}: residual {rec['inputs'][1]!r} of shape {rs} does not fit "
-                                          f"output {out} (same H, W; cout a multiple of its channels)")
-            else:
-                if len(in_shapes) == 2:
-                    raise BundleError(f"{where}: a residual input needs output='float'")
-                datasets.update(spec["bits_datasets"])
-                out_kind = "bits"
-        elif len(in_shapes) != 1:
-            raise BundleError(f"{where}: conv2d takes one input")
-        return attrs, out, out_kind, datasets
-    if op == "sign_pack":
-        need("float")
-        if len(shape) != 3 or shape[-1] != attrs["channels"]:
-            raise BundleError(f"{where}: input of shape {shape} is not an (H, W, C) map with "
-                              f"C = channels = {attrs['channels']}")
-        return attrs, shape, "bits", datasets
-    if op in ("maxpool2d", "bmaxpool2d"):
-        need("float" if op == "maxpool2d" else "bits")
-        if attrs["size"] != 2 or attrs["stride"] != 2:
-            raise BundleError(f"{where}: only size=2, stride=2 pooling is supported")
-        if len(shape) != 3 or shape[0] < 2 or shape[1] < 2:
-            raise BundleError(f"{where}: cannot pool input of shape {shape}")
-        return attrs, (shape[0] // 2, shape[1] // 2, shape[2]), kind, datasets
-    if op == "flatten":
-        need("float")
-        return attrs, (int(np.prod(shape)),), "float", datasets
-    if op == "dense":
-        need("float")
-        if shape != (attrs["units_in"],):
-            raise BundleError(f"{where}: input shape {shape} is not ({attrs['units_in']},)")
-        return attrs, (attrs["units_out"],), "float", datasets
-    raise AssertionError(op)
+    try:
+        out = kind.infer(attrs, Inputs(kind.name, inputs, [shapes[s] for s in inputs], [kinds[s] for s in inputs],
+                                       rec["attrs"], version))
+    except SchemaError as e:
+        raise BundleError(f"{where}: {e}") from None
+    return attrs, out.shape, out.kind, {**kind.datasets, **out.datasets}
 
 
 def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
@@ -475,13 +386,14 @@ def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
         rec.setdefault("attrs", {})
         op, name = rec.get("op"), rec.get("name")
         where = f"{path}: op {i} ({name!r})"
-        if op not in OP_SPECS:
+        kind = OP_SPECS.get(op) if isinstance(op, str) else None
+        if kind is None:
             raise BundleError(f"{where}: unknown op type {op!r}; known: {', '.join(OP_SPECS)}")
         if not isinstance(name, str) or not name or "/" in name or name in names:
             raise BundleError(f"{where}: op names must be unique non-empty strings without '/'")
         names.add(name)
         ins, outs = rec.get("inputs"), rec.get("outputs")
-        lo, hi = OP_SPECS[op]["inputs"]
+        lo, hi = kind.inputs
         if (not isinstance(ins, list) or not lo <= len(ins) <= hi or not all(isinstance(s, str) for s in ins)
                 or not isinstance(outs, list) or len(outs) != 1 or not isinstance(outs[0], str)):
             raise BundleError(f"{where}: needs {lo}..{hi} input names and one output name")
@@ -490,8 +402,7 @@ def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
                 raise BundleError(f"{where}: input {s!r} is not produced by an earlier op")
         if outs[0] in shapes:
             raise BundleError(f"{where}: output {outs[0]!r} is produced twice")
-        attrs, out_shape, out_kind, datasets = _infer(rec, [shapes[s] for s in ins], [kinds[s] for s in ins], where,
-                                                      header["format_version"])
+        attrs, out_shape, out_kind, datasets = _infer(kind, rec, ins, shapes, kinds, where, header["format_version"])
         if np.prod(out_shape, dtype=np.int64) > (1 << 26):
             raise BundleError(f"{where}: output of shape {out_shape} is implausibly large")
         group = _hard_member(g_ops, name, where, f"group /ops/{name}")
@@ -510,10 +421,11 @@ def _read_ops(f, header, path, file_bytes) -> tuple[list[OpRecord], dict, dict]:
                 raise BundleError(f"{where}: dataset {ds_name!r} {shp} brings the arrays to more than "
                                   f"the file's {file_bytes} bytes (arrays are stored uncompressed)")
             arrays[ds_name] = _read_dataset(group, ds_name, dtype, shp, where)
-        if op == "bconv2d":
-            tail = attrs["cw"] * WORD_BITS - attrs["cin"]
-            if tail and np.any(arrays["weight"][..., -1] >> np.uint64(WORD_BITS - tail)):
-                raise BundleError(f"{where}: packed weight has non-zero tail bits (must be 0)")
+        if kind.check_arrays is not None:
+            try:
+                kind.check_arrays(attrs, arrays)
+            except SchemaError as e:
+                raise BundleError(f"{where}: {e}") from None
         shapes[outs[0]] = tuple(int(s) for s in out_shape)
         kinds[outs[0]] = out_kind
         ops.append(OpRecord(op, name, list(ins), list(outs), attrs, arrays))

@@ -1,6 +1,7 @@
 """Folding arithmetic shared by the lowering rules (lower.py): PyTorch values to bundle arrays.
 
-Public names: f32, f64, bn_as_fma, pack_weight, int_threshold.
+Public names: f32, f64, bn_as_fma, int_threshold (the weight packing is
+``bnnlite.ops.binary.pack_conv_weight``, beside the op it feeds).
 
 Per output channel co, batch-norm in eval mode becomes one multiplier and one
 bias, computed in float32 exactly as PyTorch's CPU kernel does, which the
@@ -16,10 +17,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnnlite.bitpack import pack_bits
 from bnnlite.reference import fma32
 
-__all__ = ["f32", "f64", "bn_as_fma", "pack_weight", "int_threshold"]
+__all__ = ["f32", "f64", "bn_as_fma", "int_threshold"]
 
 
 def f64(t) -> np.ndarray:
@@ -45,14 +45,6 @@ def bn_as_fma(bn, log=None):
         log(f"note: this PyTorch's BatchNorm rounds differently from fma(y, a, b) on "
             f"{np.mean(got != want):.1%} of a probe; expect last-bit differences")
     return a, b
-
-
-def pack_weight(w, flip=None):
-    """(Cout, Cin, KH, KW) latent weights -> packed (Cout, KH, KW, Cw); bit = (w < 0) XOR flip."""
-    neg = (w < 0).transpose(0, 2, 3, 1)
-    if flip is not None:
-        neg = neg != flip[:, None, None, None]
-    return pack_bits(np.where(neg, -1.0, 1.0), 0.0)
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ in order, turning each node, or a chain of nodes, into bundle ops:
 
 The folding arithmetic (BN as fma, integer thresholds) is in fold.py.  A
 module or function with no rule raises ExportError naming it and where it
-is called.  Ops the runtime does not know yet (``bnnlite.bundle.OP_SPECS``)
+is called.  Ops the runtime does not know yet (``bnnlite.ops.registered()``)
 are refused the same way, so a bundle is never written that cannot load.
 """
 from __future__ import annotations
@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord
+from bnnlite.ops.binary import pack_conv_weight
 
-from .fold import bn_as_fma, f32, int_threshold, pack_weight
+from .fold import bn_as_fma, f32, int_threshold
 from .nn import BinaryConv2d, BinaryLinear, RPReLU
 
 __all__ = ["ExportError", "lower", "LEAF_TYPES"]
@@ -316,7 +317,7 @@ class _Lowering:
         if self._bits_readers(last) is not None:
             return self._bconv_bits(rec, conv, bn, last, w, a, alpha, bits_in, attrs)
         inputs = [bits_in]
-        arrays = {"weight": pack_weight(w), "scale": alpha, "multiplier": a, "bias": b}
+        arrays = {"weight": pack_conv_weight(w), "scale": alpha, "multiplier": a, "bias": b}
         add = self._only_user(last, *_ADD)
         if add is not None:
             other = [self._arg(add, i) for i in (0, 1)]
@@ -372,7 +373,7 @@ class _Lowering:
         i = self.layer[rec.name]
         bits_name = f"bits{self.layer[readers[0].name]}"
         out = self._emit("bconv2d", f"bconv{i}", [bits_in], {**attrs, "output": "bits"},
-                         {"weight": pack_weight(w, flip),
+                         {"weight": pack_conv_weight(w, flip),
                           "threshold": int_threshold(conv.scale(), bn.target if bn else None, t_next, flip, k_bits)},
                          out=bits_name if pool is None else f"bconv{i}")
         if pool is not None:
@@ -456,8 +457,8 @@ def lower(model: nn.Module, input_shape, log=None) -> list[OpRecord]:
     model.eval()
     nodes, by_name = _trace(model, input_shape)
     ops = _Lowering(nodes, by_name, log).run()
-    from bnnlite.bundle import OP_SPECS
+    from bnnlite.ops import registered
     for op in ops:
-        if op.op not in OP_SPECS:
+        if op.op not in registered():
             raise ExportError(f"{op.name}: the runtime has no {op.op!r} op")
     return ops

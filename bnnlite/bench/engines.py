@@ -53,36 +53,36 @@ def _normalizer(bundle_header):
 
 
 def torch_from_bundle(bundle):
-    """A plain torch.nn.Sequential with the bundle's folded float weights (fp32 models)."""
-    import torch
+    """A torch.nn.Module with the bundle's folded float weights (fp32 models): each op's
+    PyTorch mirror (``OpKind.to_torch``, bnnlite/ops/), called on its input tensors by name."""
     from torch import nn
 
-    from ..bundle import folded_conv_weight
+    from ..bundle import INPUT, OUTPUT
+    from ..ops import lookup
     layers = []
     for rec in bundle.ops:
-        a, ar = rec.attrs, rec.arrays
-        if rec.op == "conv2d":
-            conv = nn.Conv2d(a["cin"], a["cout"], (a["kh"], a["kw"]), a["stride"], a["padding"])
-            conv.weight.data = torch.from_numpy(folded_conv_weight(rec))
-            conv.bias.data = torch.from_numpy(ar["bias"].copy())
-            layers.append(conv)
-            if a["activation"] == "relu":
-                layers.append(nn.ReLU())
-        elif rec.op == "maxpool2d":
-            layers.append(nn.MaxPool2d(2))
-        elif rec.op == "flatten":
-            layers.append(nn.Flatten())
-            h, w, c = bundle.shapes[rec.inputs[0]]
-        elif rec.op == "dense":
-            lin = nn.Linear(a["units_in"], a["units_out"])
-            # bundle weights are in NHWC-flatten order; torch flattens NCHW.
-            wt = ar["weight"].reshape(a["units_out"], h, w, c).transpose(0, 3, 1, 2).reshape(a["units_out"], -1)
-            lin.weight.data = torch.from_numpy(wt.copy())
-            lin.bias.data = torch.from_numpy(ar["bias"].copy())
-            layers.append(lin)
-        else:
+        to_torch = lookup(rec.op).to_torch
+        if to_torch is None:
             raise click.ClickException(f"torch-fp32 needs a real-valued bundle; op {rec.op!r} found")
-    return nn.Sequential(*layers).eval()
+        layers.append(to_torch(rec, bundle))
+    wiring = [(list(rec.inputs), rec.outputs[0]) for rec in bundle.ops]
+    last_read = {name: i for i, (ins, _) in enumerate(wiring) for name in ins}
+    # Each tensor is dropped after its last reader, as nn.Sequential would: the same peak memory.
+    drop_after = [[n for n in set(ins) if last_read[n] == i] for i, (ins, _) in enumerate(wiring)]
+
+    class BundleNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.ModuleList(layers)
+
+        def forward(self, x):
+            t = {INPUT: x}
+            for layer, (ins, out), dead in zip(self.layers, wiring, drop_after):
+                t[out] = layer(*[t[n] for n in ins])
+                for n in dead:
+                    del t[n]
+            return t[OUTPUT]
+    return BundleNet().eval()
 
 
 def _bnnlite(engine, model_path, threads):
