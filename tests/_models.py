@@ -43,9 +43,10 @@ def tiny_config(arch: str) -> dict:
 
 def make_model(arch: str, seed: int = 0):
     """A VGGSmall in eval mode with random weights, BN stats and binary parameters."""
-    from bnnlite.train.models import build_model
-    model = randomize(build_model(tiny_config(arch)), seed, linear=False)
     import torch
+    from bnnlite.train.models import build_model
+    torch.manual_seed(seed)  # the classifier keeps its seeded default init
+    model = randomize(build_model(tiny_config(arch)), seed, linear=False)
     with torch.no_grad():  # keep the logits O(1) so an absolute tolerance is meaningful
         model.classifier.weight.mul_(0.5)
     return model
