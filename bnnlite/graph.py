@@ -27,7 +27,7 @@ import numpy as np
 
 from .bitpack import WORD_DTYPE, words_for
 from .bundle import INPUT, OUTPUT, Bundle
-from .reference import fma32
+from .floatmath import fma32
 
 SCRATCH_BYTES = 16 << 20
 

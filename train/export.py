@@ -39,7 +39,7 @@ from bnnlite._atomic import temp_beside
 from bnnlite.bitpack import pack_bits
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord, write_bundle
 from bnnlite.datasets import load_dataset
-from bnnlite.reference import fma32
+from bnnlite.floatmath import fma32
 
 from .checkpoint import load_checkpoint
 from .data import normalize
