@@ -5,14 +5,14 @@ contiguous, aligned, writeable outputs, no overlap between outputs and
 inputs) and every bad value raises a ValueError that names the argument,
 the value it got and what is accepted; the kernels below check nothing.
 
-Names: array, integer, flag, float_outputs, no_overlap, conv_geometry,
-F32, I32, U8.
+Names: array, integer, flag, float_outputs, no_overlap, packed_weights,
+conv_geometry, valid_output, F32, I32, U8.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..bitpack import WORD_DTYPE, words_for
+from ..bitpack import WORD_BITS, WORD_DTYPE, words_for
 from .prepared import PreparedWeights
 
 F32 = np.dtype(np.float32)
@@ -88,6 +88,26 @@ def no_overlap(outputs, inputs):
                 raise ValueError(f"{an} overlaps {bn}: expected separate buffers")
 
 
+def packed_weights(w_packed, cin):
+    """Check packed weights (Cout,KH,KW,Cw) and their real input-channel count
+    cin (None: not given; else its tail bits must be 0); returns cin."""
+    array("w_packed", w_packed, WORD_DTYPE, (None, None, None, None))
+    if min(w_packed.shape) < 1:
+        raise ValueError(f"w_packed: expected a non-empty (Cout,KH,KW,Cw) array, "
+                         f"got shape {w_packed.shape}")
+    if cin is None:
+        return None
+    cw = w_packed.shape[3]
+    cin = integer("cin", cin, 1)
+    if words_for(cin) != cw:
+        raise ValueError(f"cin: expected a channel count with words_for(cin) == "
+                         f"Cw = {cw}, got {cin}")
+    tail = cw * WORD_BITS - cin
+    if tail and np.any(w_packed[..., -1] >> WORD_DTYPE.type(WORD_BITS - tail)):
+        raise ValueError(f"w_packed: tail bits (channels >= {cin}) must be 0")
+    return cin
+
+
 def conv_geometry(x, pw, k_bits, stride):
     """(N, Ho, Wo, k_bits, stride) of a binary conv of x with the prepared
     weights pw, each checked against the others."""
@@ -103,8 +123,13 @@ def conv_geometry(x, pw, k_bits, stride):
     if k_bits % taps or words_for(k_bits // taps) != pw.cw:
         raise ValueError(f"k_bits: expected KH*KW*Cin with words_for(Cin) == {pw.cw} "
                          f"(KH*KW = {taps}), got {k_bits}")
-    n, hp, wp_, _ = x.shape
-    if hp < pw.kh or wp_ < pw.kw:
-        raise ValueError(f"x: expected a (padded) input of at least {pw.kh}x{pw.kw} "
-                         f"pixels, got {hp}x{wp_}")
-    return n, (hp - pw.kh) // stride + 1, (wp_ - pw.kw) // stride + 1, k_bits, stride
+    return (x.shape[0], *valid_output(x, pw.kh, pw.kw, stride), k_bits, stride)
+
+
+def valid_output(x, kh, kw, stride):
+    """(Ho, Wo) of a valid kh x kw conv of the padded input x (N,Hp,Wp,C)."""
+    hp, wp = x.shape[1], x.shape[2]
+    if hp < kh or wp < kw:
+        raise ValueError(f"x: expected a (padded) input of at least {kh}x{kw} "
+                         f"pixels, got {hp}x{wp}")
+    return (hp - kh) // stride + 1, (wp - kw) // stride + 1

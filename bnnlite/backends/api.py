@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..bitpack import WORD_BITS, WORD_DTYPE, words_for
+from ..bitpack import WORD_DTYPE, words_for
 from . import _checks as chk
 from .planes import CORE
 from .prepared import PreparedWeights
@@ -190,19 +190,7 @@ class Backend:
         ``data`` is a new C-contiguous array in this backend's layout (so
         w_packed may be freed); only this backend may consume it.
         """
-        chk.array("w_packed", w_packed, WORD_DTYPE, (None, None, None, None))
-        if min(w_packed.shape) < 1:
-            raise ValueError(f"w_packed: expected a non-empty (Cout,KH,KW,Cw) array, "
-                             f"got shape {w_packed.shape}")
-        cw = w_packed.shape[3]
-        if cin is not None:
-            cin = chk.integer("cin", cin, 1)
-            if words_for(cin) != cw:
-                raise ValueError(f"cin: expected a channel count with words_for(cin) == "
-                                 f"Cw = {cw}, got {cin}")
-            tail = cw * WORD_BITS - cin
-            if tail and np.any(w_packed[..., -1] >> WORD_DTYPE.type(WORD_BITS - tail)):
-                raise ValueError(f"w_packed: tail bits (channels >= {cin}) must be 0")
+        cin = chk.packed_weights(w_packed, cin)
         w_packed = np.ascontiguousarray(w_packed)
         data = self._impl.prepare(w_packed)
         planes, wplanes = self._impl.prepare_planes(w_packed, cin)
@@ -330,11 +318,8 @@ class Backend:
             raise ValueError(f"w: expected a non-empty (KH,KW,Cin,Cout) array, got {w.shape}")
         chk.array("x", x, chk.F32, (None, None, None, cin))
         stride = chk.integer("stride", stride, 1)
-        n, hp, wp_, _ = x.shape
-        if hp < kh or wp_ < kw:
-            raise ValueError(f"x: expected a (padded) input of at least {kh}x{kw} pixels, "
-                             f"got {hp}x{wp_}")
-        ho, wo = (hp - kh) // stride + 1, (wp_ - kw) // stride + 1
+        n = x.shape[0]
+        ho, wo = chk.valid_output(x, kh, kw, stride)
         chk.array("bias", bias, chk.F32, (cout,), contiguous=True)
         if mult is not None:
             chk.array("mult", mult, chk.F32, (cout,), contiguous=True)
