@@ -7,10 +7,10 @@
 # path (bit planes / weight planes / popcount core) by its bnn_sel_choose
 # (the path's name: select_path below).  Every argument is validated
 # (dtype, shape, contiguity of the last axis, aliasing) by bnnlite.backends
-# (api.Backend) before it reaches us, so nothing below checks anything.  4-D views are
-# declared fully strided ([:, :, :, :]) because Cython's [..., ::1] would
-# demand a C-contiguous buffer; the kernels use the outer strides and
-# assume the last is 1.
+# (api.Backend) before it reaches us, so nothing below checks anything.
+# 4-D views are declared fully strided ([:, :, :, :]) because Cython's
+# [..., ::1] would demand a C-contiguous buffer; the kernels use the outer
+# strides and assume the last is 1.
 #
 # Public names (raw, unchecked -- call them through bnnlite.backends):
 #   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw, lookup_u8_raw,
