@@ -20,10 +20,10 @@ On aarch64 (ARM64), where Advanced SIMD is always there:
 Elsewhere only ``bnnlite._bconv_generic``.
 
 A fourth, ``bnnlite._cpu`` (kernels/_cpu.pyx, no -m flags), tells
-``bnnlite.backend`` which of them this CPU runs.
+``bnnlite.backends`` which of them this CPU runs.
 
 All are ``optional=True``: a compiler that lacks a flag (or no compiler)
-only warns, the package still installs, and ``bnnlite.backend`` then falls
+only warns, the package still installs, and ``bnnlite.backends`` then falls
 back to numba (the ``bnnlite[numba]`` extra) with a one-line warning.  Without Cython the extensions are
 built from already generated kernels/*.c if present (an sdist), else skipped
 with a warning.

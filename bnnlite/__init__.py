@@ -8,8 +8,8 @@ The runtime is torch-free: NumPy, h5py and the XNOR-popcount kernels.
 
 Public names: Model, BundleError, __version__.  Submodules: bitpack (bit
 layout conventions), bundle (the HDF5 schema), graph (runtime ops), model,
-backend (kernel selector).  ``bnnlite.train`` (needs torch) is never imported
-from here.
+backends (which kernels run, and the one API over them), floatmath (fma32).
+``bnnlite.train`` (needs torch) is never imported from here.
 """
 __version__ = "0.1.0"
 __all__ = ["Model", "BundleError", "__version__"]

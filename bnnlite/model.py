@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backend import get_backend
+from .backends import get_backend
 from .bundle import read_bundle
 from .graph import Graph
 

@@ -6,13 +6,13 @@
 # kernels/bconv_select.h from the predefined macros, and a binary conv's
 # path (bit planes / weight planes / popcount core) by its bnn_sel_choose
 # (the path's name: select_path below).  Every argument is validated
-# (dtype, shape, contiguity of the last axis, aliasing) by bnnlite.backend
-# before it reaches us, so nothing below checks anything.  4-D views are
-# declared fully strided ([:, :, :, :]) because Cython's [..., ::1] would
-# demand a C-contiguous buffer; the kernels use the outer strides and
-# assume the last is 1.
+# (dtype, shape, contiguity of the last axis, aliasing) by bnnlite.backends
+# (api.Backend) before it reaches us, so nothing below checks anything.
+# 4-D views are declared fully strided ([:, :, :, :]) because Cython's
+# [..., ::1] would demand a C-contiguous buffer; the kernels use the outer
+# strides and assume the last is 1.
 #
-# Public names (raw, unchecked -- call them through bnnlite.backend):
+# Public names (raw, unchecked -- call them through bnnlite.backends):
 #   pack_raw, bconv_raw, fconv_raw, bmaxpool2_raw, maxpool2_raw, lookup_u8_raw,
 #   select_path, planes_block_pixels, wplanes_unit_pixels,
 #   planes_workspace_bytes, wplanes_workspace_bytes,
@@ -178,7 +178,7 @@ def wplanes_unit_pixels(Py_ssize_t wo, bint pool):
 
 def pack_raw(const float[:, :, :, :] x, const float[::1] thr,
              word_t[:, :, :, :] out, int threads):
-    """out[n,h,w] bit c = x[n,h,w,c] < thr[c]; see backend.pack."""
+    """out[n,h,w] bit c = x[n,h,w,c] < thr[c]; see Backend.pack."""
     cdef Py_ssize_t N = x.shape[0], H = x.shape[1], W = x.shape[2]
     cdef int C = <int>x.shape[3]
     if N * H * W == 0:
@@ -205,14 +205,16 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
               scale, mult, bias, residual, gamma, beta, zeta,
               out, out_bits, next_thr, thr, int threads, bint pool=False,
               planes=None, workspace=None, wplanes=None):
-    """Valid binary conv, acc = K - 2*popcount(x XOR w); see backend.bconv_float
+    """Valid binary conv, acc = K - 2*popcount(x XOR w); see Backend.bconv_float
     (scale/mult/bias given; pool: fused 2x2/2 max-pool, out/out_bits pooled) and
-    backend.bconv_bits (thr given).  planes: None, or the plane lists
-    (idx, off, w1, ones, nplanes, hi) of the bit-plane conv; wplanes: None,
-    or the weight planes (w, a, nplanes, hi) of its small-output path;
-    workspace: a uint8 array of threads * the chosen path's workspace bytes,
-    64-byte aligned (bnnlite/_planes.py, call_path: the path select_path
-    names).  The path itself is bnn_sel_choose's (kernels/bconv_select.h)."""
+    Backend.bconv_bits (thr given).  planes, workspace, wplanes: a CallPath
+    (bnnlite/backends/planes.py, call_path: the data of the path select_path
+    names).  planes: None, or the plane lists of the bit-plane conv (a
+    PlaneLists: idx, off, w1, ones, nplanes, hi); wplanes: None, or the
+    weight planes of its small-output path (a WeightPlanes: w, a, nplanes,
+    hi); workspace: a uint8 array of threads * the chosen path's workspace
+    bytes, 64-byte aligned.  The path itself is bnn_sel_choose's
+    (kernels/bconv_select.h)."""
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t Ho = (x.shape[1] - kh) // stride + 1
     cdef Py_ssize_t Wo = (x.shape[2] - kw) // stride + 1
@@ -308,21 +310,21 @@ def bconv_raw(const word_t[:, :, :, :] x, const word_t[::1] wdata,
     cdef const uint8_t[:, :, ::1] wpw_v
     cdef const int16_t[::1] wpa_v
     if planes is not None:
-        pidx_v, poff_v, pw1_v, pones_v = planes[0], planes[1], planes[2], planes[3]
+        pidx_v, poff_v, pw1_v, pones_v = planes.idx, planes.off, planes.w1, planes.ones
         pl.idx = &pidx_v[0]
         pl.off = &poff_v[0]
         pl.w1 = &pw1_v[0]
         pl.ones = &pones_v[0]
-        pl.nplanes = planes[4]
-        pl.hi = planes[5]
+        pl.nplanes = planes.nplanes
+        pl.hi = planes.hi
         plp = &pl
     if wplanes is not None:
-        wpw_v, wpa_v = wplanes[0], wplanes[1]
+        wpw_v, wpa_v = wplanes.w, wplanes.a
         wpl.w = &wpw_v[0, 0, 0]
         wpl.a = &wpa_v[0]
-        wpl.nplanes = wplanes[2]
+        wpl.nplanes = wplanes.nplanes
         wpl.groups = <int>wpw_v.shape[0]
-        wpl.hi = wplanes[3]
+        wpl.hi = wplanes.hi
         wpp = &wpl
     cdef uint8_t[::1] ws_v
     cdef char *wsb = NULL

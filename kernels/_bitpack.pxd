@@ -4,7 +4,7 @@
 ``bnnlite/bitpack.py`` is the source of truth (WORD_DTYPE, WORD_BITS, bit 1
 means -1, LSB-first along the channel axis, tail bits 0, zero word = +1
 padding).  This file only mirrors the word type so the kernels agree with it;
-``bnnlite.backend`` checks at import time that ``sizeof(word_t) * 8`` equals
+``bnnlite.backends`` (native.py) checks at import time that ``sizeof(word_t) * 8`` equals
 ``bitpack.WORD_BITS`` and refuses the extension otherwise.
 
 Public names: word_t, WORD_BITS (compile-time), words_for.

@@ -1,6 +1,6 @@
 # Extension bnnlite._cpu: the CPU's features, from the compiler's probe
 # (kernels/cpu_features.h), built without -m flags so that it loads on any
-# CPU.  bnnlite.backend asks it which kernel build to load.
+# CPU.  bnnlite.backends asks it which kernel build to load.
 #
 # Public names: has.
 

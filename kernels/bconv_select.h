@@ -22,7 +22,7 @@
  *      BNN_SEL_CORE     else the popcount core, row by row
  *                       (bnn_sel_conv_row, bnn_sel_conv_row_pool2).
  *    Python asks the same function (select_path in _bconv.pxi) to know
- *    which prepared data and scratch to pass (bnnlite/_planes.py,
+ *    which prepared data and scratch to pass (bnnlite/backends/planes.py,
  *    call_path); all three give the same integers, so the same floats.
  */
 #ifndef BNNLITE_BCONV_SELECT_H

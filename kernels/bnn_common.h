@@ -24,9 +24,9 @@
  * padding, and for K real bits dot = K - 2 * popcount(a XOR w).
  *
  * Float order (docs/conventions.md, "The maths of the folded output
- * transform"; PyTorch's own order, and that of reference.py and the numba
- * backend bit for bit; the build uses -ffp-contract=off so only the fma()
- * calls written out are fused), written once below as bnn_chain:
+ * transform"; PyTorch's own order, and that of bnnlite/backends/reference.py
+ * and the numba backend bit for bit; the build uses -ffp-contract=off so only
+ * the fma() calls written out are fused), written once below as bnn_chain:
  *   t = (float)acc * scale[co]; t = fma(t, mult[co], bias[co]);
  *   t = t + residual;
  *   rprelu: t >= gamma ? (t - gamma) + zeta : beta * (t - gamma) + zeta

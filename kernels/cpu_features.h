@@ -1,7 +1,7 @@
 /*
  * cpu_features.h -- what the running CPU (and its OS) supports, asked of
  * the compiler's own CPU probe (cpuid + xgetbv, __builtin_cpu_supports), so
- * bnnlite.backend picks the fastest kernel build this CPU runs.  Names:
+ * bnnlite.backends picks the fastest kernel build this CPU runs.  Names:
  * bnn_cpu_.  Compiled into bnnlite._cpu with no -m flags: it must load on
  * every CPU, the AVX-512 build's code need not.
  */

@@ -31,7 +31,7 @@
  * in the zero-bordered, channels-last input), and plane nplanes-1 is zero.
  * Planes are built per block by 64x64 bit transposes of the input words
  * (bnn_pl_build).  The lists of plane numbers are made once at load
- * time (bnnlite/_planes.py, plane_lists), each padded with the zero plane to a
+ * time (bnnlite/backends/planes.py, plane_lists), each padded with the zero plane to a
  * multiple of 16.
  *
  * The sum of a channel's planes is kept bit-sliced (bit b of the count of
@@ -61,7 +61,7 @@
 typedef char bnn_pl_group_is_word[(BNN_PL_GROUP == BNN_WORD_BITS &&
                                    BNN_PL_GROUP % BNN_CO_BLOCK == 0) ? 1 : -1];
 
-/* The plane lists (see bnnlite/_planes.py, plane_lists). */
+/* The plane lists (see bnnlite/backends/planes.py, plane_lists). */
 typedef struct {
     const uint16_t *idx;     /* list m of set s: idx[off[P*s+m-1] .. off[P*s+m]), P = BNN_PL_PATTERNS */
     const int32_t *off;      /* (P * sets + 1,): P lists a set; m: bit i = its channel i */
@@ -376,7 +376,7 @@ BNN_INLINE void bnn_pl_members_(const __m256i *planes, const uint16_t *const *id
 /* Counts of the set of g (1..BNN_PL_SET) channels c .. c+g-1, set number
  * ``set`` (out + i*256 for channel c+i): list m-1 of the set holds the
  * planes that exactly the channels in bit pattern m need
- * (bnnlite/_planes.py, plane_lists). */
+ * (bnnlite/backends/planes.py, plane_lists). */
 BNN_INLINE void bnn_pl_set_(const __m256i *planes, const bnn_pl_lists *pl, int set, int c,
                             int g, const int16_t *T, int16_t *out, const int H)
 {

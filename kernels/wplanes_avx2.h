@@ -24,7 +24,7 @@
 #include "planes_avx2.h"
 
 /* The weight planes of the small-output path (bnn_wp_unit; see
- * bnnlite/_planes.py, weight_planes).  The roles of pixels and channels swap:
+ * bnnlite/backends/planes.py, weight_planes).  The roles of pixels and channels swap:
  * a plane holds one input bit k of the weights of 256 output channels
  * (bit c of w[g*nplanes + k] = weight bit k of channel 256g + c; plane
  * nplanes-1 is zero), made once at load time, and the lists of planes to

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 import bnnlite
-from bnnlite.backend import available_backends
+from bnnlite.backends import available_backends
 from bnnlite.bench import main
 
 needs_cython = pytest.mark.skipif("cython" not in available_backends(),

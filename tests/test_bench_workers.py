@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from bnnlite.backend import available_backends
+from bnnlite.backends import available_backends
 from bnnlite.bench.evalset import data_file
 from bnnlite.bench.workers import Worker, scaling_worker
 

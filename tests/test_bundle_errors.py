@@ -682,7 +682,7 @@ class TestFormatVersions:
         assert read_bundle(bireal).header["format_version"] == 3
 
     def test_format_2_bundle_loads_with_its_own_formula(self, bireal, tmp_path):
-        from bnnlite import reference
+        from bnnlite.backends import reference
         from _models import random_images
         p = edit(bireal, tmp_path / "v2.h5", _as_format_2)
         m2 = bnnlite.Model.load(p, backend="numpy")

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import bnnlite
-from bnnlite.backend import available_backends
+from bnnlite.backends import available_backends
 
 from _models import ARCHS, CLASS_NAMES, MEAN, NUM_CLASSES, STD, random_images, torch_logits
 
@@ -69,7 +69,7 @@ class TestAgainstPyTorch:
         classifier's BLAS summation order may differ.  (fp32's later convs run on BLAS,
         whose summation order is its own.)"""
         import torch
-        from bnnlite.reference import conv_float
+        from bnnlite.backends.reference import conv_float
         from bnnlite.train.data import normalize
         model = tiny_models[arch]
         x = normalize(torch.from_numpy(images), MEAN, STD)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from bnnlite import backend as B
+from bnnlite import backends as B
+from bnnlite.backends import native
 
 ROOT = Path(__file__).resolve().parents[1]
 CC = "aarch64-linux-gnu-gcc"
@@ -188,7 +189,7 @@ class TestFakedAarch64:
                 self.variant = variant
 
         monkeypatch.setitem(sys.modules, "bnnlite._cpu", Probe)
-        monkeypatch.setattr(B, "_CythonImpl", FakeImpl)
+        monkeypatch.setattr(native, "CythonKernels", FakeImpl)
         monkeypatch.setattr(B, "_CACHE", {})
         monkeypatch.delenv(B.ENV_VAR, raising=False)
         return loaded

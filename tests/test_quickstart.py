@@ -6,7 +6,7 @@ It once did not: the bench's numba run left its cache in
 site-packages/bnnlite/__pycache__, which outlived the uninstall of the
 editable reinstall and shadowed the package as an empty namespace package
 (``module 'bnnlite' has no attribute 'Model'``).  numba now caches in the
-user's cache (bnnlite/_numba_kernels.py, _cache_dir).
+user's cache (bnnlite/backends/_numba_kernels.py, _cache_dir).
 
 And ``pip install .`` alone (numba is the optional extra ``bnnlite[numba]``)
 must run the compiled kernels, and name the extra when they are missing.

@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from bnnlite.backend import available_backends, get_backend
+from bnnlite.backends import available_backends, get_backend
 from bnnlite.bitpack import WORD_DTYPE, pack_bits, words_for
 
 

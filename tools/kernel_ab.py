@@ -5,7 +5,7 @@ previous commit saved before rebuilding) next to the installed one, binds each
 binary conv of the shipped model to both, checks that their outputs are
 identical, and times them in alternation.  The median of the per-round ratios
 is far steadier on a shared machine than comparing two separate runs.  Both
-builds must read the same plane lists (bnnlite/_planes.py, plane_lists).
+builds must read the same plane lists (bnnlite/backends/planes.py, plane_lists).
 ``--model`` times the whole model instead (Model.logits on a batch of 128
 random images, ``--chunk`` at a time), each build with a graph made through
 it, so with its own plane lists: builds whose lists differ (another

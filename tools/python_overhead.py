@@ -18,19 +18,23 @@ import click
 import numpy as np
 
 import bnnlite
-from bnnlite.backend import Backend
+from bnnlite.backends import Backend
+from bnnlite.backends.api import Kernels
 
 
-class _NoKernels:
-    """Stands in for a backend implementation: same layout, every kernel a no-op."""
+def _no_op(self, *args):
+    pass
 
-    bconv_scratch = None  # no kernel, no scratch (made when a plan is bound)
+
+class _NoKernels(Kernels):
+    """Stands in for a backend's kernels: same layout, every kernel a no-op
+    (and the default call_path: the popcount core's, no scratch)."""
+
+    pack = bconv_float = bconv_bits = conv_float = bmaxpool2 = maxpool2 = lookup_u8 = _no_op
 
     def __init__(self, impl):
         self.layout, self.variant = impl.layout, impl.variant
-
-    def __getattr__(self, name):
-        return lambda *args, **kwargs: None
+        self.concurrent_calls = impl.concurrent_calls
 
 
 @click.command()

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bnnlite.reference import fma32
+from bnnlite.floatmath import fma32
 
 __all__ = ["f32", "f64", "bn_as_fma", "int_threshold"]
 

@@ -33,7 +33,7 @@ def missing(engine) -> str | None:
         if find_spec(mod) is None:
             return f"{mod} is not installed (pip install bnnlite[bench])"
     if engine == "bnnlite":
-        from ..backend import available_backends
+        from ..backends import available_backends
         if "cython" not in available_backends():
             return "the compiled extension is not built (pip install . with a C compiler)"
     return None

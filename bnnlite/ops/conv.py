@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..bounds import abs64, rounding
-from ..reference import fma32
+from ..floatmath import fma32
 from .registry import Inferred, OpKind, SchemaError, register
 from .runtime import RuntimeOp
 

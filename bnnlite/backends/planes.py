@@ -7,12 +7,13 @@ needs the layer's plane lists; its small-output path
 (kernels/wplanes_avx2.h), which needs the layer's weight planes; or the
 popcount core, which needs neither.  At load time ``prepare`` makes the
 lists and planes a layer fits (``plane_lists``, ``weight_planes``); per bound
-call, ``call_path`` asks the kernels which path the call takes
-(``select_path``: the C selector's own choice) and hands over that path's
-data and scratch.  All three give the same integers, so the same floats.
+call, ``call_path`` -- the one place in Python where the three paths meet --
+asks the kernels which path the call takes (``select_path``: the C
+selector's own choice) and hands over that path's data and scratch as a
+``CallPath``.  All three give the same integers, so the same floats.
 
-Public names: PlaneLists, WeightPlanes, prepare, call_path, plane_lists,
-weight_planes, weight_bits, aligned_bytes.
+Public names: PlaneLists, WeightPlanes, CallPath, CORE, prepare, call_path,
+plane_lists, weight_planes, weight_bits.
 """
 from __future__ import annotations
 
@@ -21,19 +22,16 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bitpack import WORD_BITS
+from ..bitpack import WORD_BITS
+from .prepared import aligned_bytes
 
-__all__ = ["PlaneLists", "WeightPlanes", "prepare", "call_path", "plane_lists",
-           "weight_planes", "weight_bits", "aligned_bytes"]
-
-#: Prepared arrays are 64-byte aligned so the kernels' vector loads never
-#: split a cache line.
-ALIGN = 64
+__all__ = ["PlaneLists", "WeightPlanes", "CallPath", "CORE", "prepare", "call_path",
+           "plane_lists", "weight_planes", "weight_bits"]
 
 
 class PlaneLists(NamedTuple):
     """The plane lists of one layer (``plane_lists``; kernels/planes_avx2.h,
-    bnn_pl_lists).  A tuple, in the order the kernel module reads it."""
+    bnn_pl_lists); the kernel module reads it by field name."""
     idx: np.ndarray      # uint16: the lists of plane numbers, back to back
     off: np.ndarray      # int32 (15 * sets + 1,): where list m of set s starts
     w1: np.ndarray       # int32 (Cout,): |W1| of each channel
@@ -44,11 +42,24 @@ class PlaneLists(NamedTuple):
 
 class WeightPlanes(NamedTuple):
     """The weight planes of one layer (``weight_planes``; kernels/wplanes_avx2.h,
-    bnn_wp_planes).  A tuple, in the order the kernel module reads it."""
+    bnn_wp_planes); the kernel module reads it by field name."""
     w: np.ndarray        # uint8 (G, nplanes, 32): bit c of plane k = weight bit k of channel 256g + c
     a: np.ndarray        # int16 (G*256,): |W1| of each channel, 0 past Cout
     nplanes: int
     hi: int
+
+
+class CallPath(NamedTuple):
+    """What one binary conv call hands the kernel module for its path
+    (``call_path``): the data of the path it takes, None where unused.
+    ``bconv_raw`` takes them as its last three arguments, in this order."""
+    planes: PlaneLists | None         # the bit-plane conv's plane lists
+    workspace: np.ndarray | None      # uint8 scratch: threads * the path's bytes, 64-aligned
+    wplanes: WeightPlanes | None      # the small-output path's weight planes
+
+
+#: The popcount core's call: no plane data, no scratch.
+CORE = CallPath(None, None, None)
 
 
 def prepare(mod, w: np.ndarray, cin):
@@ -61,9 +72,8 @@ def prepare(mod, w: np.ndarray, cin):
             weight_planes(w, cin, mod.PLANES_HI))
 
 
-def call_path(mod, pw, x_shape, stride, threads, pool):
-    """What one binary conv call passes to ``mod.bconv_raw`` for its path:
-    (plane lists, workspace, weight planes), None where unused.
+def call_path(mod, pw, x_shape, stride, threads, pool) -> CallPath:
+    """The CallPath of one binary conv call to ``mod.bconv_raw``.
 
     The path is the kernels' choice (``mod.select_path``, the C function
     bnn_sel_choose in kernels/bconv_select.h), from the output's size and
@@ -77,11 +87,12 @@ def call_path(mod, pw, x_shape, stride, threads, pool):
     path = mod.select_path(x_shape[0], ho, wo, pool, pw.planes is not None,
                            pw.wplanes is not None)
     if path == mod.PATH_PLANES:
-        return pw.planes, aligned_bytes(threads * mod.planes_workspace_bytes(pw.planes.nplanes)), None
+        ws = aligned_bytes(threads * mod.planes_workspace_bytes(pw.planes.nplanes))
+        return CallPath(pw.planes, ws, None)
     if path == mod.PATH_WPLANES:
         ws = aligned_bytes(threads * mod.wplanes_workspace_bytes(pw.wplanes.nplanes, pw.cout))
-        return None, ws, pw.wplanes
-    return None, None, None
+        return CallPath(None, ws, pw.wplanes)
+    return CORE
 
 
 def weight_bits(w: np.ndarray) -> np.ndarray:
@@ -181,9 +192,3 @@ def weight_planes(w: np.ndarray, cin, hi_range, lanes=256, patterns=15):
     aligned[...] = planes
     return WeightPlanes(aligned, a, nplanes, hi)
 
-
-def aligned_bytes(nbytes: int) -> np.ndarray:
-    """A zeroed uint8 array of nbytes whose data pointer is ALIGN-byte aligned."""
-    raw = np.zeros(nbytes + ALIGN, np.uint8)
-    off = -raw.ctypes.data % ALIGN
-    return raw[off:off + nbytes]

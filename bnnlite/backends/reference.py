@@ -1,13 +1,13 @@
 """Plain NumPy reference of every bnnlite kernel: the test oracle.
 
-Readable, not fast.  Same signatures as the other backends (see
-``bnnlite.backend``), no argument checking (the backend layer does it), and
-the float32 operations are done in exactly the order the compiled kernels
-use, so results agree bit for bit:
+Readable, not fast.  The NumPy backend runs it through its adapter
+(``numpy_impl``), after ``api.Backend`` has checked every argument (nothing
+here checks anything); the float32 operations are done in exactly the
+order the compiled kernels use, so results agree bit for bit:
 
     acc = K - 2 * popcount(x XOR w)        (int, summed over KH, KW, Cw)
     t = float32(acc) * scale[co]
-    t = fma(t, mult[co], bias[co])                  (one rounding: fma32)
+    t = fma(t, mult[co], bias[co])                  (one rounding: floatmath.fma32)
     t = t + residual[n, ho, wo, co % Cres]          (if residual)
     t = (t - gamma) + zeta  if t >= gamma  else  beta * (t - gamma) + zeta
                                                     (if rprelu)
@@ -16,43 +16,21 @@ which is also PyTorch's own float32 order for alpha * conv -> BatchNorm ->
 + shortcut -> RPReLU (docs/conventions.md).
 
 Public names: pack, prepare_weights, bconv_popcount, bconv_float,
-bconv_bits, conv_float, bmaxpool2, maxpool2, lookup_u8, fma32, LAYOUT.
+bconv_bits, conv_float, bmaxpool2, maxpool2, lookup_u8, LAYOUT.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .bitpack import WORD_BITS, WORD_DTYPE, words_for
+from ..bitpack import WORD_BITS, WORD_DTYPE, words_for
+from ..floatmath import fma32
 
 __all__ = ["pack", "prepare_weights", "bconv_popcount", "bconv_float",
-           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "lookup_u8", "fma32", "LAYOUT"]
+           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "lookup_u8", "LAYOUT"]
 
 #: Name of the prepared-weight layout of this backend: the bitpack layout
 #: (Cout, KH, KW, Cw) itself, C-contiguous.
 LAYOUT = "numpy-ohwc"
-
-
-def fma32(a, b, c) -> np.ndarray:
-    """float32 ``a * b + c`` rounded once, like the C ``fmaf`` (NumPy has no fma).
-
-    In float64 the product of two float32 is exact; the sum is rounded to
-    float64 *to odd* (its exact error e comes from TwoSum: if e != 0 and the
-    last bit is even, step one ulp towards e), and rounding that to float32
-    is then correctly rounded (Boldo & Melquiond: to-odd with >= 2 extra bits
-    makes the double rounding innocuous; 53 >= 24 + 2).  Broadcasts like a ufunc.
-    """
-    a, b, c = (np.asarray(v, np.float32).astype(np.float64) for v in (a, b, c))
-    p = a * b                      # exact
-    s = p + c
-    with np.errstate(invalid="ignore"):  # inf - inf when s is inf: handled below
-        bp = s - p
-        e = (p - (s - bp)) + (c - bp)  # TwoSum: p + c == s + e exactly
-    bits = np.ascontiguousarray(s).view(np.int64).reshape(s.shape)
-    even = (bits & 1) == 0
-    step = np.where((e > 0) == (s > 0), 1, -1)   # away from / towards zero
-    inexact = (e != 0) & np.isfinite(e)          # e is NaN when s is inf or NaN
-    odd = np.where(inexact & even, bits + step, bits).view(np.float64)
-    return odd.astype(np.float32)
 
 
 def _pack_words(bits: np.ndarray) -> np.ndarray:

@@ -2,12 +2,12 @@
 missing).  Importing this module compiles the kernels (eagerly, with explicit
 signatures, so one machine code version serves contiguous and strided
 arrays alike; ``cache=True`` keeps it on disk, in the user's cache: see
-_cache_dir), so only ``bnnlite.backend`` imports it, and only when the numba
-backend is asked for.  numba is an optional extra (``bnnlite[numba]``).
+_cache_dir), so only its adapter (``numba_impl``) imports it, and only when
+the numba backend is asked for.  numba is an optional extra (``bnnlite[numba]``).
 
-Unchecked: ``bnnlite.backend`` validates every argument first.
+Unchecked: ``api.Backend`` validates every argument first.
 
-Formula (same as the Cython kernels and ``bnnlite.reference``):
+Formula (same as the Cython kernels and the NumPy oracle, ``reference``):
     acc = k_bits - 2 * popcount(x XOR w) summed over (KH, KW, Cw)
     float mode: y = float32(acc) * scale[co]; y = fma(y, mult[co], bias[co]);
                 y = y + residual[..., co % Cres];
@@ -25,8 +25,8 @@ vectorises the popcounts over l: vpopcntq on AVX-512, a vpshufb nibble
 lookup + vpsadbw per 4 words on AVX2.  CO_BLOCK = 64 (rather than 32)
 halves the per-word loop overhead (x loads, LLVM's alias checks).
 
-Public names: pack, bconv, conv_float, bmaxpool2, maxpool2, popcount, fma32,
-CO_BLOCK, P, LAYOUT.
+Public names: pack, bconv_float, bconv_bits, conv_float, bmaxpool2, maxpool2,
+popcount, fma32, CO_BLOCK, P, LAYOUT.
 """
 from __future__ import annotations
 
@@ -37,10 +37,10 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
-from .bitpack import WORD_BITS
+from ..bitpack import WORD_BITS
 
-__all__ = ["pack", "bconv", "conv_float", "bmaxpool2", "maxpool2", "popcount", "fma32",
-           "CO_BLOCK", "P", "LAYOUT"]
+__all__ = ["pack", "bconv_float", "bconv_bits", "conv_float", "bmaxpool2", "maxpool2",
+           "popcount", "fma32", "CO_BLOCK", "P", "LAYOUT"]
 
 #: Output channels per weight block (innermost, contiguous; one row).
 CO_BLOCK = 64
@@ -390,26 +390,31 @@ def pack(x, thr, out, threads):
     _pack(x, thr, out)
 
 
-def bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, scale, mult, bias, residual, rprelu,
-          out, out_bits, next_thr, thr, threads, pool=False):
-    """Valid binary conv; float mode if thr is None, else bits mode (see module doc).
+def bconv_float(x, wdata, cout, kh, kw, cw, k_bits, stride, scale, mult, bias, residual,
+                rprelu, out, out_bits, next_thr, threads, pool=False):
+    """Valid binary conv, float mode (see module doc).
 
     x word (N,Hp,Wp,Cw); wdata the LAYOUT array; out float32 (N,Ho,Wo,Cout) or
-    None; out_bits word (N,Ho,Wo,words_for(Cout)) or None; pool: fused
-    2x2/2 max-pool (out/out_bits then (N,Ho//2,Wo//2,.)).
+    None; out_bits word (N,Ho,Wo,words_for(Cout)) or None, packed against
+    next_thr; rprelu None or (gamma, beta, zeta); pool: fused 2x2/2 max-pool
+    (out/out_bits then (N,Ho//2,Wo//2,.)).
     """
     _threads(threads)
-    mode_bits = thr is not None
     g, b, z = rprelu if rprelu is not None else (_F1_DUMMY,) * 3
-    _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, int(mode_bits),
-           _F1_DUMMY if mode_bits else scale, _F1_DUMMY if mode_bits else mult,
-           _F1_DUMMY if mode_bits else bias,
+    _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, 0, scale, mult, bias,
            int(residual is not None), _F4_DUMMY if residual is None else residual,
            int(rprelu is not None), g, b, z,
            int(out is not None), _F4_DUMMY if out is None else out,
            int(out_bits is not None), _W4_DUMMY if out_bits is None else out_bits,
-           _F1_DUMMY if next_thr is None else next_thr,
-           thr if mode_bits else _I1_DUMMY, int(bool(pool)))
+           _F1_DUMMY if next_thr is None else next_thr, _I1_DUMMY, int(bool(pool)))
+
+
+def bconv_bits(x, wdata, cout, kh, kw, cw, k_bits, stride, thr, out, threads):
+    """Valid binary conv, bits mode: out bit co = acc < thr[co] (see module doc)."""
+    _threads(threads)
+    _bconv(x, wdata, cout, kh, kw, cw, k_bits, stride, 1, _F1_DUMMY, _F1_DUMMY, _F1_DUMMY,
+           0, _F4_DUMMY, 0, _F1_DUMMY, _F1_DUMMY, _F1_DUMMY, 0, _F4_DUMMY, 1, out,
+           _F1_DUMMY, thr, 0)
 
 
 def conv_float(x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
