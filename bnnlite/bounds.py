@@ -1,7 +1,9 @@
 """Value bounds: a loaded model cannot make inf or NaN from any legal input.
 
-Public names: FLOAT32_MAX, input_bound, op_bounds, check_bounds, and for the
-op modules rounding, abs64, bits_out, same_bound.
+Public names: FLOAT32_MAX, input_bound, and for the op modules rounding,
+abs64, bits_out, same_bound.  The walk over a bundle's graph is
+``bundle.check_bounds`` (it looks each op's formula up in the registry, which
+imports this module).
 
 Finite parameters are not enough: a scale of 3.4e38 is finite, but
 ``acc * scale`` overflows and every logit becomes NaN.  So the loader walks
@@ -27,7 +29,7 @@ import math
 
 import numpy as np
 
-__all__ = ["FLOAT32_MAX", "input_bound", "op_bounds", "check_bounds", "rounding", "abs64", "bits_out", "same_bound"]
+__all__ = ["FLOAT32_MAX", "input_bound", "rounding", "abs64", "bits_out", "same_bound"]
 
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _U = 2.0 ** -24  # unit roundoff of float32
@@ -57,31 +59,3 @@ def input_bound(mean, std) -> float:
     mean, std = abs64(mean), np.asarray(std, np.float64)
     dev = np.maximum(mean, np.abs(1.0 - np.asarray(mean, np.float64)))
     return float(np.max(dev / std, initial=0.0)) * rounding(0)
-
-
-def op_bounds(op: str, attrs: dict, arrays: dict, in_bounds: list) -> dict:
-    """{quantity: bound} of one op, given the bounds of its float inputs (None for bits).
-
-    The key ``"out"`` is the bound of the op's float output (absent for bits)."""
-    from .ops import lookup  # here, not at the top: the op modules import this one
-    return lookup(op).bounds(attrs, arrays, in_bounds)
-
-
-def check_bounds(header: dict, ops, error, path) -> dict:
-    """Walk ``ops`` (OpRecords in order) from the input bound; raise ``error`` naming the op
-    and the quantity whose bound passes FLOAT32_MAX.  Returns {tensor: bound}."""
-    x = input_bound(header["normalization_mean"], header["normalization_std"])
-    if not x <= FLOAT32_MAX:
-        raise error(f"{path}: normalization_mean/std let the normalised input reach {x:.3g}, "
-                    f"beyond float32 ({FLOAT32_MAX:.4g}): std too small")
-    bounds = {"input": x}
-    for i, rec in enumerate(ops):
-        got = op_bounds(rec.op, rec.attrs, rec.arrays, [bounds.get(s) for s in rec.inputs])
-        for what, b in got.items():
-            if b is not None and not b <= FLOAT32_MAX:
-                raise error(f"{path}: op {i} ({rec.name!r}): its values can reach {b:.3g} in "
-                            f"{'the output' if what == 'out' else what!r}, beyond float32 "
-                            f"({FLOAT32_MAX:.4g}) for inputs in the legal range; parameters too large")
-        if "out" in got:
-            bounds[rec.outputs[0]] = got["out"]
-    return bounds

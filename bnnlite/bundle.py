@@ -35,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_path
-from .bounds import check_bounds
-from .ops import Inputs, SchemaError, registered
+from .bounds import FLOAT32_MAX, input_bound
+from .ops import Inputs, SchemaError, lookup, registered
 from .ops.conv import folded_conv_weight  # noqa: F401  (a public name of this module before bnnlite/ops/)
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "BundleError", "OP_SPECS", "Bundle", "OpRecord", "folded_conv_weight",
@@ -452,3 +452,24 @@ def read_bundle(path) -> Bundle:
             OverflowError, UnicodeError, MemoryError) as e:
         raise BundleError(f"{path}: unreadable bundle ({type(e).__name__}: {e})") from e
     return Bundle(header, ops, shapes, kinds)
+
+
+def check_bounds(header: dict, ops, error, path) -> dict:
+    """Walk ``ops`` (OpRecords in order) from the input bound (bounds.py says why), each op's
+    bound formula from its OpKind; raise ``error`` naming the op and the quantity whose bound
+    passes FLOAT32_MAX.  Returns {tensor: bound}."""
+    x = input_bound(header["normalization_mean"], header["normalization_std"])
+    if not x <= FLOAT32_MAX:
+        raise error(f"{path}: normalization_mean/std let the normalised input reach {x:.3g}, "
+                    f"beyond float32 ({FLOAT32_MAX:.4g}): std too small")
+    bounds = {"input": x}
+    for i, rec in enumerate(ops):
+        got = lookup(rec.op).bounds(rec.attrs, rec.arrays, [bounds.get(s) for s in rec.inputs])
+        for what, b in got.items():
+            if b is not None and not b <= FLOAT32_MAX:
+                raise error(f"{path}: op {i} ({rec.name!r}): its values can reach {b:.3g} in "
+                            f"{'the output' if what == 'out' else what!r}, beyond float32 "
+                            f"({FLOAT32_MAX:.4g}) for inputs in the legal range; parameters too large")
+        if "out" in got:
+            bounds[rec.outputs[0]] = got["out"]
+    return bounds

@@ -17,8 +17,8 @@ A new op kind is a module like these: ``infer`` (checks and output shape),
 ``bounds``, a RuntimeOp subclass whose ``bind`` calls its kernel, optionally
 ``to_onnx`` and ``to_torch``, and one ``register(OpKind(...))``; a built-in
 one is also imported below (tests/test_ops_registry.py adds a toy op from a
-test).  bundle.py, bounds.py, graph.py, onnx_export.py and the bench find it
-in the registry.
+test).  bundle.py (also for the value-bound walk), graph.py, onnx_export.py
+and the bench find it in the registry.
 """
 from .registry import Inferred, Inputs, OpKind, SchemaError, lookup, register, registered, unregister
 from .runtime import RuntimeOp

@@ -5,9 +5,9 @@ Public names: OpKind, Inputs, Inferred, SchemaError, register, unregister, looku
 An :class:`OpKind` names everything the rest of bnnlite needs of one op kind:
 its bundle schema (attributes, datasets, input count, shape inference, value
 bounds, checks of the read arrays), its runtime class, and optionally its
-ONNX translation and its PyTorch mirror (for the bench).  ``bundle.py``,
-``bounds.py``, ``graph.py``, ``onnx_export.py`` and the bench look op kinds up
-here; nothing else lists them.
+ONNX translation and its PyTorch mirror (for the bench).  ``bundle.py``
+(validation and the value-bound walk), ``graph.py``, ``onnx_export.py`` and
+the bench look op kinds up here; nothing else lists them.
 
 Only code registers op kinds: a bundle can name registered kinds and nothing
 else (an unknown name is a BundleError), so a file cannot add behaviour.
