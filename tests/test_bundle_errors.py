@@ -301,9 +301,9 @@ class TestGraph:
 
     def test_unknown_op_type(self, xnor, tmp_path):
         def fn(g):
-            g[op_index(g, "pool3")]["op"] = "avgpool2d"
+            g[op_index(g, "pool3")]["op"] = "minpool2d"
         p = edit(xnor, tmp_path / "g.h5", lambda f: edit_graph(f, fn))
-        load_fails(p, "unknown op type 'avgpool2d'")
+        load_fails(p, "unknown op type 'minpool2d'")
 
     def test_entry_not_an_object(self, xnor, tmp_path):
         p = edit(xnor, tmp_path / "g.h5", lambda f: edit_graph(f, lambda g: g.insert(2, ["dense"])))
