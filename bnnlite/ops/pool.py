@@ -83,8 +83,10 @@ BMAXPOOL2D = register(OpKind(
 
 # ---------------------------------------------------------------- average pools
 def _avg_bounds(attrs, arrays, in_bounds):
-    # A mean of n values of |x| <= B: a float sum of n terms, then one division.
-    return {"out": in_bounds[0] * rounding(attrs.get("hw", 4))}
+    # A mean of n values of |x| <= B: a float sum of n terms (up to n B: the partial sums
+    # can overflow where the mean could not), then one division.
+    n = attrs.get("hw", 4)
+    return {"sum": in_bounds[0] * n * rounding(n), "out": in_bounds[0] * rounding(n)}
 
 
 class AvgPool2D(RuntimeOp):
