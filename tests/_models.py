@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ARCHS = ("fp32", "xnor", "birealnet")
+FUZZ_ARCHS = ARCHS + ("mergenet",)  # + a ResNet-style net (pools, add, concat): the fuzzers' bases
 IMAGE_SIZE = 16
 NUM_CLASSES = 7
 WIDTHS = {
@@ -42,8 +43,11 @@ def tiny_config(arch: str) -> dict:
 
 
 def make_model(arch: str, seed: int = 0):
-    """A VGGSmall in eval mode with random weights, BN stats and binary parameters."""
+    """A VGGSmall in eval mode with random weights, BN stats and binary parameters
+    (arch "mergenet": ``make_mergenet``)."""
     import torch
+    if arch == "mergenet":
+        return make_mergenet(seed)
     from bnnlite.train.models import build_model
     torch.manual_seed(seed)  # the classifier keeps its seeded default init
     model = randomize(build_model(tiny_config(arch)), seed, linear=False)

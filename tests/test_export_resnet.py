@@ -119,3 +119,39 @@ def test_a_user_defined_resnet_style_network_runs_as_in_pytorch(tmp_path):
     for op in ("avgpool2d", "global_avgpool", "add", "concat"):
         assert op in ops, op
     _assert_agrees(model, path, _images(1000, _models.IMAGE_SIZE), _models.MEAN, _models.STD)
+
+
+def test_the_onnx_translation_and_the_pytorch_mirror_of_the_new_ops(tmp_path):
+    """ONNX (onnxruntime) of the ResNet-style bundle, and the bench's PyTorch mirror of a
+    real-valued one with the same merges and pools, give bnnlite's logits."""
+    from bnnlite.bench.engines import torch_from_bundle
+    images = _images(16, _models.IMAGE_SIZE)
+    x = (images / np.float32(255) - np.float32(_models.MEAN)) / np.float32(_models.STD)
+    x = np.ascontiguousarray(x.astype(np.float32).transpose(0, 3, 1, 2))
+    path = _models.write_plain_bundle(_models.make_mergenet(seed=6), tmp_path / "merge.h5")
+    want = bnnlite.Model.load(path).logits(images)
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from bnnlite.onnx_export import bundle_to_onnx
+    bundle_to_onnx(path, tmp_path / "merge.onnx")
+    sess = ort.InferenceSession(str(tmp_path / "merge.onnx"), providers=["CPUExecutionProvider"])
+    got = sess.run(["logits"], {"input": x})[0]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3)
+
+    class RealNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = {"arch": "realnet", "image_size": _models.IMAGE_SIZE, "in_channels": 3}
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+            self.fc = nn.Linear(16, _models.NUM_CLASSES)
+
+        def forward(self, x):
+            a, b = self.a(x), self.b(x)
+            y = nn.functional.avg_pool2d(torch.cat([a + b, b], 1), 2)
+            return self.fc(nn.functional.adaptive_avg_pool2d(y, 1).flatten(1))
+
+    model = _models.randomize(RealNet(), seed=7)
+    path = _models.write_plain_bundle(model, tmp_path / "real.h5")
+    with torch.no_grad():
+        got = torch_from_bundle(read_bundle(path))(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(got, bnnlite.Model.load(path).logits(images), rtol=1e-5, atol=1e-5)
