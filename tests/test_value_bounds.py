@@ -64,7 +64,6 @@ def _parameter_free(op, hwc, n_inputs, n_out):
                                 [OpRecord(op, op, ["input"] * n_inputs, [op], attrs)] + _readout(op, n_out)))
 
 
-
 def _conv(weight=1.0, mult=1.0, bias=0.0):
     # 2x2 image, one 2x2 conv without padding: acc = sum of the 4 taps (x = u in [0, 1]).
     rec = OpRecord("conv2d", "conv", ["input"], ["conv"],

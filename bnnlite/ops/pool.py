@@ -58,24 +58,32 @@ class BMaxPool2D(RuntimeOp):
         return ctx.backend.bmaxpool2(t[self.inputs[0]], t[self.outputs[0]], ctx.threads, bind=True)
 
 
-def _maxpool_onnx(g, rec):
-    g.node("MaxPool", [rec.inputs[0]], [rec.outputs[0]], kernel_shape=[2, 2], strides=[2, 2])
+def _onnx_node(op, **attrs):
+    """A to_onnx of one ONNX node ``op`` on the op's float input."""
+    def to_onnx(g, rec):
+        g.node(op, [rec.inputs[0]], [rec.outputs[0]], **attrs)
+    return to_onnx
+
+
+def _torch_layer(layer, *args):
+    """A to_torch that builds ``torch.nn.<layer>(*args)`` (torch imported only when called)."""
+    def to_torch(rec, bundle):
+        from torch import nn
+        return getattr(nn, layer)(*args)
+    return to_torch
+
+
+_POOL2 = {"kernel_shape": [2, 2], "strides": [2, 2]}
 
 
 def _bmaxpool_onnx(g, rec):
     # The max of the +-1 stand-ins is the bits' max-pool.
-    g.pm1[rec.outputs[0]] = g.node("MaxPool", [g.pm1[rec.inputs[0]]], [rec.outputs[0]],
-                                   kernel_shape=[2, 2], strides=[2, 2])
-
-
-def _maxpool_torch(rec, bundle):
-    from torch import nn
-    return nn.MaxPool2d(2)
+    g.pm1[rec.outputs[0]] = g.node("MaxPool", [g.pm1[rec.inputs[0]]], [rec.outputs[0]], **_POOL2)
 
 
 MAXPOOL2D = register(OpKind(
     "maxpool2d", MaxPool2D, _infer_on("float"), same_bound,
-    int_attrs=_POOL_ATTRS, to_onnx=_maxpool_onnx, to_torch=_maxpool_torch))
+    int_attrs=_POOL_ATTRS, to_onnx=_onnx_node("MaxPool", **_POOL2), to_torch=_torch_layer("MaxPool2d", 2)))
 BMAXPOOL2D = register(OpKind(
     "bmaxpool2d", BMaxPool2D, _infer_on("bits"), bits_out,
     int_attrs=_POOL_ATTRS, to_onnx=_bmaxpool_onnx))
@@ -185,26 +193,9 @@ class GlobalAvgPool(RuntimeOp):
         return call
 
 
-def _avgpool_onnx(g, rec):
-    g.node("AveragePool", [rec.inputs[0]], [rec.outputs[0]], kernel_shape=[2, 2], strides=[2, 2])
-
-
-def _gap_onnx(g, rec):
-    g.node("GlobalAveragePool", [rec.inputs[0]], [rec.outputs[0]])
-
-
-def _avgpool_torch(rec, bundle):
-    from torch import nn
-    return nn.AvgPool2d(2)
-
-
-def _gap_torch(rec, bundle):
-    from torch import nn
-    return nn.AdaptiveAvgPool2d(1)
-
-
 AVGPOOL2D = register(OpKind(
     "avgpool2d", AvgPool2D, _infer_on("float"), _avg_bounds,
-    int_attrs=_POOL_ATTRS, to_onnx=_avgpool_onnx, to_torch=_avgpool_torch))
+    int_attrs=_POOL_ATTRS, to_onnx=_onnx_node("AveragePool", **_POOL2), to_torch=_torch_layer("AvgPool2d", 2)))
 GLOBAL_AVGPOOL = register(OpKind(
-    "global_avgpool", GlobalAvgPool, _gap_infer, _avg_bounds, to_onnx=_gap_onnx, to_torch=_gap_torch))
+    "global_avgpool", GlobalAvgPool, _gap_infer, _avg_bounds, to_onnx=_onnx_node("GlobalAveragePool"),
+    to_torch=_torch_layer("AdaptiveAvgPool2d", 1)))
