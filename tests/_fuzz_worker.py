@@ -193,7 +193,7 @@ def m_graph(f, rng):
     elif kind == "move":
         g.insert(j, g.pop(i))
     elif kind == "attr":
-        key = _pick(rng, sorted(rec["attrs"]) + ["cin", "cout", "channels", "units_in", "units_out",
+        key = _pick(rng, sorted(rec["attrs"]) + ["cin", "cout", "channels", "units_in", "units_out", "size",
                                                   "padding", "stride"])
         cur = rec["attrs"].get(key)
         if rng.random() < 0.7 or not isinstance(cur, int) or isinstance(cur, bool):

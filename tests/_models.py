@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 ARCHS = ("fp32", "xnor", "birealnet")
+FUZZ_ARCHS = ARCHS + ("mergenet",)  # + a ResNet-style net (pools, add, concat): the fuzzers' bases
 IMAGE_SIZE = 16
 NUM_CLASSES = 7
 WIDTHS = {
@@ -42,8 +43,11 @@ def tiny_config(arch: str) -> dict:
 
 
 def make_model(arch: str, seed: int = 0):
-    """A VGGSmall in eval mode with random weights, BN stats and binary parameters."""
+    """A VGGSmall in eval mode with random weights, BN stats and binary parameters
+    (arch "mergenet": ``make_mergenet``)."""
     import torch
+    if arch == "mergenet":
+        return make_mergenet(seed)
     from bnnlite.train.models import build_model
     torch.manual_seed(seed)  # the classifier keeps its seeded default init
     model = randomize(build_model(tiny_config(arch)), seed, linear=False)
@@ -149,3 +153,47 @@ def write_plain_bundle(model, path) -> Path:
               "config": cfg, "metrics": {"note": "test bundle"}}
     write_bundle(path, header, lower(model, header["input_shape"]))
     return Path(path)
+
+
+def make_mergenet(seed: int = 0, classes: int = NUM_CLASSES):
+    """A ResNet-style network as a user would define it (``merge_net_class``), random weights."""
+    import torch
+    torch.manual_seed(seed)
+    return randomize(merge_net_class()(classes), seed)
+
+
+def merge_net_class():
+    """The class of a small ResNet-style BNN written from bnnlite.train.nn layers and standard
+    modules: every op kind of such networks (avgpool2d, global_avgpool, add, concat, stride-2
+    and 1x1 binary convs, a Bi-Real downsampling shortcut, two binary branches summed)."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    from bnnlite.train.nn import BinaryConv2d, RPReLU
+
+    class MergeNet(nn.Module):
+        def __init__(self, classes):
+            super().__init__()
+            self.config = {"arch": "mergenet", "image_size": IMAGE_SIZE, "in_channels": 3, "num_classes": classes}
+            self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16))
+            self.b1 = BinaryConv2d(16, 16, 3, padding=1, learn_threshold=True, input_quantizer="approx_sign")
+            self.bn1, self.act1 = nn.BatchNorm2d(16), RPReLU(16)
+            self.b2 = BinaryConv2d(16, 32, 3, stride=2, padding=1, scale="learned")
+            self.bn2 = nn.BatchNorm2d(32)
+            self.down = nn.Sequential(nn.AvgPool2d(2, 2), nn.Conv2d(16, 32, 1, bias=False), nn.BatchNorm2d(32))
+            self.p, self.pbn = BinaryConv2d(32, 24, 1), nn.BatchNorm2d(24)            # 1x1 binary
+            self.q, self.qbn = BinaryConv2d(32, 24, 3, padding=1), nn.BatchNorm2d(24)
+            self.r, self.rbn = nn.Conv2d(32, 32, 1, bias=False), nn.BatchNorm2d(32)    # real branch
+            self.gap = nn.AdaptiveAvgPool2d(1)
+            self.fc = nn.Linear(56, classes)
+
+        def forward(self, x):
+            x = self.stem(x)                                           # 16x16x16
+            x = self.act1(self.bn1(self.b1(x)) + x)
+            x = self.bn2(self.b2(x)) + self.down(x)                    # 8x8x32, stride 2
+            y = self.pbn(self.p(x)) + self.qbn(self.q(x))              # two binary branches
+            z = F.relu(self.rbn(self.r(x))) + x                        # a standalone add
+            v = F.avg_pool2d(torch.cat([y, z], dim=1), 2)              # 4x4x56
+            return self.fc(torch.flatten(self.gap(v), 1) + v.mean((2, 3)))
+
+    return MergeNet

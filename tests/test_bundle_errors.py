@@ -301,9 +301,9 @@ class TestGraph:
 
     def test_unknown_op_type(self, xnor, tmp_path):
         def fn(g):
-            g[op_index(g, "pool3")]["op"] = "avgpool2d"
+            g[op_index(g, "pool3")]["op"] = "minpool2d"
         p = edit(xnor, tmp_path / "g.h5", lambda f: edit_graph(f, fn))
-        load_fails(p, "unknown op type 'avgpool2d'")
+        load_fails(p, "unknown op type 'minpool2d'")
 
     def test_entry_not_an_object(self, xnor, tmp_path):
         p = edit(xnor, tmp_path / "g.h5", lambda f: edit_graph(f, lambda g: g.insert(2, ["dense"])))
@@ -706,3 +706,75 @@ class TestFormatVersions:
     def test_format_3_needs_its_new_datasets(self, bireal, tmp_path, path):
         p = edit(bireal, tmp_path / "m.h5", lambda f: f.__delitem__(path))
         load_fails(p, f"dataset '{path.rsplit('/', 1)[1]}' is missing")
+
+
+# ---------------------------------------------------------------- the ops of ResNet-style networks
+@pytest.fixture(scope="module")
+def merge(torch1, tmp_path_factory):
+    """A bundle with avgpool2d, global_avgpool, add and concat (``_models.merge_net_class``)."""
+    from _models import make_mergenet, write_plain_bundle
+    return write_plain_bundle(make_mergenet(seed=1), tmp_path_factory.mktemp("merge") / "merge.h5")
+
+
+def _set_op(name, **fields):
+    def fn(g):
+        rec = g[op_index(g, name)]
+        for k, v in fields.items():
+            if k in ("size", "stride"):
+                rec["attrs"][k] = v
+            else:
+                rec[k] = v
+    return fn
+
+
+class TestMergeAndPoolOps:
+    def test_the_base_loads(self, merge):
+        assert {"avgpool2d", "global_avgpool", "add", "concat"} <= {r.op for r in read_bundle(merge).ops}
+        assert bnnlite.Model.load(merge).predict(np.zeros((1, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)).shape == (1,)
+
+    @pytest.mark.parametrize("name, fields, match", [
+        # add: two float tensors of one shape
+        ("add6", {"inputs": ["conv6", "bconv4"]}, r"inputs 'conv6' \(8, 8, 32\) and 'bconv4' \(8, 8, 24\) differ"),
+        ("add6", {"inputs": ["conv6"]}, "needs 2..2 input names"),
+        ("add6", {"inputs": ["conv6", "conv6", "conv6"]}, "needs 2..2 input names"),
+        ("add6", {"inputs": ["bits4", "bconv2"]}, "input 'bits4' is bits, add needs float"),
+        ("add6", {"inputs": ["conv6", "bits4"]}, "input 'bits4' is bits, add needs float"),
+        ("add6_2", {"inputs": ["flat", "gap6"]}, r"\(56,\) and 'gap6' \(1, 1, 56\) differ in shape"),
+        # concat: 2..64 float maps of one H, W
+        ("concat6", {"inputs": ["bconv4"]}, "needs 2..64 input names"),
+        ("concat6", {"inputs": ["bconv4"] * 65}, "needs 2..64 input names"),
+        ("concat6", {"inputs": ["bconv4", "conv0"]}, r"are not \(H, W, C\) maps of one H, W"),
+        ("concat6", {"inputs": ["bits4", "bconv4"]}, "input 'bits4' is bits, concat needs float"),
+        ("concat6", {"inputs": ["bconv4", "nope"]}, "input 'nope' is not produced by an earlier op"),
+        # the average pools
+        ("avgpool6", {"size": 3}, "only size=2, stride=2 pooling"),
+        ("avgpool6", {"stride": 1}, "only size=2, stride=2 pooling"),
+        ("avgpool6", {"size": "2"}, "attribute 'size' = '2' should be an integer"),
+        ("avgpool6", {"stride": None}, "attribute 'stride' = None should be an integer"),
+        ("avgpool6", {"inputs": ["bits4"]}, "input 'bits4' is bits, avgpool2d needs float"),
+        ("avgpool6", {"inputs": ["concat6", "concat6"]}, "needs 1..1 input names"),
+        ("gap6_2", {"inputs": ["flat"]}, r"cannot pool input of shape \(56,\)"),
+        ("gap6", {"inputs": ["bits4"]}, "input 'bits4' is bits, global_avgpool needs float"),
+        ("gap6", {"inputs": ["avgpool6", "avgpool6"]}, "needs 1..1 input names"),
+        ("gap6", {"outputs": ["a", "b"]}, "one output name"),
+    ])
+    def test_bad_op(self, merge, tmp_path, name, fields, match):
+        p = edit(merge, tmp_path / "g.h5", lambda f: edit_graph(f, _set_op(name, **fields)))
+        load_fails(p, match)
+
+    def test_avgpool_of_a_one_pixel_map(self, merge, tmp_path):
+        def fn(g):
+            g.append({"op": "avgpool2d", "name": "extra", "inputs": ["gap6"], "outputs": ["extra"],
+                      "attrs": {"size": 2, "stride": 2}})
+        p = edit(merge, tmp_path / "g.h5", lambda f: edit_graph(f, fn))
+        load_fails(p, r"cannot pool input of shape \(1, 1, 56\)")
+
+    def test_unknown_attributes_change_nothing(self, merge, tmp_path):
+        # add, concat and global_avgpool have no attributes: a stray one (even "hw", which the
+        # reader derives for the value bound) is ignored, and the derived value wins.
+        def fn(g):
+            for name in ("add6", "concat6", "gap6"):
+                g[op_index(g, name)]["attrs"] = {"hw": 1, "axis": 3}
+        p = edit(merge, tmp_path / "g.h5", lambda f: edit_graph(f, fn))
+        gap = next(r for r in read_bundle(p).ops if r.name == "gap6")
+        assert gap.attrs == {"hw": 16}

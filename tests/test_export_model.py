@@ -122,3 +122,38 @@ def test_export_model_checks_its_arguments(tmp_path):
     with pytest.raises(ValueError, match="mean and std need 3 values"):
         export_model(model, tmp_path / "a.h5", input_size=(16, 16), mean=[0.5], log=lambda *a: None)
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda x: F.avg_pool2d(x, 3), r"avg_pool2d .*only 2x2 average pooling with stride 2 exports"),
+    (lambda x: F.avg_pool2d(x, 2, ceil_mode=True), "only 2x2 average pooling"),
+    (lambda x: F.avg_pool2d(x, 2, divisor_override=3), "only 2x2 average pooling"),
+    (lambda x: F.adaptive_avg_pool2d(x, 2), "adaptive_avg_pool2d .*only global average pooling"),
+    (lambda x: x.mean(1, keepdim=True), "Tensor.mean .*only global average pooling"),
+    (lambda x: torch.add(x, x, alpha=2), "add .*only the sum of two tensors of one shape"),
+    (lambda x: x + 1.0, "add .*only the sum of two tensors of one shape"),
+    (lambda x: torch.cat([x, x], dim=2), "cat .*only concatenating .* along dim 1"),
+])
+def test_pools_and_merges_that_do_not_export_are_named(call, match):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3, padding=1)
+
+        def forward(self, x):
+            return call(self.conv(x)).flatten(1)
+
+    with pytest.raises(ExportError, match=match):
+        lower(Net().eval(), (8, 8, 3))
+
+
+def test_mean_over_the_map_is_a_global_pool():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).mean((-1, -2)))
+
+    assert [o.op for o in lower(Net().eval(), (8, 8, 3))] == ["conv2d", "global_avgpool", "flatten", "dense"]

@@ -16,11 +16,11 @@ CASES = 400
 
 
 def test_fuzz_isolated_cases(tiny_models, tmp_path):
-    from _models import write_plain_bundle
+    from _models import FUZZ_ARCHS, make_model, write_plain_bundle
     bases = tmp_path / "bases"
     bases.mkdir()
-    for arch in ("fp32", "xnor", "birealnet"):
-        write_plain_bundle(tiny_models[arch], bases / f"{arch}.h5")
+    for arch in FUZZ_ARCHS:
+        write_plain_bundle(tiny_models[arch] if arch in tiny_models else make_model(arch), bases / f"{arch}.h5")
     out = tmp_path / "results.jsonl"
     proc = subprocess.run([sys.executable, str(TOOL), "--cases", str(CASES), "--work", str(tmp_path),
                            "--out", str(out), "--seed", "20261206"], capture_output=True, text=True, timeout=900)

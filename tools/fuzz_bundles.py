@@ -2,8 +2,9 @@
 
     python tools/fuzz_bundles.py [--cases 10000] [--jobs 2] [--seed 16] [--out results.jsonl]
 
-Base bundles: the tiny fp32, xnor and birealnet bundles of the test suite
-(made once with torch in a subprocess, ``tests/_models.py``).  Families, in
+Base bundles: the tiny fp32, xnor and birealnet bundles of the test suite and a
+ResNet-style one with average pools, add and concat (made once with torch in a
+subprocess, ``tests/_models.py``).  Families, in
 the proportions of ``PLAN``: ``raw`` (byte damage, half re-sealed),
 ``semantic`` (attributes, graph JSON, dataset shapes/dtypes/values:
 ``tests/_fuzz_worker.py``), ``storage`` (external storage, virtual datasets,
@@ -53,7 +54,7 @@ from bnnlite.bundle import BundleError, read_bundle  # noqa: E402
 
 PLAN = {"raw": 0.2, "semantic": 0.3, "storage": 0.25, "values": 0.25}
 FAMILY_ID = {"raw": 0, "semantic": 1, "storage": 2, "values": 3}
-ARCHS = ("fp32", "xnor", "birealnet")
+ARCHS = ("fp32", "xnor", "birealnet", "mergenet")
 MEM_BYTES = 2 << 30   # address space of one case
 CPU_S = 20            # CPU seconds of one case (SIGXCPU)
 WALL_S = 60           # wall seconds of one case (the machine may be shared)
@@ -66,7 +67,7 @@ def make_bases(folder: Path) -> dict:
     if not all(p.exists() for p in paths.values()):
         code = ("import sys; sys.path.insert(0, sys.argv[1]); import torch; torch.set_num_threads(1); "
                 "import _models; from pathlib import Path\n"
-                "for i, a in enumerate(_models.ARCHS):\n"
+                "for i, a in enumerate(_models.FUZZ_ARCHS):\n"
                 "    _models.write_plain_bundle(_models.make_model(a, seed=i), Path(sys.argv[2]) / (a + '.h5'))")
         folder.mkdir(parents=True, exist_ok=True)
         import subprocess

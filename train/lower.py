@@ -13,7 +13,9 @@ in order, turning each node, or a chain of nodes, into bundle ops:
                                                   -> ``sign_pack`` + ``bconv2d`` (float out)
 * BinaryConv2d [-> BatchNorm2d] [-> MaxPool2d 2] read only by binary convs
                                                   -> ``bconv2d`` with bits out (XNOR-Net)
-* MaxPool2d 2 -> ``maxpool2d``; flatten -> ``flatten``;
+* MaxPool2d 2 -> ``maxpool2d``; AvgPool2d 2 -> ``avgpool2d``; AdaptiveAvgPool2d(1) or
+  ``x.mean((2, 3))`` -> ``global_avgpool`` [+ ``flatten``]; flatten -> ``flatten``;
+* ``a + b`` (not fused into a binary conv) -> ``add``; ``torch.cat(dim=1)`` -> ``concat``;
   [BatchNorm1d [-> * c]] -> Linear               -> ``dense`` (normalisation folded in,
   columns permuted from NCHW- to NHWC-flatten order)
 
@@ -36,6 +38,7 @@ from torch import fx, nn
 
 from bnnlite.bundle import INPUT, OUTPUT, OpRecord
 from bnnlite.ops.binary import pack_conv_weight
+from bnnlite.ops.merge import MAX_CONCAT
 
 from .fold import bn_as_fma, f32, int_threshold
 from .nn import BinaryConv2d, BinaryLinear, RPReLU
@@ -159,6 +162,11 @@ def _match(rec, *kinds) -> bool:
 _RELU = (nn.ReLU, F.relu, torch.relu, "relu")
 _ADD = (operator.add, torch.add, "add")
 _FLATTEN = (nn.Flatten, torch.flatten, "flatten")
+_GAP = (nn.AdaptiveAvgPool2d, F.adaptive_avg_pool2d, torch.mean, "mean")
+_CAT = tuple(f for f in (torch.cat, getattr(torch, "concat", None), getattr(torch, "concatenate", None)) if f)
+# The parameters of the pool functions, in their positional order (after the input).
+_MAX_ARGS = ("kernel_size", "stride", "padding", "dilation", "ceil_mode")
+_AVG_ARGS = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 
 
 class _Lowering:
@@ -169,6 +177,7 @@ class _Lowering:
         self.nchw_flat: dict[str, tuple] = {}  # bundle flatten output -> (C, H, W) of its input
         self.bits: dict[tuple, str] = {}       # (float tensor, thresholds) -> its sign_pack output
         self.done: set[str] = set()
+        self.op_names: set[str] = set()
         # Names as the hand-written exporter gave them (conv0, sign1 -> bits1, bconv1, pool1, ...,
         # flatten -> flat, classifier): layers numbered in order, the rest after the layer before.
         self.layer = {r.name: i for i, r in enumerate(r for r in nodes if _match(r, nn.Conv2d, BinaryConv2d))}
@@ -205,8 +214,17 @@ class _Lowering:
             raise ExportError(f"{_what(rec)}{rec.where()} has no bundle form here")
         return self.tensor[rec.name]
 
+    def _kwargs(self, rec) -> dict:
+        return rec.args[-1] if rec.args and isinstance(rec.args[-1], dict) else {}
+
     def _emit(self, op, name, inputs, attrs=None, arrays=None, out=None) -> str:
-        out = out or name
+        """Append one op; a name already taken (two pools after one layer) gets a suffix."""
+        k, base = 1, name
+        while name in self.op_names:
+            k += 1
+            name = f"{base}_{k}"
+        self.op_names.add(name)
+        out = (f"{out}_{k}" if k > 1 else out) if out else name
         self.ops.append(OpRecord(op, name, inputs, [out], attrs or {}, arrays or {}))
         return out
 
@@ -233,9 +251,11 @@ class _Lowering:
         traced order puts later, such as a Bi-Real unit's downsampling shortcut)."""
         if rec.name in self.done:
             return
-        self.done.add(rec.name)
         for a in rec.node.all_input_nodes:
             self._ensure(self.by_name[a.name])
+        if rec.name in self.done:
+            return  # fused into the op of a node it reads (a conv's BN reached from a later node)
+        self.done.add(rec.name)
         if rec.kind == "input":
             self.tensor[rec.name] = INPUT
         elif rec.kind == "output":
@@ -254,6 +274,14 @@ class _Lowering:
             self._dense(rec)
         elif _match(rec, "repeat") and all(_match(u, *_ADD) for u in self._tensor_users(rec)):
             return  # a Bi-Real channel-doubling shortcut: the add consumes it
+        elif _match(rec, nn.AvgPool2d, F.avg_pool2d):
+            self._avgpool(rec)
+        elif _match(rec, *_GAP):
+            self._global_pool(rec)
+        elif _match(rec, *_ADD):
+            self._add(rec)
+        elif _match(rec, *_CAT):
+            self._concat(rec)
         else:
             raise ExportError(f"{_what(rec)}{rec.where()} cannot be exported to a bnnlite bundle: "
                               f"no runtime op for it in this position")
@@ -319,7 +347,8 @@ class _Lowering:
         inputs = [bits_in]
         arrays = {"weight": pack_conv_weight(w), "scale": alpha, "multiplier": a, "bias": b}
         add = self._only_user(last, *_ADD)
-        if add is not None:
+        if add is not None and add.name not in self.done:  # (not the other summand of a fused add)
+            self.done.add(add.name)
             other = [self._arg(add, i) for i in (0, 1)]
             other = other[1] if other[0] is last else other[0]
             if not isinstance(other, _Node) or not _is_tensor(other) or other.value.shape[2:] != last.value.shape[2:]:
@@ -332,7 +361,6 @@ class _Lowering:
                 other = self._arg(other)
             self._ensure(other)
             inputs.append(self._src(other))
-            self.done.add(add.name)
             last = add
         act = self._only_user(last, RPReLU, nn.PReLU)
         if act is not None:
@@ -354,7 +382,7 @@ class _Lowering:
         else does and they share one threshold: then only sign(last) is ever needed."""
         pool = self._only_user(last, nn.MaxPool2d, F.max_pool2d)
         if pool is not None:
-            if not self._is_pool2(pool):
+            if not self._is_pool2(pool, _MAX_ARGS):
                 return None
             last = pool
         readers = self._tensor_users(last)
@@ -384,26 +412,75 @@ class _Lowering:
         # The readers' sign_pack of this tensor is the tensor itself.
         self.bits[(out, t_next.tobytes())] = out
 
-    def _is_pool2(self, rec):
+    def _is_pool2(self, rec, names):
+        """Is the pool module or call ``rec`` (parameters ``names``) a plain 2x2 one of stride 2?"""
         if rec.kind == "module":
-            m = rec.target
-            k, s, p = m.kernel_size, m.stride, m.padding
-            extra = m.dilation not in (1, (1, 1)) or m.ceil_mode
+            a = {n: getattr(rec.target, n) for n in names}
         else:
-            args = [self._arg(rec, i) for i in range(1, len(rec.args)) if not isinstance(rec.args[i], dict)]
-            kw = rec.args[-1] if rec.args and isinstance(rec.args[-1], dict) else {}
-            k = args[0] if args else kw.get("kernel_size")
-            s = args[1] if len(args) > 1 else kw.get("stride", None)
-            p = args[2] if len(args) > 2 else kw.get("padding", 0)
-            extra = kw.get("ceil_mode", False) or kw.get("dilation", 1) != 1
+            pos = [self._arg(rec, i) for i in range(1, len(rec.args)) if not isinstance(rec.args[i], dict)]
+            a = {**dict(zip(names, pos)), **self._kwargs(rec)}
+        k, s = a.get("kernel_size"), a.get("stride")
         s = k if s in (None, []) else s
-        return k in (2, (2, 2)) and s in (2, (2, 2)) and p in (0, (0, 0)) and not extra
+        return (k in (2, (2, 2)) and s in (2, (2, 2)) and a.get("padding", 0) in (0, (0, 0))
+                and not a.get("ceil_mode") and a.get("dilation", 1) in (1, (1, 1))
+                and a.get("divisor_override") is None)
+
+    def _pool(self, rec, op, prefix, names, what):
+        if not self._is_pool2(rec, names):
+            raise ExportError(f"{_what(rec)}{rec.where()}: only 2x2 {what} with stride 2 exports")
+        self.tensor[rec.name] = self._emit(op, f"{prefix}{self.last_layer}", [self._src(self._arg(rec))],
+                                           {"size": 2, "stride": 2})
 
     def _maxpool(self, rec):
-        if not self._is_pool2(rec):
-            raise ExportError(f"{_what(rec)}{rec.where()}: only 2x2 max-pooling with stride 2 exports")
-        self.tensor[rec.name] = self._emit("maxpool2d", f"pool{self.last_layer}", [self._src(self._arg(rec))],
-                                           {"size": 2, "stride": 2})
+        self._pool(rec, "maxpool2d", "pool", _MAX_ARGS, "max-pooling")
+
+    def _avgpool(self, rec):
+        self._pool(rec, "avgpool2d", "avgpool", _AVG_ARGS, "average pooling")
+
+    def _global_pool(self, rec):
+        """AdaptiveAvgPool2d(1), adaptive_avg_pool2d(x, 1), x.mean((2, 3)) -> ``global_avgpool``
+        (N, C, 1, 1); a mean without keepdim is (N, C): a ``flatten`` follows."""
+        x, kw = self._arg(rec), self._kwargs(rec)
+        pos = [self._val(rec, i) for i in range(1, len(rec.args)) if not isinstance(rec.args[i], dict)]
+        if _match(rec, nn.AdaptiveAvgPool2d):
+            ok = rec.target.output_size in (1, (1, 1), [1, 1])
+        elif _match(rec, F.adaptive_avg_pool2d):
+            ok = (pos[0] if pos else kw.get("output_size")) in (1, (1, 1), [1, 1])
+        else:
+            dims = pos[0] if pos else kw.get("dim")
+            dims = [dims] if isinstance(dims, int) else list(dims or [])
+            ok = (isinstance(x, _Node) and x.value.dim() == 4 and sorted(d % 4 for d in dims) == [2, 3]
+                  and kw.get("dtype") is None)
+        if not ok or not isinstance(x, _Node) or x.value.dim() != 4:
+            raise ExportError(f"{_what(rec)}{rec.where()}: only global average pooling (output size 1, "
+                              f"or the mean over dims (2, 3)) exports")
+        out = self._emit("global_avgpool", f"gap{self.last_layer}", [self._src(x)])
+        if rec.value.dim() == 2:
+            out = self._emit("flatten", "flatten", [out], out="flat")
+            self.nchw_flat[out] = (x.value.shape[1], 1, 1)
+        self.tensor[rec.name] = out
+
+    def _add(self, rec):
+        a, b = self._arg(rec, 0), self._arg(rec, 1)
+        tensors = all(isinstance(v, _Node) and _is_tensor(v) for v in (a, b))
+        if not tensors or a.value.shape != b.value.shape or self._kwargs(rec).get("alpha", 1) != 1 \
+                or len([v for v in rec.args if not isinstance(v, dict)]) != 2:
+            raise ExportError(f"{_what(rec)}{rec.where()}: only the sum of two tensors of one shape exports")
+        self.tensor[rec.name] = self._emit("add", f"add{self.last_layer}", [self._src(a), self._src(b)])
+
+    def _concat(self, rec):
+        parts = rec.args[0]
+        pos = [v for v in rec.args[1:] if not isinstance(v, dict)]
+        dim = pos[0] if pos else self._kwargs(rec).get("dim", 0)
+        parts = [self.by_name[p.name] if isinstance(p, fx.Node) else p for p in parts] \
+            if isinstance(parts, (list, tuple)) else [parts]
+        if not all(isinstance(p, _Node) and _is_tensor(p) and p.value.dim() == 4 for p in parts) or dim not in (1, -3):
+            raise ExportError(f"{_what(rec)}{rec.where()}: only concatenating (N, C, H, W) tensors along "
+                              f"dim 1 exports")
+        srcs = [self._src(p) for p in parts]
+        if len(srcs) > MAX_CONCAT:
+            raise ExportError(f"{_what(rec)}{rec.where()}: at most {MAX_CONCAT} tensors concatenate in one op")
+        self.tensor[rec.name] = srcs[0] if len(srcs) == 1 else self._emit("concat", f"concat{self.last_layer}", srcs)
 
     def _flatten(self, rec):
         src = self._arg(rec)

@@ -9,7 +9,8 @@ translation and the PyTorch mirror, and registers them as one :class:`OpKind`:
 
 * conv.py    ``conv2d``: the real conv (first layer, fp32 models)
 * binary.py  ``sign_pack``, ``bconv2d``: floats -> bits, the XNOR-popcount conv
-* pool.py    ``maxpool2d``, ``bmaxpool2d``
+* pool.py    ``maxpool2d``, ``bmaxpool2d``, ``avgpool2d``, ``global_avgpool``
+* merge.py   ``add``, ``concat``: branches of a network joined
 * shape.py   ``flatten``
 * dense.py   ``dense``: the classifier
 
@@ -23,7 +24,7 @@ and the bench find it in the registry.
 from .registry import Inferred, Inputs, OpKind, SchemaError, lookup, register, registered, unregister
 from .runtime import RuntimeOp
 # Each registers its op kinds, in this order (the order BundleError lists them in).
-from . import conv, binary, pool, shape, dense  # noqa: E402,F401,I001
+from . import conv, binary, pool, merge, shape, dense  # noqa: E402,F401,I001
 
 __all__ = ["OpKind", "Inputs", "Inferred", "SchemaError", "register", "unregister", "lookup", "registered",
            "RuntimeOp"]
