@@ -235,3 +235,14 @@ def test_a_fit_checkpoint_is_not_taken_for_a_builtin_model(arrays, tmp_path):
     fit(_net(), (x, y), out=tmp_path, epochs=1, interrupt_after_steps=1, **FAST)
     with pytest.raises(ValueError, match="your own network .*SmallNet.*export_model"):
         export_checkpoint(tmp_path / "checkpoint.pth", tmp_path / "x.h5", log=lambda *a: None)
+
+
+def test_with_ema_the_model_ends_as_the_average(arrays, tmp_path):
+    """ema=...: validation, model.pth and the model handed back are the weight average."""
+    x, y = arrays
+    model = _net()
+    fit(model, (x, y), out=tmp_path, epochs=1, ema=0.9, **FAST)
+    saved = ckpt_io.load_checkpoint(tmp_path / "model.pth")["model"]
+    raw = ckpt_io.load_checkpoint(tmp_path / "checkpoint.pth")["model"]   # the last raw weights
+    assert any(not torch.equal(saved[k], raw[k]) for k in saved if saved[k].is_floating_point())
+    assert all(torch.equal(saved[k], v) for k, v in model.state_dict().items())
