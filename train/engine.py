@@ -4,7 +4,7 @@ Public names: TrainConfig, TrainData, prepare_data, check_model, train,
 evaluate, recipe_defaults, resolve_device, native_bf16.
 
 Two callers: ``bnnlite-train`` (a built-in architecture, built from the
-config) and ``fit`` (fit.py: the user's own ``nn.Module``, passed as
+config) and ``fit`` (fitting.py: the user's own ``nn.Module``, passed as
 ``model``; its checkpoints record ``config = {"arch": "custom",
 "model_class", "input_size", "num_classes"}`` and resuming one checks that
 the model passed is of that class).  ``data``: a TrainData from
@@ -60,9 +60,8 @@ from tqdm import tqdm
 from bnnlite._atomic import atomic_path, remove_stale
 
 from . import checkpoint as ckpt_io
-from bnnlite.datasets import load_dataset
-
 from bnnlite.cifar import Split
+from bnnlite.datasets import load_dataset
 
 from .data import augment_batch, channel_stats, normalize, train_val_split
 from .losses import kd_loss
@@ -207,10 +206,11 @@ def _user_model_config(cfg: TrainConfig, model, data: TrainData) -> dict:
 
 def _check_resumable(ck: dict, model_cfg: dict, path) -> None:
     """A fit() checkpoint resumes only into a model of the class, input size and classes it recorded."""
-    if model_cfg.get("arch") != "custom" and ck["config"].get("arch") != "custom":
+    saved = ck["config"] if isinstance(ck["config"], dict) else {}
+    if model_cfg.get("arch") != "custom" and saved.get("arch") != "custom":
         return
     keys = ("arch", "model_class", "input_size", "num_classes")
-    theirs, ours = [ck["config"].get(k) for k in keys], [model_cfg.get(k) for k in keys]
+    theirs, ours = [saved.get(k) for k in keys], [model_cfg.get(k) for k in keys]
     if theirs != ours:
         raise ValueError(f"{path}: written for {dict(zip(keys, theirs))}, not this run's {dict(zip(keys, ours))}: "
                          f"resume needs the same network class and data")
