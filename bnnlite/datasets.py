@@ -1,6 +1,6 @@
 """Your own data: image folders and .npz arrays, besides CIFAR-10 (torch-free).
 
-Public names: load_dataset, load_images, read_npy_header, IMAGE_SUFFIXES.
+Public names: load_dataset, dataset_from_arrays, load_images, read_npy_header, IMAGE_SUFFIXES.
 
 ``load_dataset(path)`` returns ``(train, test, class_names)`` (``test`` may be
 empty) from:
@@ -44,7 +44,7 @@ import numpy as np
 
 from .cifar import Split, load_cifar
 
-__all__ = ["load_dataset", "load_images", "image_files", "class_folder_files", "is_image_folder",
+__all__ = ["load_dataset", "dataset_from_arrays", "load_images", "image_files", "class_folder_files", "is_image_folder",
            "read_npy_header", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -260,7 +260,11 @@ def _array(z, key, name):
 
 
 def _npz_split(z, xk, yk, name) -> Split:
-    x, y = _array(z, xk, name), _array(z, yk, name)
+    return _checked_split(_array(z, xk, name), _array(z, yk, name), xk, yk, name)
+
+
+def _checked_split(x, y, xk, yk, name) -> Split:
+    x, y = np.asarray(x), np.asarray(y)
     if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] not in (1, 3):
         raise ValueError(f"{name}: {xk} must be uint8 (N, H, W, C) with C 1 or 3, got {x.dtype} {x.shape}")
     if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
@@ -287,12 +291,33 @@ def _load_npz(path: Path):
             names = [str(s) for s in _array(z, "class_names", path)] if "class_names" in z.files else []
         except zipfile.BadZipFile as e:
             raise ValueError(f"{path}: not a readable .npz archive ({e})") from e
+    return _with_class_names(train, test, names, path)
+
+
+def _with_class_names(train: Split, test: Split, names, name):
     if len(test) and test.images.shape[1:] != train.images.shape[1:]:
-        raise ValueError(f"{path}: x_test images are {test.images.shape[1:]}, x images {train.images.shape[1:]}")
+        raise ValueError(f"{name}: x_test images are {test.images.shape[1:]}, x images {train.images.shape[1:]}")
     n = int(max(train.labels.max(initial=-1), test.labels.max(initial=-1))) + 1
     if names and len(names) < n:
-        raise ValueError(f"{path}: {len(names)} class_names for labels up to {n - 1}")
+        raise ValueError(f"{name}: {len(names)} class_names for labels up to {n - 1}")
     return train, test, (names or [f"class_{i}" for i in range(n)])
+
+
+def dataset_from_arrays(x, y, test=None, class_names=None, name="arrays"):
+    """(train, test, class_names) from in-memory arrays, checked as an .npz file's are:
+    ``x`` uint8 (N, H, W, C) with C 1 or 3, ``y`` integer labels; ``test`` an optional
+    ``(x_test, y_test)`` pair; ``class_names`` default ``class_0``, ``class_1``, ..."""
+    train = _checked_split(x, y, "x", "y", name)
+    if len(train) == 0:
+        raise ValueError(f"{name}: the training split has no images")
+    if test is None:
+        test_split = Split(train.images[:0], train.labels[:0])
+    else:
+        if not isinstance(test, (tuple, list)) or len(test) != 2:
+            raise ValueError(f"{name}: test must be a pair (x_test, y_test)")
+        test_split = _checked_split(test[0], test[1], "x_test", "y_test", name)
+    names = [str(s) for s in class_names] if class_names is not None else []
+    return _with_class_names(train, test_split, names, name)
 
 
 def is_image_folder(path) -> bool:

@@ -1,7 +1,14 @@
-"""The training loop: one function, ``train(TrainConfig)``.
+"""The training loop: one function, ``train(TrainConfig, model=None, data=None)``.
 
-Public names: TrainConfig, train, evaluate, recipe_defaults, resolve_device,
-native_bf16.
+Public names: TrainConfig, TrainData, prepare_data, check_model, train,
+evaluate, recipe_defaults, resolve_device, native_bf16.
+
+Two callers: ``bnnlite-train`` (a built-in architecture, built from the
+config) and ``fit`` (fitting.py: the user's own ``nn.Module``, passed as
+``model``; its checkpoints record ``config = {"arch": "custom",
+"model_class", "input_size", "num_classes"}`` and resuming one checks that
+the model passed is of that class).  ``data``: a TrainData from
+``prepare_data`` (else the loop loads ``cfg.data`` itself).
 
 What it guarantees
 * Exact resume: the data order of epoch e is a permutation seeded by (seed, e)
@@ -53,6 +60,7 @@ from tqdm import tqdm
 from bnnlite._atomic import atomic_path, remove_stale
 
 from . import checkpoint as ckpt_io
+from bnnlite.cifar import Split
 from bnnlite.datasets import load_dataset
 
 from .data import augment_batch, channel_stats, normalize, train_val_split
@@ -60,7 +68,8 @@ from .losses import kd_loss
 from .models import build_model, clip_latent_weights, default_config, init_from_checkpoint, model_from_checkpoint
 from .optim import Ema, load_schedule, make_optimizer, make_schedule, recipe_defaults
 
-__all__ = ["TrainConfig", "train", "evaluate", "recipe_defaults", "resolve_device", "native_bf16"]
+__all__ = ["TrainConfig", "TrainData", "prepare_data", "check_model", "train", "evaluate", "recipe_defaults",
+           "resolve_device", "native_bf16"]
 
 CHECKPOINT = "checkpoint.pth"
 FINAL = "model.pth"
@@ -100,6 +109,111 @@ class TrainConfig:
     init_from: str | None = None       # checkpoint whose matching tensors initialise the model
     classifier_norm: str | None = None  # none | bn; None: the model's default
     extra: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainData:
+    """What the loop trains on: uint8 NHWC splits, the class names and the normalisation
+    (per-channel mean and std of ``x / 255`` over the training split, validation held out)."""
+    train: Split
+    val: Split
+    test: Split
+    classes: list
+    mean: list
+    std: list
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        """(H, W, C) of the images."""
+        h, w, c = self.train.images.shape[1:]
+        return int(h), int(w), int(c)
+
+
+def prepare_data(cfg: TrainConfig, dataset=None) -> TrainData:
+    """Split and measure ``dataset`` ((train, test, class_names), as ``load_dataset`` returns;
+    default: ``load_dataset(cfg.data)``) per ``cfg.subset``, ``cfg.val_size`` and ``cfg.seed``."""
+    train_full, test, classes = dataset if dataset is not None else load_dataset(cfg.data)
+    if cfg.subset:
+        train_full, test = train_full.subset(slice(0, cfg.subset)), test.subset(slice(0, cfg.subset))
+    train_set, val_set = train_val_split(train_full, min(cfg.val_size, len(train_full) // 10 or 1), cfg.seed)
+    mean, std = channel_stats(train_set.images)
+    return TrainData(train_set, val_set, test, list(classes), mean, std)
+
+
+@torch.no_grad()
+def check_model(model: torch.nn.Module, data: TrainData, device="cpu") -> None:
+    """ValueError unless ``model`` takes ``data``'s images and gives one logit per class:
+    one forward pass of two images in eval mode (no running statistic moves)."""
+    h, w, c = data.input_size
+    name = type(model).__name__
+    x = normalize(torch.from_numpy(data.train.images[:2]).to(device), data.mean, data.std)
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    except (RuntimeError, ValueError, IndexError) as e:
+        msg = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ValueError(f"{name} cannot take the data's {h}x{w} images with {c} channel(s) "
+                         f"(N, {c}, {h}, {w}): {msg}") from e
+    finally:
+        model.train(was_training)
+    n = len(data.classes)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != n:
+        got = tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"{name} gives {got} per image; the data have {n} classes "
+                         f"({', '.join(map(str, data.classes[:5]))}{', ...' if n > 5 else ''}): "
+                         f"its last layer needs {n} outputs")
+
+
+def _builtin_model(cfg: TrainConfig, data: TrainData, rank: int):
+    """(model, config, init_info) of the built-in architecture ``cfg.model``."""
+    model_cfg = default_config(cfg.model, len(data.classes))
+    h, w, c = data.input_size
+    if h != w:
+        raise ValueError(f"{cfg.data}: images are {w}x{h}; the built-in models take square images")
+    model_cfg.update(image_size=int(h), in_channels=int(c))
+    if cfg.model_overrides:
+        unknown = sorted(set(cfg.model_overrides) - set(model_cfg))
+        if unknown:
+            raise ValueError(f"model_overrides: unknown key(s) {', '.join(unknown)}; "
+                             f"known: {', '.join(sorted(model_cfg))}")
+        model_cfg.update(copy.deepcopy(cfg.model_overrides))
+    if cfg.classifier_norm is not None:
+        if "classifier_norm" not in model_cfg:
+            raise ValueError(f"--classifier-norm: model {cfg.model} has no classifier normalisation option")
+        model_cfg["classifier_norm"] = cfg.classifier_norm
+    model = build_model(model_cfg)
+    init_info = None
+    if cfg.init_from:
+        src = ckpt_io.load_checkpoint(cfg.init_from)
+        copied = init_from_checkpoint(model, src["model"])
+        if not copied:
+            raise ValueError(f"--init-from {cfg.init_from}: no tensor matches this model's names and shapes")
+        init_info = {"path": str(cfg.init_from), "arch": src["config"].get("arch"), "tensors": len(copied)}
+        if rank == 0:
+            print(f"initialised {len(copied)} tensors from {cfg.init_from}")
+    return model, model_cfg, init_info
+
+
+def _user_model_config(cfg: TrainConfig, model, data: TrainData) -> dict:
+    for key in ("model_overrides", "init_from", "classifier_norm"):
+        if getattr(cfg, key) is not None:
+            raise ValueError(f"{key} applies to the built-in models only, not to your own network")
+    cls = type(model)
+    return {"arch": "custom", "model_class": f"{cls.__module__}.{cls.__qualname__}",
+            "input_size": list(data.input_size), "num_classes": len(data.classes)}
+
+
+def _check_resumable(ck: dict, model_cfg: dict, path) -> None:
+    """A fit() checkpoint resumes only into a model of the class, input size and classes it recorded."""
+    saved = ck["config"] if isinstance(ck["config"], dict) else {}
+    if model_cfg.get("arch") != "custom" and saved.get("arch") != "custom":
+        return
+    keys = ("arch", "model_class", "input_size", "num_classes")
+    theirs, ours = [saved.get(k) for k in keys], [model_cfg.get(k) for k in keys]
+    if theirs != ours:
+        raise ValueError(f"{path}: written for {dict(zip(keys, theirs))}, not this run's {dict(zip(keys, ours))}: "
+                         f"resume needs the same network class and data")
 
 
 class _StopFlag:
@@ -252,8 +366,11 @@ def _step_generator(seed, epoch, step):
     return torch.Generator().manual_seed((seed * 1_000_003 + epoch) * 1_000_003 + step)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train per ``cfg``; returns the final metrics dict (also in model.pth)."""
+def train(cfg: TrainConfig, model: torch.nn.Module | None = None, data: TrainData | None = None) -> dict:
+    """Train per ``cfg``; returns the final metrics dict (also in model.pth).
+
+    ``model``: your own network, trained in place (else the built-in ``cfg.model`` is built);
+    ``data``: from ``prepare_data`` (else ``cfg.data`` is loaded)."""
     rank, world = _dist_setup(cfg.device)
     device = resolve_device(cfg.device)
     if cfg.bf16 is None:
@@ -269,39 +386,18 @@ def train(cfg: TrainConfig) -> dict:
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
 
-    train_full, test, classes = load_dataset(cfg.data)
-    if cfg.subset:
-        train_full, test = train_full.subset(slice(0, cfg.subset)), test.subset(slice(0, cfg.subset))
-    train_set, val_set = train_val_split(train_full, min(cfg.val_size, len(train_full) // 10 or 1), cfg.seed)
-    mean, std = channel_stats(train_set.images)
-    model_cfg = default_config(cfg.model, len(classes))
-    h, w, c = train_full.images.shape[1:]
-    if h != w:
-        raise ValueError(f"{cfg.data}: images are {w}x{h}; the built-in models take square images")
-    model_cfg.update(image_size=int(h), in_channels=int(c))
-    if cfg.model_overrides:
-        unknown = sorted(set(cfg.model_overrides) - set(model_cfg))
-        if unknown:
-            raise ValueError(f"model_overrides: unknown key(s) {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(model_cfg))}")
-        model_cfg.update(copy.deepcopy(cfg.model_overrides))
-    if cfg.classifier_norm is not None:
-        if "classifier_norm" not in model_cfg:
-            raise ValueError(f"--classifier-norm: model {cfg.model} has no classifier normalisation option")
-        model_cfg["classifier_norm"] = cfg.classifier_norm
-    model = build_model(model_cfg)
-    init_info = None
-    if cfg.init_from:
-        src = ckpt_io.load_checkpoint(cfg.init_from)
-        copied = init_from_checkpoint(model, src["model"])
-        if not copied:
-            raise ValueError(f"--init-from {cfg.init_from}: no tensor matches this model's names and shapes")
-        init_info = {"path": str(cfg.init_from), "arch": src["config"].get("arch"), "tensors": len(copied)}
-        if rank == 0:
-            print(f"initialised {len(copied)} tensors from {cfg.init_from}")
+    data = data if data is not None else prepare_data(cfg)
+    train_set, val_set, test, classes, mean, std = data.train, data.val, data.test, data.classes, data.mean, data.std
+    user_model = model is not None
+    if user_model:
+        model_cfg, init_info = _user_model_config(cfg, model, data), None
+    else:
+        model, model_cfg, init_info = _builtin_model(cfg, data, rank)
     model = model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if user_model:
+        check_model(model, data, device)
 
     local_bs = max(1, cfg.batch_size // world)
     steps_per_epoch = len(train_set) // world // local_bs
@@ -311,7 +407,7 @@ def train(cfg: TrainConfig) -> dict:
     opt_name = cfg.optimizer or rec["optimizer"]
     lr = cfg.lr if cfg.lr is not None else rec["lr"]
     wd = cfg.weight_decay if cfg.weight_decay is not None else rec["weight_decay"]
-    cls_mult = 1.0 if model_cfg.get("classifier_norm", "none") != "none" else rec["classifier_lr"]
+    cls_mult = 1.0 if user_model or model_cfg.get("classifier_norm", "none") != "none" else rec["classifier_lr"]
     opt = make_optimizer(model, opt_name, lr, wd, cls_mult)
     sched = make_schedule(opt, cfg.schedule, steps_per_epoch * cfg.epochs, round(cfg.warmup_epochs * steps_per_epoch))
     opt_info = {"optimizer": opt_name, "lr": lr, "weight_decay": wd, "classifier_lr_mult": cls_mult,
@@ -326,7 +422,12 @@ def train(cfg: TrainConfig) -> dict:
             remove_stale(out / name)
     if cfg.resume and ckpt_path.exists():
         ck = ckpt_io.load_checkpoint(ckpt_path)
-        model.load_state_dict(ck["model"])
+        _check_resumable(ck, model_cfg, ckpt_path)
+        try:
+            model.load_state_dict(ck["model"])
+        except RuntimeError as e:  # other names or shapes: another network
+            raise ValueError(f"{ckpt_path}: its weights do not fit this network: "
+                             f"{str(e).strip().splitlines()[0][:300]}") from e
         opt.load_state_dict(ck["optimizer"])
         load_schedule(sched, ck["scheduler"], rank)
         if (ema is None) != (ck.get("ema") is None):
@@ -460,6 +561,8 @@ def train(cfg: TrainConfig) -> dict:
 
     if interrupted:
         return {"interrupted": True, "epoch": state["epoch"], "step": state["step"]}
+    if user_model and ema is not None:  # the caller's model ends as model.pth: the average
+        model.load_state_dict(ema.module().state_dict())
 
     # The test split is measured once, at the end, in FP32 eval (the export reference).
     test_loss = test_acc = None

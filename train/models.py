@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fastres import FastRes, fastres_config
-from .nn import BinaryConv2d, RPReLU
+from .nn import BINARY_LAYERS, BinaryConv2d, RPReLU
 from .resnet import BiRealResNet, birealresnet_config
 
 __all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "init_from_checkpoint",
@@ -152,6 +152,9 @@ class VGGSmall(nn.Module):
 
 
 def build_model(cfg: dict) -> nn.Module:
+    if cfg.get("arch") == "custom":  # a network trained with fit(): its class is the user's
+        raise ValueError(f"this checkpoint holds your own network ({cfg.get('model_class', '?')}), not a built-in "
+                         f"one: build it, load_state_dict(checkpoint['model']) and export it with export_model")
     if cfg.get("arch") == "fastres":
         return FastRes(cfg)
     if cfg.get("arch") == "birealresnet18":
@@ -196,7 +199,7 @@ def model_from_checkpoint(ckpt: dict) -> nn.Module:
 
 @torch.no_grad()
 def clip_latent_weights(model: nn.Module, bound: float = 1.0) -> None:
-    """Keep the latent weights of binary convs in [-bound, bound] (after each step)."""
+    """Keep the latent weights of binary convs and binary linears in [-bound, bound] (after each step)."""
     for m in model.modules():
-        if isinstance(m, BinaryConv2d):
+        if isinstance(m, BINARY_LAYERS):
             m.weight.clamp_(-bound, bound)

@@ -1,6 +1,6 @@
 r"""Binary layers for your own networks (PyTorch): ``bnnlite.train.nn``.
 
-Public names: BinaryConv2d, BinaryLinear, RPReLU, and the quantizers
+Public names: BinaryConv2d, BinaryLinear, BINARY_LAYERS, RPReLU, and the quantizers
 SteSign, ApproxSign, RSign (from quantizers.py).
 
 Conventions shared with the runtime (docs/conventions.md): sign(0) = +1, a
@@ -32,7 +32,7 @@ from torch import nn
 
 from .quantizers import QUANTIZERS, ApproxSign, RSign, SteSign, ste_sign
 
-__all__ = ["BinaryConv2d", "BinaryLinear", "RPReLU", "SteSign", "ApproxSign", "RSign"]
+__all__ = ["BinaryConv2d", "BinaryLinear", "BINARY_LAYERS", "RPReLU", "SteSign", "ApproxSign", "RSign"]
 
 SCALES = ("mean", "learned", "none")
 
@@ -127,6 +127,9 @@ class BinaryLinear(_Binary):
     def extra_repr(self):
         cout, cin = self.weight.shape
         return f"{cin}, {cout}, scale={self.scale_mode}, threshold={self.threshold is not None}"
+
+
+BINARY_LAYERS = (BinaryConv2d, BinaryLinear)  # the layers whose ``weight`` is latent (sign only)
 
 
 class RPReLU(nn.Module):

@@ -4,7 +4,7 @@ Public names: recipe_defaults, make_optimizer, make_schedule, load_schedule, Ema
 
 Parameter groups: weight decay only on real conv / linear weights, never on
 batch-norm, biases, thresholds, scales, RPReLU, nor on the latent weights of
-binary convs (their sign is all that is used; decay only pulls them towards
+binary convs and linears (their sign is all that is used; decay only pulls them towards
 a sign flip).  Without classifier normalisation the classifier keeps its own
 learning-rate multiplier (models.py says why).
 
@@ -36,9 +36,9 @@ def recipe_defaults(model: str) -> dict:
 
 
 def _is_latent_binary(module_of, name):
-    from .models import BinaryConv2d
+    from .nn import BINARY_LAYERS
     owner = module_of.get(name.rsplit(".", 1)[0])
-    return isinstance(owner, BinaryConv2d) and name.endswith(".weight")
+    return isinstance(owner, BINARY_LAYERS) and name.endswith(".weight")
 
 
 def make_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, classifier_mult: float):
