@@ -1,4 +1,5 @@
-"""bnnlite/bench/engines.py: the PyTorch FP32 engine is the bundle's own network."""
+"""bnnlite/bench/engines.py: the PyTorch FP32 engine is the bundle's own network, binary
+bundles included (their ops as FP32 convs of +-1 values)."""
 import numpy as np
 import pytest
 
@@ -8,12 +9,12 @@ from bnnlite.bench.evalset import data_file
 from bnnlite.bundle import read_bundle
 
 
-@pytest.mark.parametrize("path", ["tiny", "shipped"])
+@pytest.mark.parametrize("path", ["tiny fp32", "tiny xnor", "tiny birealnet", "fp32.h5", "birealnet.h5"])
 def test_torch_engine_is_the_bundles_network(tiny_bundles, path):
-    """The PyTorch FP32 engine rebuilt from an fp32 bundle gives bnnlite's logits."""
+    """The PyTorch FP32 engine rebuilt from a bundle gives bnnlite's logits."""
     import torch
 
-    bundle_path = tiny_bundles["fp32"] if path == "tiny" else data_file("fp32.h5")
+    bundle_path = tiny_bundles[path.split()[1]] if path.startswith("tiny") else data_file(path)
     model = bnnlite.Model.load(bundle_path)
     h, w, c = model.header["input_shape"]
     x = np.random.default_rng(0).integers(0, 256, (8, h, w, c), dtype=np.uint8)

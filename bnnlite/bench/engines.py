@@ -53,8 +53,9 @@ def _normalizer(bundle_header):
 
 
 def torch_from_bundle(bundle):
-    """A torch.nn.Module with the bundle's folded float weights (fp32 models): each op's
-    PyTorch mirror (``OpKind.to_torch``, bnnlite/ops/), called on its input tensors by name."""
+    """A torch.nn.Module with the bundle's folded float weights: each op's PyTorch mirror
+    (``OpKind.to_torch``, bnnlite/ops/), called on its input tensors by name.  Binary ops run
+    as FP32 convs of +-1 values (what PyTorch does without bit kernels)."""
     from torch import nn
 
     from ..bundle import INPUT, OUTPUT
@@ -63,7 +64,7 @@ def torch_from_bundle(bundle):
     for rec in bundle.ops:
         to_torch = lookup(rec.op).to_torch
         if to_torch is None:
-            raise click.ClickException(f"torch-fp32 needs a real-valued bundle; op {rec.op!r} found")
+            raise click.ClickException(f"torch-fp32 has no PyTorch form of op {rec.op!r}")
         layers.append(to_torch(rec, bundle))
     wiring = [(list(rec.inputs), rec.outputs[0]) for rec in bundle.ops]
     last_read = {name: i for i, (ins, _) in enumerate(wiring) for name in ins}

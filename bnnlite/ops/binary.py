@@ -69,9 +69,25 @@ def _sign_pack_onnx(g, rec):
     g.pm1[rec.outputs[0]] = g.node("Sign", [d], [rec.outputs[0]])
 
 
+def _sign_pack_torch(rec, bundle):
+    """Bits as +-1 floats (bit 1 = -1), as the ONNX form and the training code hold them."""
+    import torch
+    from torch import nn
+
+    class SignPM1(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("t", torch.from_numpy(rec.arrays["threshold"].copy()).view(1, -1, 1, 1))
+
+        def forward(self, x):
+            return torch.where(x < self.t, -1.0, 1.0)
+    return SignPM1()
+
+
 SIGN_PACK = register(OpKind(
     "sign_pack", SignPack, _sign_pack_infer, bits_out,
-    int_attrs={"channels": 1}, datasets={"threshold": ("float32", ("channels",))}, to_onnx=_sign_pack_onnx))
+    int_attrs={"channels": 1}, datasets={"threshold": ("float32", ("channels",))}, to_onnx=_sign_pack_onnx,
+    to_torch=_sign_pack_torch))
 
 
 # ---------------------------------------------------------------- bconv2d
@@ -212,7 +228,47 @@ def _bconv2d_onnx(g, rec):
     g.node("Identity", [y], [out])
 
 
+def _bconv2d_torch(rec, bundle):
+    """The binary conv as PyTorch FP32 computes it without bit kernels: a float conv of the +-1
+    input (padded with +1) and the +-1 weights, then the op's output transform; the
+    baseline ``bnnlite-bench``'s torch-fp32 engine runs for a binary bundle."""
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+    a, ar = rec.attrs, rec.arrays
+    w = unpack_bits(ar["weight"], a["cin"]).transpose(0, 3, 1, 2).astype(np.float32)  # OIHW, +-1
+    p, s = a["padding"], a["stride"]
+
+    class BConvPM1(nn.Module):
+        def __init__(self):
+            super().__init__()
+            if a["output"] == "bits":
+                self.register_buffer("w", torch.from_numpy(w))
+                self.register_buffer("thr", torch.from_numpy(ar["threshold"].astype(np.float32)).view(1, -1, 1, 1))
+                return
+            m = ar["multiplier"] * ar.get("scale", 1.0)
+            self.register_buffer("w", torch.from_numpy((w * m[:, None, None, None]).astype(np.float32)))
+            self.register_buffer("b", torch.from_numpy(ar["bias"].copy()))
+            if a.get("rprelu"):
+                for name in _RPRELU:
+                    self.register_buffer(name, torch.from_numpy(ar[name].copy()).view(1, -1, 1, 1))
+
+        def forward(self, x, res=None):
+            if p:
+                x = F.pad(x, (p, p, p, p), value=1.0)
+            if a["output"] == "bits":
+                return torch.where(F.conv2d(x, self.w, stride=s) < self.thr, -1.0, 1.0)
+            y = F.conv2d(x, self.w, self.b, stride=s)
+            if res is not None:
+                y = y + res.repeat(1, y.shape[1] // res.shape[1], 1, 1)
+            if a.get("rprelu"):
+                t = y - self.rprelu_gamma
+                y = torch.where(t >= 0, t, self.rprelu_beta * t) + self.rprelu_zeta
+            return y
+    return BConvPM1()
+
+
 BCONV2D = register(OpKind(
     "bconv2d", BConv2D, _bconv2d_infer, _bconv2d_bounds, inputs=(1, 2), int_attrs=CONV_ATTRS,
     str_attrs={"output": ("float", "bits")}, datasets={"weight": (WORD_DTYPE.name, ("cout", "kh", "kw", "cw"))},
-    check_arrays=_bconv2d_check_arrays, to_onnx=_bconv2d_onnx))
+    check_arrays=_bconv2d_check_arrays, to_onnx=_bconv2d_onnx, to_torch=_bconv2d_torch))

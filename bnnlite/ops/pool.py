@@ -86,7 +86,7 @@ MAXPOOL2D = register(OpKind(
     int_attrs=_POOL_ATTRS, to_onnx=_onnx_node("MaxPool", **_POOL2), to_torch=_torch_layer("MaxPool2d", 2)))
 BMAXPOOL2D = register(OpKind(
     "bmaxpool2d", BMaxPool2D, _infer_on("bits"), bits_out,
-    int_attrs=_POOL_ATTRS, to_onnx=_bmaxpool_onnx))
+    int_attrs=_POOL_ATTRS, to_onnx=_bmaxpool_onnx, to_torch=_torch_layer("MaxPool2d", 2)))  # on +-1
 
 
 # ---------------------------------------------------------------- average pools
