@@ -157,3 +157,18 @@ def test_mean_over_the_map_is_a_global_pool():
             return self.fc(self.conv(x).mean((-1, -2)))
 
     assert [o.op for o in lower(Net().eval(), (8, 8, 3))] == ["conv2d", "global_avgpool", "flatten", "dense"]
+
+
+def test_data_without_a_test_split_probes_random_images(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ("cat", "dog"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    model = randomize(UserNet(classes=2), seed=1)
+    lines = []
+    metrics = export_model(model, tmp_path / "m.h5", input_size=16, data=tmp_path / "imgs", probe=8,
+                           log=lines.append)
+    assert metrics["export_probe_images"] == 8 and "pytorch_test_acc" not in metrics
+    assert any("has no test split" in line for line in lines)

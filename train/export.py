@@ -148,11 +148,13 @@ def _write_verified(model, header, out_path, *, data, probe, tol, threads, onnx_
     # exit, and by the next export of out_path after a kill -9.
     with temp_beside(out_path) as draft:
         write_bundle(draft, header, ops, atomic=False)
-        # The probe: real test images when --data is given, else seeded random images.
-        if data is not None:
-            _, test, _ = load_dataset(data)
+        # The probe: real test images when --data has a test split, else seeded random images.
+        test = load_dataset(data)[1] if data is not None else None
+        if test is not None and len(test.labels):
             images, labels = test.images, test.labels
         else:
+            if data is not None:
+                log(f"{data} has no test split: probing with {probe} random images")
             rng = np.random.default_rng(0)
             images = rng.integers(0, 256, (probe,) + tuple(header["input_shape"]), dtype=np.uint8)
             labels = None
