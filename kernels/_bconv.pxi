@@ -116,6 +116,8 @@ cdef extern from "fconv.h" nogil:
     void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
                        float *out_row, Py_ssize_t s_out_w,
                        bnn_word_t *bits_row, Py_ssize_t s_bits_w)
+    void bnn_fconv_fma_rows(float *y, Py_ssize_t sy, Py_ssize_t nrows, int c,
+                            const float *mult, const float *bias, int relu)
 
 
 cdef extern from "pack.h" nogil:
@@ -401,6 +403,25 @@ def fconv_raw(const float[:, :, :, :] x, const float[::1] w, int kh, int kw, int
                       (out_b + n * son + ho * soh) if out_b != NULL else NULL, sow,
                       (<bnn_word_t *>(bits_b + n * sbn + ho * sbh)) if bits_b != NULL else NULL,
                       sbw)
+
+
+def fma_rows_raw(float[:, :] y, const float[::1] mult, const float[::1] bias, bint relu,
+                 int threads):
+    """y[r, c] = fma(y[r, c], mult[c], bias[c]), then max(y, 0) when relu, in
+    place (bnn_fconv_fma_rows); see Backend.fma_epilogue."""
+    cdef Py_ssize_t R = y.shape[0], sy = y.strides[0] // sizeof(float), b
+    cdef int C = <int>y.shape[1]
+    if R * C == 0:
+        return
+    cdef float *yb = &y[0, 0]
+    cdef const float *mb = &mult[0]
+    cdef const float *bb = &bias[0]
+    cdef int rl = 1 if relu else 0
+    # blocks of rows (as many as _chunk's work items would be), one call each
+    cdef Py_ssize_t rows = _chunk(R, threads)
+    for b in prange((R + rows - 1) // rows, nogil=True, schedule="dynamic",
+                    num_threads=threads):
+        bnn_fconv_fma_rows(yb + b * rows * sy, sy, min(rows, R - b * rows), C, mb, bb, rl)
 
 
 def bmaxpool2_raw(const word_t[:, :, :, :] x, word_t[:, :, :, :] out, int threads):

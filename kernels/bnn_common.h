@@ -15,7 +15,8 @@
  *                    the popcount core + epilogue of one block, per target
  *   planes_avx2.h    the bit-plane conv (AVX2)
  *   wplanes_avx2.h   its small-output path, by weight planes (AVX2)
- *   fconv.h          the first layer's real-valued conv + fused pack
+ *   fconv.h          the first layer's real-valued conv + fused pack;
+ *                    the fma(y, mult, bias) epilogue of the other real convs
  *   pack.h           floats -> packed bits
  *
  * Conventions (bnnlite/bitpack.py is the source of truth, mirrored in

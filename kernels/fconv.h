@@ -7,6 +7,8 @@
  * cloned for popcnt / x86-64-v3 CPUs, BNN_CLONES).  Every one rounds as
  * one FMA per tap in (kh, kw, cin) order, then fma(acc, mult, bias):
  * PyTorch's oneDNN order on an FMA CPU (docs/conventions.md).
+ * bnn_fconv_fma_rows is that epilogue alone, for the real-valued convs
+ * that run as im2col + BLAS (fma_rows_raw).
  */
 #ifndef BNNLITE_FCONV_H
 #define BNNLITE_FCONV_H
@@ -386,6 +388,27 @@ static void bnn_fconv_row(const bnn_fconv_params *fp, const float *xrow,
         }
     }
 #endif
+}
+
+/* The epilogue of the other real-valued convs (im2col + BLAS,
+ * bnnlite/ops/conv.py), in place on nrows rows of c floats, sy floats
+ * apart: y[c] = fma(y[c], mult[c], bias[c]) (one rounding, as fconv's
+ * own epilogue and floatmath.fma32), then with relu y = max(y, 0) with
+ * np.maximum's semantics (bnn_fmax_np: NaN kept, -0 -> +0).  The c loop
+ * vectorises (fmaf is vfmadd with -mfma, and on the x86-64-v3 clone). */
+BNN_CLONES
+static void bnn_fconv_fma_rows(float *y, ptrdiff_t sy, ptrdiff_t nrows, int c,
+                               const float *mult, const float *bias, int relu)
+{
+    for (ptrdiff_t r = 0; r < nrows; r++) {
+        float *yr = y + r * sy;
+        if (relu)
+            for (int k = 0; k < c; k++)
+                yr[k] = bnn_fmax_np(fmaf(yr[k], mult[k], bias[k]), 0.0f);
+        else
+            for (int k = 0; k < c; k++)
+                yr[k] = fmaf(yr[k], mult[k], bias[k]);
+    }
 }
 
 #endif /* BNNLITE_FCONV_H */

@@ -319,6 +319,83 @@ class TestConvFloatReal:
             be.conv_float(x, wt, b, 1, False, None)
 
 
+def _hard_floats(rng, shape):
+    """float32 values that stress a fused multiply-add: normal, tiny (products
+    and sums in the subnormals), huge (products that overflow), powers of two
+    +- an ulp (exact ties of the single rounding), zeros of both signs, inf, NaN."""
+    kind = rng.integers(0, 6, shape)
+    v = rng.standard_normal(shape)
+    v = np.where(kind == 1, v * 2.0 ** rng.integers(-149, -100, shape), v)
+    v = np.where(kind == 2, v * 2.0 ** rng.integers(60, 126, shape), v)
+    v = np.where(kind == 3, np.sign(v) * (1 + 2.0 ** rng.integers(-23, -10, shape))
+                 * 2.0 ** rng.integers(-8, 8, shape), v)
+    v = np.where(kind == 4, np.where(v < 0, -0.0, 0.0), v)
+    v = v.astype(np.float32)
+    special = rng.random(shape) < 0.01
+    v[special] = rng.choice(np.array([np.inf, -np.inf, np.nan], np.float32), int(special.sum()))
+    return v
+
+
+def _same_floats(a, b):
+    """Equal bit for bit, every NaN counting as the same NaN."""
+    nan = np.isnan(a)
+    np.testing.assert_array_equal(nan, np.isnan(b))
+    np.testing.assert_array_equal(np.where(nan, 0, a.view(np.int32)), np.where(nan, 0, b.view(np.int32)))
+
+
+class TestFmaEpilogue:
+    """fma_epilogue (the im2col conv's folded batch-norm, in place): every
+    backend gives floatmath.fma32's bits (one rounding), then np.maximum(y, 0)."""
+
+    @given(rows=st.integers(1, 40), c=st.sampled_from(CHANNELS), relu=st.booleans(),
+           threads=st.sampled_from([1, 2]), seed=st.integers(0, 2**32 - 1))
+    @SETTINGS
+    def test_equals_fma32(self, be, rows, c, relu, threads, seed):
+        rng = np.random.default_rng(seed)
+        y = _hard_floats(rng, (rows, c))
+        mult, bias = _hard_floats(rng, (c,)), _hard_floats(rng, (c,))
+        # (1 + 2^-12)^2 = 1 + 2^-11 + 2^-24 is halfway between two floats: a tie
+        # (bias 0), and with bias 2^-60 just above one, which a float64 sum
+        # rounded again to float32 gets wrong (double rounding)
+        y[0, ::3] = np.float32(1 + 2.0 ** -12)
+        mult[::3] = np.float32(1 + 2.0 ** -12)
+        bias[::6] = 0.0
+        bias[3::6] = 2.0 ** -60
+        with np.errstate(all="ignore"):           # inf - inf, overflow: as fmaf
+            want = floatmath.fma32(y, mult, bias)
+        if relu:
+            want = np.maximum(want, 0)
+        got = y.copy()
+        with np.errstate(all="ignore"):
+            be.fma_epilogue(got, mult, bias, relu, threads)
+        _same_floats(got, want)
+
+    def test_rows_of_a_strided_view_and_mult_one_is_plus_bias(self, be):
+        rng = np.random.default_rng(7)
+        buf = rng.standard_normal((9, 2, 70)).astype(np.float32)
+        keep = buf.copy()
+        y = buf[:, 0, 3:68]                      # rows 2*70 floats apart
+        bias = rng.standard_normal(65).astype(np.float32)
+        be.fma_epilogue(y, np.ones(65, np.float32), bias, False, 2)
+        _same_floats(y, keep[:, 0, 3:68] + bias)
+        np.testing.assert_array_equal(buf[:, 1], keep[:, 1])   # the rest is untouched
+        np.testing.assert_array_equal(buf[:, 0, :3], keep[:, 0, :3])
+
+    def test_fma_by_hand_and_relu_signs(self, be):
+        y = np.array([[1 + 2.0 ** -12, -0.0, -3.0, np.nan, 1e-40]], np.float32)
+        mult = np.array([1 + 2.0 ** -12, 1.0, 1.0, 1.0, 0.5], np.float32)
+        bias = np.array([-1.0, -0.0, 1.0, 0.0, 0.0], np.float32)
+        want = np.array([[np.nan if np.isnan(a) else _fma_exact(a, b, c)
+                          for a, b, c in zip(y[0], mult, bias)]], np.float32)
+        got = y.copy()
+        be.fma_epilogue(got, mult, bias, False)
+        _same_floats(got, want)
+        assert np.signbit(got[0, 1])             # -0 * 1 + -0 = -0
+        be.fma_epilogue(y, mult, bias, True)
+        _same_floats(y, np.maximum(want, 0))
+        assert not np.signbit(y[0, 1]) and np.isnan(y[0, 3])   # -0 -> +0, NaN kept
+
+
 class TestStridedViews:
     """Inputs and outputs may be views with strided outer axes."""
 

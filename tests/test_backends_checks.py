@@ -53,6 +53,26 @@ class TestValidation:
             be.pack(np.zeros((1, 2, 2, 5), np.float32), np.zeros(4, np.float32),
                     np.empty((1, 2, 2, 1), WORD_DTYPE))
 
+    def test_fma_epilogue_arguments(self, be):
+        y, v = np.zeros((4, 8), np.float32), np.zeros(8, np.float32)
+        with pytest.raises(ValueError, match=r"y: expected shape \(\?, \?\)"):
+            be.fma_epilogue(np.zeros((2, 2, 8), np.float32), v, v, False)
+        with pytest.raises(ValueError, match="y: expected dtype float32"):
+            be.fma_epilogue(y.astype(np.float64), v, v, False)
+        with pytest.raises(ValueError, match=r"mult: expected shape \(8\)"):
+            be.fma_epilogue(y, v[:4], v, False)
+        with pytest.raises(ValueError, match="bias: expected a C-contiguous"):
+            be.fma_epilogue(y, v, np.zeros(16, np.float32)[::2], False)
+        with pytest.raises(ValueError, match="relu: expected True or False"):
+            be.fma_epilogue(y, v, v, 1)
+        with pytest.raises(ValueError, match="y overlaps mult"):
+            be.fma_epilogue(y, y[0], v, False)
+        with pytest.raises(ValueError, match="last axis must be contiguous"):
+            be.fma_epilogue(np.zeros((4, 16), np.float32)[:, ::2], v, v, False)
+        y.flags.writeable = False
+        with pytest.raises(ValueError, match="y: expected a writeable array"):
+            be.fma_epilogue(y, v, v, False)
+
     def test_weights_from_another_layout_are_refused(self, be):
         others = [n for n in ("numba", "numpy", "cython") if n != be.name]
         for name in others:

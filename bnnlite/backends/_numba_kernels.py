@@ -25,8 +25,8 @@ vectorises the popcounts over l: vpopcntq on AVX-512, a vpshufb nibble
 lookup + vpsadbw per 4 words on AVX2.  CO_BLOCK = 64 (rather than 32)
 halves the per-word loop overhead (x loads, LLVM's alias checks).
 
-Public names: pack, bconv_float, bconv_bits, conv_float, bmaxpool2, maxpool2,
-popcount, fma32, CO_BLOCK, P, LAYOUT.
+Public names: pack, bconv_float, bconv_bits, conv_float, fma_epilogue, bmaxpool2,
+maxpool2, popcount, fma32, CO_BLOCK, P, LAYOUT.
 """
 from __future__ import annotations
 
@@ -39,8 +39,8 @@ from numba.extending import intrinsic
 
 from ..bitpack import WORD_BITS
 
-__all__ = ["pack", "bconv_float", "bconv_bits", "conv_float", "bmaxpool2", "maxpool2",
-           "popcount", "fma32", "CO_BLOCK", "P", "LAYOUT"]
+__all__ = ["pack", "bconv_float", "bconv_bits", "conv_float", "fma_epilogue", "bmaxpool2",
+           "maxpool2", "popcount", "fma32", "CO_BLOCK", "P", "LAYOUT"]
 
 #: Output channels per weight block (innermost, contiguous; one row).
 CO_BLOCK = 64
@@ -347,6 +347,19 @@ def _conv_float(x, w, has_mult, mult, bias, stride, relu, has_out, out, has_bits
                     bits[n, ho, wo, q] = word
 
 
+@njit(types.void(_arr(types.float32, 2), _F1R, _F1R, types.int64), **_OPTS)
+def _fma_epilogue(y, mult, bias, relu):
+    """In place: y[r, c] = fma(y[r, c], mult[c], bias[c]) (fma32: llvm.fma, one
+    rounding), then max(y, 0) when relu (NaN kept, -0.0 -> +0.0)."""
+    rows, c = y.shape
+    for r in prange(rows):
+        for k in range(c):
+            v = fma32(y[r, k], mult[k], bias[k])
+            if relu and not (v > 0 or v != v):
+                v = np.float32(0.0)
+            y[r, k] = v
+
+
 @njit(types.void(_W4R, _W4), **_OPTS)
 def _bmaxpool2(x, out):
     n, ho, wo, cw = out.shape
@@ -424,6 +437,12 @@ def conv_float(x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads)
                 _F4_DUMMY if out is None else out, int(out_bits is not None),
                 _W4_DUMMY if out_bits is None else out_bits,
                 _F1_DUMMY if next_thr is None else next_thr)
+
+
+def fma_epilogue(y, mult, bias, relu, threads):
+    """y = fma(y, mult, bias) (+ relu) in place, y float32 (R, C) (see _fma_epilogue)."""
+    _threads(threads)
+    _fma_epilogue(y, mult, bias, int(bool(relu)))
 
 
 def bmaxpool2(x, out, threads):

@@ -92,6 +92,9 @@ class Kernels:
     def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
         raise NotImplementedError
 
+    def fma_epilogue(self, y, mult, bias, relu, threads):
+        raise NotImplementedError
+
     def bmaxpool2(self, x, out, threads):
         raise NotImplementedError
 
@@ -332,6 +335,28 @@ class Backend:
             return self._call(bind, None)
         return self._call(bind, self._impl.conv_float, x, w, mult, bias, stride, relu, out,
                           out_bits, next_thr if out_bits is not None else None, threads)
+
+    def fma_epilogue(self, y, mult, bias, relu, threads=1, *, bind=False):
+        """The folded batch-norm epilogue of a real-valued conv, in place:
+        y[r, c] = fma(y[r, c], mult[c], bias[c]) (float32, one rounding:
+        ``floatmath.fma32``, C's ``fmaf``); relu: then y = max(y, 0) with
+        ``np.maximum`` semantics (NaN kept, -0.0 -> +0.0).  With mult all
+        ones this is y + bias exactly (y * 1 is exact).
+
+        y: float32 (R, C), last axis contiguous, writeable (e.g. an im2col
+        conv's output as (N*Ho*Wo, Cout)).  mult, bias: float32 (C,),
+        contiguous, not overlapping y.  relu: bool.
+        """
+        chk.array("y", y, chk.F32, (None, None), writeable=True)
+        c = y.shape[1]
+        chk.array("mult", mult, chk.F32, (c,), contiguous=True)
+        chk.array("bias", bias, chk.F32, (c,), contiguous=True)
+        relu = chk.flag("relu", relu)
+        chk.no_overlap([("y", y)], [("mult", mult), ("bias", bias)])
+        threads = chk.integer("threads", threads, 1)
+        if y.size:
+            return self._call(bind, self._impl.fma_epilogue, y, mult, bias, relu, threads)
+        return self._call(bind, None)
 
     # ---- pooling ---------------------------------------------------------
     def bmaxpool2(self, x, out, threads=1, *, bind=False):

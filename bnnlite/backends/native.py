@@ -67,6 +67,9 @@ class CythonKernels(Kernels):
         self.mod.fconv_raw(x, w.reshape(-1), kh, kw, cin, cout, stride, mult, bias, relu, out,
                            out_bits, next_thr, threads)
 
+    def fma_epilogue(self, y, mult, bias, relu, threads):
+        self.mod.fma_rows_raw(y, mult, bias, relu, threads)
+
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2_raw(x, out, threads)
 

@@ -57,6 +57,9 @@ class NumbaKernels(Kernels):
     def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
         self.mod.conv_float(x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads)
 
+    def fma_epilogue(self, y, mult, bias, relu, threads):
+        self.mod.fma_epilogue(y, mult, bias, relu, threads)
+
     def bmaxpool2(self, x, out, threads):
         self.mod.bmaxpool2(x, out, threads)
 

@@ -39,6 +39,9 @@ class NumpyKernels(Kernels):
     def conv_float(self, x, w, mult, bias, stride, relu, out, out_bits, next_thr, threads):
         reference.conv_float(x, w, bias, stride, relu, out, out_bits, next_thr, mult=mult)
 
+    def fma_epilogue(self, y, mult, bias, relu, threads):
+        reference.fma_epilogue(y, mult, bias, relu)
+
     def bmaxpool2(self, x, out, threads):
         reference.bmaxpool2(x, out)
 

@@ -16,7 +16,7 @@ which is also PyTorch's own float32 order for alpha * conv -> BatchNorm ->
 + shortcut -> RPReLU (docs/conventions.md).
 
 Public names: pack, prepare_weights, bconv_popcount, bconv_float,
-bconv_bits, conv_float, bmaxpool2, maxpool2, lookup_u8, LAYOUT.
+bconv_bits, conv_float, fma_epilogue, bmaxpool2, maxpool2, lookup_u8, LAYOUT.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ import numpy as np
 from ..bitpack import WORD_BITS, WORD_DTYPE, words_for
 from ..floatmath import fma32
 
-__all__ = ["pack", "prepare_weights", "bconv_popcount", "bconv_float",
-           "bconv_bits", "conv_float", "bmaxpool2", "maxpool2", "lookup_u8", "LAYOUT"]
+__all__ = ["pack", "prepare_weights", "bconv_popcount", "bconv_float", "bconv_bits",
+           "conv_float", "fma_epilogue", "bmaxpool2", "maxpool2", "lookup_u8", "LAYOUT"]
 
 #: Name of the prepared-weight layout of this backend: the bitpack layout
 #: (Cout, KH, KW, Cw) itself, C-contiguous.
@@ -153,6 +153,14 @@ def conv_float(x, w, bias, stride, relu, out, out_bits=None, next_thr=None, thre
         out[...] = y
     if out_bits is not None:
         out_bits[...] = _pack_words(y < next_thr)
+
+
+def fma_epilogue(y, mult, bias, relu, threads=1):
+    """In place on y (R, C): y = fma(y, mult, bias) (one rounding, fma32), then
+    with relu y = np.maximum(y, 0) (NaN kept, -0.0 -> +0.0)."""
+    y[...] = fma32(y, mult, bias)
+    if relu:
+        np.maximum(y, 0, out=y)
 
 
 def bmaxpool2(x, out, threads=1):

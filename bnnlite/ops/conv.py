@@ -12,7 +12,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..bounds import abs64, rounding
-from ..floatmath import fma32
 from .registry import Inferred, OpKind, SchemaError, register
 from .runtime import RuntimeOp
 
@@ -89,9 +88,17 @@ class Conv2D(RuntimeOp):
             s += f", fused sign_pack -> {self.fused_pack[0]!r}"
         return s
 
+    @property
+    def pointwise(self) -> bool:
+        """A 1x1, stride-1, unpadded im2col conv: its input (N, H, W, Cin) is
+        already the (N, H*W, Cin) matrix, so there is no copy to make."""
+        a = self.attrs
+        return (not self.direct and a["kh"] == a["kw"] == a["stride"] == 1
+                and a["padding"] == 0)
+
     def scratch_bytes_per_image(self):
         a, (ho, wo, _) = self.attrs, self.out_shape
-        if self.direct:
+        if self.direct or self.pointwise:
             return 0
         return 4 * ho * wo * a["kh"] * a["kw"] * a["cin"]
 
@@ -99,14 +106,18 @@ class Conv2D(RuntimeOp):
         a, (h, w, c) = self.attrs, self.in_shape
         ho, wo, _ = self.out_shape
         p = a["padding"]
-        sc = {"pad": np.zeros((n, h + 2 * p, w + 2 * p, c), np.float32)}
+        if self.pointwise:
+            return None
+        sc = {}
+        if self.direct or p:
+            sc["pad"] = np.zeros((n, h + 2 * p, w + 2 * p, c), np.float32)
         if not self.direct:
             sc["cols"] = np.empty((n, ho, wo, a["kh"], a["kw"], c), np.float32)
         return sc
 
     def bind(self, t, ctx):
         if not self.direct:
-            return lambda: self._run_im2col(t, ctx)
+            return self._bind_im2col(t, ctx)
         a, (h, w, _) = self.attrs, self.in_shape
         p, pad, src = a["padding"], ctx.scratch[self.name]["pad"], t[self.inputs[0]]
         interior = pad[:, p:p + h, p:p + w]
@@ -122,28 +133,42 @@ class Conv2D(RuntimeOp):
             conv()
         return call
 
-    def _run_im2col(self, t, ctx):
-        a, (h, w, _) = self.attrs, self.in_shape
+    def _bind_im2col(self, t, ctx):
+        """im2col (none for a pointwise conv), one BLAS product per image, then
+        the backend's fma epilogue (``Backend.fma_epilogue``: fma(y, mult, bias),
+        relu) on the output in place.  Format 2 (no multiplier): mult = 1, and
+        fma(y, 1, bias) is y + bias exactly."""
+        a, (h, w, cin) = self.attrs, self.in_shape
         p, s = a["padding"], a["stride"]
         ho, wo, cout = self.out_shape
-        pad = ctx.scratch[self.name]["pad"]
-        pad[:, p:p + h, p:p + w] = t[self.inputs[0]]
-        cols = ctx.scratch[self.name]["cols"]
-        for i in range(a["kh"]):
-            for j in range(a["kw"]):
-                cols[:, :, :, i, j] = pad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s]
-        out = t[self.outputs[0]]
+        src, out = t[self.inputs[0]], t[self.outputs[0]]
         n = out.shape[0]
         # One (Ho*Wo, K) @ (K, Cout) product per image, so an image's result does not
         # depend on the batch it came in (BLAS picks different kernels for other M).
-        np.matmul(cols.reshape(n, ho * wo, -1), self.w2d, out=out.reshape(n, ho * wo, cout))
-        out2d = out.reshape(-1, cout)
-        if self.mult is None:
-            out2d += self.bias
-        else:
-            out2d[...] = fma32(out2d, self.mult, self.bias)
-        if a["activation"] == "relu":
-            np.maximum(out2d, 0, out=out2d)
+        out3 = out.reshape(n, ho * wo, cout)
+        mult = self.mult if self.mult is not None else np.ones(cout, np.float32)
+        epilogue = ctx.backend.fma_epilogue(out3.reshape(-1, cout), mult, self.bias,
+                                            a["activation"] == "relu", ctx.threads, bind=True)
+        if self.pointwise:
+            def call():
+                np.matmul(src.reshape(n, h * w, cin), self.w2d, out=out3)
+                epilogue()
+            return call
+        sc = ctx.scratch[self.name]
+        cols = sc["cols"]
+        pad = sc["pad"] if p else src
+        windows = [(cols[:, :, :, i, j], pad[:, i:i + s * (ho - 1) + 1:s, j:j + s * (wo - 1) + 1:s])
+                   for i in range(a["kh"]) for j in range(a["kw"])]
+        lhs = cols.reshape(n, ho * wo, -1)
+
+        def call():
+            if p:
+                pad[:, p:p + h, p:p + w] = src
+            for dst, win in windows:
+                dst[...] = win
+            np.matmul(lhs, self.w2d, out=out3)
+            epilogue()
+        return call
 
 
 def _to_onnx(g, rec):
