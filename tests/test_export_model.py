@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: E402
 import bnnlite  # noqa: E402
 from bnnlite.train.export import export_model  # noqa: E402
 from bnnlite.train.lower import ExportError, lower  # noqa: E402
-from bnnlite.train.nn import BinaryConv2d, RPReLU  # noqa: E402
+from bnnlite.train.nn import BinaryConv2d, BinaryLinear, RPReLU  # noqa: E402
 
 from _models import randomize  # noqa: E402
 
@@ -172,3 +172,46 @@ def test_data_without_a_test_split_probes_random_images(tmp_path):
                            log=lines.append)
     assert metrics["export_probe_images"] == 8 and "pytorch_test_acc" not in metrics
     assert any("has no test split" in line for line in lines)
+
+
+class BinaryDenseNet(nn.Module):
+    """Binary dense layers: one on a flattened 4x4 map (an HxW binary conv in the bundle), one
+    on the vector it gives (a 1x1 conv of a 1x1 map), each with BatchNorm1d and an activation."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.MaxPool2d(2))
+        self.d1 = BinaryLinear(16 * 4 * 4, 70, scale="learned")
+        self.bn1 = nn.BatchNorm1d(70)
+        self.act1 = nn.PReLU(70)
+        self.d2 = BinaryLinear(70, 40, learn_threshold=True)
+        self.bn2 = nn.BatchNorm1d(40)
+        self.act2 = RPReLU(40)
+        self.fc = nn.Linear(40, 3)
+
+    def forward(self, x):
+        x = torch.flatten(self.stem(x), 1)          # 8x8 -> 4x4 map, 256 features
+        x = self.act1(self.bn1(self.d1(x)))
+        return self.fc(self.act2(self.bn2(self.d2(x))))
+
+
+def test_binary_dense_layers_run_as_in_pytorch(tmp_path):
+    model = randomize(BinaryDenseNet(), seed=5)
+    out = tmp_path / "bd.h5"
+    export_model(model, out, mean=MEAN, std=STD, input_size=8, probe=16, log=lambda *a: None)
+    ops = lower(model, (8, 8, 3))
+    bconvs = [o for o in ops if o.op == "bconv2d"]
+    assert [(o.attrs["kh"], o.attrs["cin"], o.attrs["cout"]) for o in bconvs] == [(4, 16, 70), (1, 70, 40)]
+    images = np.random.default_rng(1).integers(0, 256, (1000, 8, 8, 3), dtype=np.uint8)
+    ref, got = _logits(model, images), bnnlite.Model.load(out).logits(images)
+    assert np.mean(ref.argmax(1) == got.argmax(1)) == 1.0
+    assert np.mean(np.abs(ref - got).max(1) <= 1e-3) >= 0.999
+
+
+def test_binary_dense_with_per_pixel_thresholds_is_refused():
+    model = randomize(BinaryDenseNet(), seed=5)
+    model.d1 = BinaryLinear(16 * 4 * 4, 70, learn_threshold=True)
+    with torch.no_grad():
+        model.d1.threshold.copy_(torch.arange(256.0) / 256)
+    with pytest.raises(ExportError, match="thresholds differ within a channel"):
+        lower(model.eval(), (8, 8, 3))

@@ -38,9 +38,11 @@ def bn_as_fma(bn, log=None):
     inv = (np.float32(1) / np.sqrt(f32(bn.running_var) + np.float32(bn.eps))).astype(np.float32)
     a = (f32(bn.weight) * inv).astype(np.float32)
     b = fma32(-f32(bn.running_mean), a, f32(bn.bias))
-    probe = torch.randn(2, a.size, 8, 8, generator=torch.Generator().manual_seed(0)) * 4
+    spatial = (8, 8) if isinstance(bn, torch.nn.BatchNorm2d) else (8,)  # BatchNorm1d takes (N, C, L)
+    probe = torch.randn((2, a.size) + spatial, generator=torch.Generator().manual_seed(0)) * 4
     got = bn(probe).numpy()
-    want = fma32(probe.numpy(), a.reshape(1, -1, 1, 1), b.reshape(1, -1, 1, 1))
+    shape = (1, -1) + (1,) * len(spatial)
+    want = fma32(probe.numpy(), a.reshape(shape), b.reshape(shape))
     if log is not None and not np.array_equal(got, want):
         log(f"note: this PyTorch's BatchNorm rounds differently from fma(y, a, b) on "
             f"{np.mean(got != want):.1%} of a probe; expect last-bit differences")

@@ -15,6 +15,8 @@ in order, turning each node, or a chain of nodes, into bundle ops:
                                                   -> ``bconv2d`` with bits out (XNOR-Net)
 * MaxPool2d 2 -> ``maxpool2d``; AvgPool2d 2 -> ``avgpool2d``; AdaptiveAvgPool2d(1) or
   ``x.mean((2, 3))`` -> ``global_avgpool`` [+ ``flatten``]; flatten -> ``flatten``;
+* BinaryLinear [-> BatchNorm1d] [-> RPReLU | PReLU] -> ``sign_pack`` + ``bconv2d`` whose
+  kernel covers the whole (H, W, C) map it reads (a dense product), output (1, 1, F)
 * ``a + b`` (not fused into a binary conv) -> ``add``; ``torch.cat(dim=1)`` -> ``concat``;
   [BatchNorm1d [-> * c]] -> Linear               -> ``dense`` (normalisation folded in,
   columns permuted from NCHW- to NHWC-flatten order)
@@ -183,6 +185,7 @@ class _Lowering:
         self.layer = {r.name: i for i, r in enumerate(r for r in nodes if _match(r, nn.Conv2d, BinaryConv2d))}
         self.last_layer = 0
         self.dense_count = 0
+        self.vector_maps: set[str] = set()     # (1, 1, F) maps that PyTorch holds as (N, F) vectors
 
     # ---------------------------------------------------------------- helpers
     def _arg(self, rec, i=0):
@@ -270,6 +273,8 @@ class _Lowering:
             self._maxpool(rec)
         elif _match(rec, *_FLATTEN):
             self._flatten(rec)
+        elif _match(rec, BinaryLinear):
+            self._blinear(rec)
         elif _match(rec, nn.BatchNorm1d, nn.Linear):
             self._dense(rec)
         elif _match(rec, "repeat") and all(_match(u, *_ADD) for u in self._tensor_users(rec)):
@@ -362,18 +367,7 @@ class _Lowering:
             self._ensure(other)
             inputs.append(self._src(other))
             last = add
-        act = self._only_user(last, RPReLU, nn.PReLU)
-        if act is not None:
-            m = act.target
-            if isinstance(m, RPReLU):
-                g, be, z = f32(m.gamma), f32(m.beta), f32(m.zeta)
-            else:
-                be = np.broadcast_to(f32(m.weight), (cout,)).astype(np.float32)
-                g, z = np.zeros(cout, np.float32), np.zeros(cout, np.float32)
-            attrs["rprelu"] = True
-            arrays.update(rprelu_gamma=g, rprelu_beta=be, rprelu_zeta=z)
-            self.done.add(act.name)
-            last = act
+        last = self._fuse_activation(last, attrs, arrays, cout)
         attrs["output"] = "float"
         self.tensor[last.name] = self._emit("bconv2d", f"bconv{i}", inputs, attrs, arrays)
 
@@ -490,6 +484,65 @@ class _Lowering:
         self.nchw_flat[out] = tuple(src.value.shape[1:])
         self.tensor[rec.name] = out
 
+    def _fuse_activation(self, last, attrs, arrays, cout):
+        """An RPReLU or PReLU reading only ``last`` goes into the binary op's epilogue (a PReLU
+        is an RPReLU with no shifts); returns the node whose value the op now computes."""
+        act = self._only_user(last, RPReLU, nn.PReLU)
+        if act is None:
+            return last
+        m = act.target
+        if isinstance(m, RPReLU):
+            g, be, z = f32(m.gamma), f32(m.beta), f32(m.zeta)
+        else:
+            be = np.broadcast_to(f32(m.weight), (cout,)).astype(np.float32)
+            g, z = np.zeros(cout, np.float32), np.zeros(cout, np.float32)
+        attrs["rprelu"] = True
+        arrays.update(rprelu_gamma=g, rprelu_beta=be, rprelu_zeta=z)
+        self.done.add(act.name)
+        return act
+
+    def _blinear(self, rec):
+        """BinaryLinear [-> BatchNorm1d] [-> RPReLU | PReLU] as a binary conv whose kernel covers the
+        whole map: on flatten(x) of a (C, H, W) map, an HxW conv of x is the same dense product
+        (weights reordered from NCHW-flatten order), on a vector a 1x1 conv of its (1, 1, F) map.
+        Its output is a (1, 1, out) map, flattened where a Linear reads it."""
+        lin = rec.target
+        src = self._src(self._arg(rec))
+        producer = next((op for op in self.ops if op.outputs[0] == src), None)
+        if producer is not None and producer.op == "flatten" and src in self.nchw_flat:
+            x, (c, h, w) = producer.inputs[0], self.nchw_flat[src]
+        elif src in self.vector_maps:
+            x, (c, h, w) = src, (lin.weight.shape[1], 1, 1)
+        else:
+            raise ExportError(f"BinaryLinear{rec.where()}: only on a flattened map or another binary "
+                              f"layer's output exports")
+        t = np.zeros(c, np.float32)
+        if lin.threshold is not None:
+            t_full = f32(lin.threshold).reshape(c, h * w)
+            if not np.all(t_full == t_full[:, :1]):
+                raise ExportError(f"BinaryLinear{rec.where()}: its thresholds differ within a channel of the "
+                                  f"flattened map: no per-channel sign_pack form")
+            t = np.ascontiguousarray(t_full[:, 0])
+        key = (x, t.tobytes())
+        if key not in self.bits:
+            self.bits[key] = self._emit("sign_pack", f"sign_{rec.name}", [x], {"channels": c}, {"threshold": t},
+                                        out=f"bits_{rec.name}")
+        cout = lin.weight.shape[0]
+        wgt = lin.weight.detach().double().cpu().numpy().reshape(cout, c, h, w)
+        a, b, last = np.ones(cout, np.float32), np.zeros(cout, np.float32), rec
+        bn = self._only_user(rec, nn.BatchNorm1d)
+        if bn is not None:
+            a, b = bn_as_fma(bn.target, self.log)
+            self.done.add(bn.name)
+            last = bn
+        attrs = {"cin": c, "cout": cout, "kh": h, "kw": w, "stride": 1, "padding": 0}
+        arrays = {"weight": pack_conv_weight(wgt), "scale": f32(lin.scale()), "multiplier": a, "bias": b}
+        last = self._fuse_activation(last, attrs, arrays, cout)
+        attrs["output"] = "float"
+        out = self._emit("bconv2d", f"bdense_{rec.name}", [self.bits[key]], attrs, arrays)
+        self.vector_maps.add(out)
+        self.tensor[last.name] = out
+
     def _dense(self, rec):
         """[BatchNorm1d [-> * c]] -> Linear as one dense op."""
         first, norm, scale = rec, None, 1.0
@@ -519,6 +572,8 @@ class _Lowering:
             b = b - w @ (norm.running_mean.double().cpu().numpy() * r)
             w = w * r[None, :]
         src = self._src(self._arg(first))
+        if src in self.vector_maps:  # a binary dense's (1, 1, F) output
+            src = self._emit("flatten", "flatten", [src], out="flat")
         if src in self.nchw_flat:  # PyTorch flattens NCHW, the runtime NHWC
             c, h, wd = self.nchw_flat[src]
             w = w.reshape(-1, c, h, wd).transpose(0, 2, 3, 1).reshape(w.shape[0], -1)
