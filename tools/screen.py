@@ -73,8 +73,10 @@ CONFIGS = {
 # The long runs behind the shipped rows: full width, schedules fixed before they start
 # (docs/training.md says why each piece is in).  Run with --only L-fp32 ...; not in the table.
 LONG = {
-    "L-fp32": ("fp32 VGG-small, 60 epochs: F3's recipe", "--model fp32 --epochs 60 --classifier-norm bn-scaled "
-               "--schedule linear --warmup-epochs 1 --label-smoothing 0.1 --seed 0"),
+    "L-fp32": ("fp32 VGG-small, 60 epochs: F6's recipe (F3 + KD from the teacher T)",
+               "--model fp32 --epochs 60 --classifier-norm bn-scaled --schedule linear --warmup-epochs 1 "
+               "--label-smoothing 0.1 --kd --teacher-path {runs}/T/model.pth --kd-weight 0.9 --temperature 2 "
+               "--seed 0"),
 }
 
 
