@@ -49,69 +49,116 @@ BNN_INLINE void bnn_avx512_core(const bnn_word_t *x0, ptrdiff_t sxh, ptrdiff_t s
     }
 }
 
-/* Epilogue of one pixel from its NV accumulator registers (popcounts of
- * output channels co0 .. co0+nco-1, nco <= NV*LANES): acc = K - 2*pop, then
- * the integer threshold (bits mode) or the float chain on 16 lanes at a
- * time + optional fused pack.  Bits of channel co go to *wbits at bit
- * (co % BNN_WORD_BITS).  The float chain is bnn_chain16 (bnn_common.h),
- * so the results are those of the scalar epilogue. */
-BNN_INLINE void bnn_avx512_epilogue(const bnn_conv_params *prm, const __m512i *pop,
-                                    const int NV, int co0, int nco,
-                                    const float *res_px, float *out_px, int ocol,
-                                    bnn_word_t *wbits)
+/* Bits-mode epilogue of one pixel from its NV accumulator registers
+ * (popcounts of output channels co0 .. co0+nco-1, nco <= NV*LANES):
+ * acc = K - 2*pop, bit co = acc < thr[co] (int64), at bit co % BNN_WORD_BITS
+ * of *wbits. */
+BNN_INLINE void bnn_avx512_bits_epilogue(const bnn_conv_params *prm, const __m512i *pop,
+                                         const int NV, int co0, int nco, bnn_word_t *wbits)
 {
     const __m512i kv = _mm512_set1_epi64((long long)prm->k_bits);
-    if (prm->thr) {
-        for (int v = 0; v < NV; v++) {
-            const int co = co0 + v * BNN_LANES;
-            const int n = bnn_min(BNN_LANES, nco - v * BNN_LANES);
-            const __mmask8 lm = (__mmask8)((1u << n) - 1u);
-            const __m512i a = _mm512_sub_epi64(kv, _mm512_add_epi64(pop[v], pop[v]));
-            const __m512i th = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lm, prm->thr + co));
-            const __mmask8 m = _mm512_mask_cmplt_epi64_mask(lm, a, th);
-            *wbits |= (bnn_word_t)m << (co % BNN_WORD_BITS);
+    for (int v = 0; v < NV; v++) {
+        const int co = co0 + v * BNN_LANES;
+        const int n = bnn_min(BNN_LANES, nco - v * BNN_LANES);
+        const __mmask8 lm = (__mmask8)((1u << n) - 1u);
+        const __m512i a = _mm512_sub_epi64(kv, _mm512_add_epi64(pop[v], pop[v]));
+        const __m512i th = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(lm, prm->thr + co));
+        const __mmask8 m = _mm512_mask_cmplt_epi64_mask(lm, a, th);
+        *wbits |= (bnn_word_t)m << (co % BNN_WORD_BITS);
+    }
+}
+
+/* n <= 16 floats from p (lanes n.. zero; lm: the first n lanes): a plain
+ * load when n == 16 (masked loads and stores cost a 1x1 layer 5-10%). */
+BNN_INLINE __m512 bnn_avx512_load16(const float *p, int n, __mmask16 lm)
+{
+    return n == 2 * BNN_LANES ? _mm512_loadu_ps(p) : _mm512_maskz_loadu_ps(lm, p);
+}
+
+/* The residual of channels co .. co+n-1 of one pixel (lanes n.. zero):
+ * rc = co % cres when cres is a multiple of 16 (then rc .. rc+15 lie in
+ * one residual copy), else each lane's own co % cres. */
+BNN_INLINE __m512 bnn_avx512_residual16(const float *res_px, int co, int n, __mmask16 lm,
+                                        int cres, int rc)
+{
+    if (cres % (2 * BNN_LANES) == 0)
+        return bnn_avx512_load16(res_px + rc, n, lm);
+    float tmp[2 * BNN_LANES] = {0};
+    for (int l = 0; l < n; l++)
+        tmp[l] = res_px[(co + l) % cres];
+    return _mm512_loadu_ps(tmp);
+}
+
+/* Float-mode epilogue of a tile of P pixels from their accumulator
+ * registers acc[p][0 .. NV-1] (popcounts of output channels co0 ..
+ * co0+nco-1, nco <= NV*LANES): acc = K - 2*pop, the float chain
+ * bnn_chain16 (bnn_common.h) on 16 channels at a time, so the results are
+ * those of the scalar epilogue, stored to out (if out_px) and/or packed
+ * (if next_thr: bit co of wbits[p] at co % BNN_WORD_BITS).
+ * Channel group outer, pixel inner: a group's constants are loaded once
+ * per tile, not once per pixel; the residual channel of a group is
+ * stepped along, never divided for (an idiv per 16 channels, and the
+ * residual load waiting on it, was the hottest spot of a 1x1 layer). */
+BNN_INLINE void bnn_avx512_float_epilogue(const bnn_conv_params *prm,
+                                          __m512i acc[BNN_P][BNN_NV_MAX], const int P,
+                                          const int NV, int co0, int nco,
+                                          const float *res_px, ptrdiff_t s_res_w,
+                                          float *out_px, ptrdiff_t s_out_w, int ocol,
+                                          bnn_word_t *wbits)
+{
+    if (prm->k_bits > INT32_MAX) {   /* the int32 arithmetic below needs K < 2^31 */
+        for (int p = 0; p < P; p++) {
+            int64_t t[BNN_CO_BLOCK];
+            for (int v = 0; v < NV; v++)
+                _mm512_storeu_si512((void *)(t + v * BNN_LANES), acc[p][v]);
+            bnn_epilogue(prm, t, co0, nco, res_px ? res_px + p * s_res_w : NULL,
+                         out_px ? out_px + p * s_out_w : NULL, ocol, &wbits[p]);
         }
         return;
     }
-    for (int v = 0; v < NV; v += 2) {
+    /* Lanes 0-7: the low dwords of a's lanes, 8-15: those of b's. */
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i kv = _mm512_set1_epi32((int)prm->k_bits);
+    const int cres = prm->cres, rp = prm->gamma != NULL;
+    const float *nthr = prm->next_thr;
+    bnn_word_t bits[BNN_P] = {0};
+    int rc = res_px ? bnn_res_channel(co0, cres) : 0;   /* co % cres, cres % 16 == 0 */
+    for (int v = 0; v < NV; v += 2, rc = (rc + 2 * BNN_LANES == cres) ? 0 : rc + 2 * BNN_LANES) {
         const int co = co0 + v * BNN_LANES;       /* a multiple of 16 */
         const int n = bnn_min(2 * BNN_LANES, nco - v * BNN_LANES);
         const __mmask16 lm = (__mmask16)((1u << n) - 1u);
-        /* |acc| < 2^24, so the int64 -> float conversion is exact. */
-        const __m512i a0 = _mm512_sub_epi64(kv, _mm512_add_epi64(pop[v], pop[v]));
-        __m512 y = _mm512_castps256_ps512(_mm512_cvtepi64_ps(a0));
-        if (v + 1 < NV) {
-            const __m512i a1 = _mm512_sub_epi64(kv, _mm512_add_epi64(pop[v + 1], pop[v + 1]));
-            y = _mm512_insertf32x8(y, _mm512_cvtepi64_ps(a1), 1);
-        }
-        __m512 r = _mm512_setzero_ps();
-        if (res_px) {
-            const int cres = prm->cres;
-            if (cres % (2 * BNN_LANES) == 0) {
-                /* co % cres .. +16 is contiguous inside one residual copy. */
-                r = _mm512_maskz_loadu_ps(lm, res_px + (co % cres));
-            } else {
-                float tmp[2 * BNN_LANES] = {0};
-                for (int l = 0; l < n; l++)
-                    tmp[l] = res_px[(co + l) % cres];
-                r = _mm512_loadu_ps(tmp);
+        const __m512 zero = _mm512_setzero_ps();
+        const __m512 sc = bnn_avx512_load16(prm->scale + co, n, lm);
+        const __m512 mu = bnn_avx512_load16(prm->mult + co, n, lm);
+        const __m512 bi = bnn_avx512_load16(prm->bias + co, n, lm);
+        const __m512 gm = rp ? bnn_avx512_load16(prm->gamma + co, n, lm) : zero;
+        const __m512 be = rp ? bnn_avx512_load16(prm->beta + co, n, lm) : zero;
+        const __m512 ze = rp ? bnn_avx512_load16(prm->zeta + co, n, lm) : zero;
+        const __m512 nt = nthr ? bnn_avx512_load16(nthr + co, n, lm) : zero;
+        for (int p = 0; p < P; p++) {
+            /* 0 <= pop <= K < 2^31: the int32 lanes hold the same integers,
+             * and int32 -> float rounds as the scalar (float)acc. */
+            const __m512i pc = _mm512_permutex2var_epi32(acc[p][v], even,
+                                                         acc[p][v + 1 < NV ? v + 1 : v]);
+            const __m512 t = _mm512_cvtepi32_ps(_mm512_sub_epi32(kv, _mm512_add_epi32(pc, pc)));
+            const __m512 r = res_px ? bnn_avx512_residual16(res_px + p * s_res_w, co, n, lm,
+                                                            cres, rc) : zero;
+            const __m512 y = bnn_chain16(t, sc, mu, bi, res_px != NULL, r, rp, gm, be, ze);
+            if (out_px) {
+                if (n == 2 * BNN_LANES)
+                    _mm512_storeu_ps(out_px + p * s_out_w + (co - ocol), y);
+                else
+                    _mm512_mask_storeu_ps(out_px + p * s_out_w + (co - ocol), lm, y);
             }
-        }
-        const int rp = prm->gamma != NULL;
-        y = bnn_chain16(y, _mm512_maskz_loadu_ps(lm, prm->scale + co),
-                        _mm512_maskz_loadu_ps(lm, prm->mult + co),
-                        _mm512_maskz_loadu_ps(lm, prm->bias + co), res_px != NULL, r, rp,
-                        rp ? _mm512_maskz_loadu_ps(lm, prm->gamma + co) : r,
-                        rp ? _mm512_maskz_loadu_ps(lm, prm->beta + co) : r,
-                        rp ? _mm512_maskz_loadu_ps(lm, prm->zeta + co) : r);
-        if (out_px)
-            _mm512_mask_storeu_ps(out_px + (co - ocol), lm, y);
-        if (prm->next_thr) {
-            const __m512 nt = _mm512_maskz_loadu_ps(lm, prm->next_thr + co);
-            const __mmask16 m = _mm512_mask_cmp_ps_mask(lm, y, nt, _CMP_LT_OQ);
-            *wbits |= (bnn_word_t)m << (co % BNN_WORD_BITS);
+            if (nthr)
+                bits[p] |= (bnn_word_t)_mm512_mask_cmp_ps_mask(lm, y, nt, _CMP_LT_OQ)
+                           << (co % BNN_WORD_BITS);
         }
     }
+    if (nthr)
+        for (int p = 0; p < P; p++)
+            wbits[p] |= bits[p];
 }
 
 /* Core + epilogue of one tile (P pixels x one block of NV vectors). */
@@ -124,10 +171,13 @@ BNN_INLINE void bnn_avx512_tile(const bnn_conv_params *prm, const bnn_word_t *x0
 {
     __m512i acc[BNN_P][BNN_NV_MAX];
     bnn_avx512_core(x0, prm->sxh, prm->sxw, pstep, wb, prm->kh, prm->kw, prm->cw, P, NV, acc);
-    for (int p = 0; p < P; p++)
-        bnn_avx512_epilogue(prm, acc[p], NV, co0, nco,
-                            res_px ? res_px + p * s_res_w : NULL,
-                            out_px ? out_px + p * s_out_w : NULL, ocol, &wbits[p]);
+    if (prm->thr) {
+        for (int p = 0; p < P; p++)
+            bnn_avx512_bits_epilogue(prm, acc[p], NV, co0, nco, &wbits[p]);
+        return;
+    }
+    bnn_avx512_float_epilogue(prm, acc, P, NV, co0, nco, res_px, s_res_w, out_px, s_out_w,
+                              ocol, wbits);
 }
 
 /* Core + epilogue of np (<= BNN_P) pixels x one output-channel block: the

@@ -67,7 +67,7 @@ BNN_INLINE void bnn_sel_block(const bnn_conv_params *prm, const bnn_word_t *x0,
                               bnn_word_t *wbits)
 {
     if (res_px)
-        bnn_prefetch_residual(res_px, s_res_w, np, co0 % prm->cres, nco);
+        bnn_prefetch_residual(res_px, s_res_w, np, bnn_res_channel(co0, prm->cres), nco);
     BNN_SEL_TARGET(block)(prm, x0, pstep, wb, np, nv, co0, nco, res_px, s_res_w,
                           out_px, s_out_w, ocol, wbits);
 }

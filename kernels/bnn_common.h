@@ -148,6 +148,11 @@ static inline int bnn_min(int a, int b) { return a < b ? a : b; }
 BNN_INLINE int bnn_row_runs(int kw, int cw, ptrdiff_t sxw) { return sxw == cw ? 1 : kw; }
 BNN_INLINE int bnn_run_words(int kw, int cw, ptrdiff_t sxw) { return sxw == cw ? kw * cw : cw; }
 
+/* co % cres, the residual channel of output channel co, without the
+ * division in the common case co < cres (perf put an idiv per 16 channels,
+ * and the residual load waiting on it, at the top of a 1x1 layer). */
+BNN_INLINE int bnn_res_channel(int co, int cres) { return co < cres ? co : co % cres; }
+
 /* np.maximum semantics: NaN propagates, ties (0.0 vs -0.0) give b. */
 static inline float bnn_fmax_np(float a, float b) { return (a > b || a != a) ? a : b; }
 
