@@ -7,8 +7,10 @@ The runtime is torch-free: NumPy, h5py and the XNOR-popcount kernels.
     >>> model.predict(images)                       # uint8 (N, 32, 32, 3) -> class indices
 
 Public names: Model, BundleError, __version__.  Submodules: bitpack (bit
-layout conventions), bundle (the HDF5 schema), graph (runtime ops), model,
-backends (which kernels run, and the one API over them), floatmath (fma32).
+layout conventions), bundle (the HDF5 file: read, validate, write), ops (each
+op kind: schema, runtime class, ONNX and PyTorch forms), graph (the ops of a
+bundle, fused and planned), model, backends (which kernels run, and the one
+API over them), floatmath (fma32).
 ``bnnlite.train`` (needs torch) is never imported from here.
 """
 __version__ = "0.1.0"

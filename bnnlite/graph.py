@@ -2,7 +2,8 @@
 
 Public names: Graph; RuntimeOp and the op classes Conv2D, SignPack, BConv2D,
 MaxPool2D, BMaxPool2D, Flatten, Dense (defined in bnnlite/ops/, one module
-per op family; the graph builds each op from its registered kind).
+per op family, with the others: AvgPool2D, GlobalAvgPool, Add, Concat; the
+graph builds each op from its registered kind).
 
 Where tensors live
 * Every tensor gets one buffer per planned batch size (``Graph.plan(n)``),
