@@ -56,7 +56,7 @@ class TestHelp:
             assert flag in r.output, flag
         for flag in HIDDEN:
             assert flag not in r.output, flag
-        assert "fp32|xnor|birealnet|birealresnet18|fastres|baseline" in r.output
+        assert "fp32|xnor|birealnet|birealresnet18|reactnet|fastres|baseline" in r.output
         assert _run(["-h"]).output == r.output
 
     def test_console_script_points_at_main(self):

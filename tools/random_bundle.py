@@ -1,6 +1,7 @@
 """Export a built-in architecture with random weights: a bundle for speed figures only.
 
     python tools/random_bundle.py birealresnet18 /tmp/r18.h5 [--overrides '{"widths": [...]}'] [--seed 0]
+    python tools/random_bundle.py reactnet /tmp/rn.h5   # binary 1x1 convs too (train/reactnet.py)
 
 Speed does not depend on the weights, so the bench's topology figures (docs/benchmarks.md)
 need no trained model.  Weights are PyTorch's default initialisation; batch-norm running

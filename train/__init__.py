@@ -5,7 +5,7 @@ runtime (``import bnnlite``) never imports it.
 
 Modules: data (CIFAR readers, augmentation), nn (the layers for your own
 networks), quantizers (sign + STE), models (VGG-small fp32 / xnor /
-birealnet), losses (KD), checkpoint (atomic save, header), engine (the
+birealnet; resnet: Bi-Real ResNet-18; reactnet: ReActNet-A), losses (KD), checkpoint (atomic save, header), engine (the
 loop), fitting (``fit``: your own network through that loop), cli
 (bnnlite-train), export (bnnlite-export, ``export_model``).
 

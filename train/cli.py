@@ -12,6 +12,7 @@ from .models import ARCHS, CLASSIFIER_NORMS
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--model", "model", type=click.Choice(list(ARCHS) + ["baseline"]), required=True,
               help="fp32 (alias baseline): VGG-small FP32 reference; xnor: XNOR-Net; birealnet: Bi-Real; "
+                   "birealresnet18: Bi-Real ResNet-18; reactnet: ReActNet-A (binary 3x3 and 1x1 convs); "
                    "fastres: the small fast residual network used as KD teacher.")
 @click.option("--data", type=click.Path(exists=True), required=True,
               help="cifar-10-binary.tar.gz / cifar-10-python.tar.gz, or their extracted folder.")
@@ -59,7 +60,8 @@ def main(model, data, out, epochs, lr, batch_size, optimizer, weight_decay, kd, 
          temperature, val_size, seed, bf16, channels_last, compile_, threads, resume, subset,
          interrupt_after_steps, model_overrides, device, label_smoothing, schedule, warmup_epochs, ema,
          init_from, classifier_norm, no_progress):
-    """Train a VGG-small (fp32, XNOR-Net or Bi-Real) or the fastres teacher on CIFAR-10-layout data."""
+    """Train a VGG-small (fp32, XNOR-Net or Bi-Real), Bi-Real ResNet-18, ReActNet-A or the fastres teacher
+    on CIFAR-10-layout data."""
     if kd and not teacher_path:
         raise click.UsageError("--kd needs --teacher-path CKPT")
     if model_overrides is not None:

@@ -28,8 +28,8 @@ feature count.  ``"bn-scaled"`` multiplies that by the fixed
 step moves a logit by ~64 lr / batch per image.  Export folds either into the
 dense weights, so the runtime is unchanged.
 
-The KD teacher ``fastres`` lives in fastres.py and the Bi-Real ResNet-18 in
-resnet.py; build_model picks by ``config["arch"]``.
+The KD teacher ``fastres`` lives in fastres.py, the Bi-Real ResNet-18 in
+resnet.py and ReActNet-A in reactnet.py; build_model picks by ``config["arch"]``.
 """
 from __future__ import annotations
 
@@ -41,12 +41,13 @@ from torch import nn
 
 from .fastres import FastRes, fastres_config
 from .nn import BINARY_LAYERS, BinaryConv2d, RPReLU
+from .reactnet import ReActNet, reactnet_config
 from .resnet import BiRealResNet, birealresnet_config
 
 __all__ = ["ARCHS", "default_config", "build_model", "model_from_checkpoint", "init_from_checkpoint",
            "BinaryConv2d", "RPReLU", "clip_latent_weights"]
 
-ARCHS = ("fp32", "xnor", "birealnet", "birealresnet18", "fastres")
+ARCHS = ("fp32", "xnor", "birealnet", "birealresnet18", "reactnet", "fastres")
 CLASSIFIER_NORMS = ("none", "bn", "bn-scaled")
 ARCH_ALIASES = {"baseline": "fp32"}
 
@@ -68,6 +69,8 @@ def default_config(arch: str, num_classes: int = 10) -> dict:
         return fastres_config(num_classes)
     if arch == "birealresnet18":
         return birealresnet_config(num_classes)
+    if arch == "reactnet":
+        return reactnet_config(num_classes)
     cfg = {"arch": arch, **copy.deepcopy(_BASE), "num_classes": num_classes}
     cfg.update(copy.deepcopy(_BINARY.get(arch, {})))
     return cfg
@@ -159,6 +162,8 @@ def build_model(cfg: dict) -> nn.Module:
         return FastRes(cfg)
     if cfg.get("arch") == "birealresnet18":
         return BiRealResNet(cfg)
+    if cfg.get("arch") == "reactnet":
+        return ReActNet(cfg)
     return VGGSmall(cfg)
 
 

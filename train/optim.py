@@ -28,7 +28,7 @@ def recipe_defaults(model: str) -> dict:
     # classifier_lr applies only without classifier normalisation (see models.py).
     if model in ("fp32", "baseline"):
         return {"optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4, "compile": False, "classifier_lr": 0.01}
-    if model == "birealresnet18":
+    if model in ("birealresnet18", "reactnet"):
         return {"optimizer": "adam", "lr": 2e-3, "weight_decay": 0.0, "compile": True, "classifier_lr": 1.0}
     if model == "fastres":
         return {"optimizer": "sgd", "lr": 0.4, "weight_decay": 5e-4, "compile": False, "classifier_lr": 1.0}
