@@ -213,6 +213,164 @@ BNN_INLINE void bnn_avx512_block(const bnn_conv_params *prm, const bnn_word_t *x
 #undef BNN_TILE_
 }
 
+/* The epilogue constants of one group of 16 channels of a pointwise run
+ * (bnn_avx512_pointwise), held in registers for the whole run. */
+typedef struct {
+    __m512 sc, mu, bi, gm, be, ze, nt;
+    __mmask16 lm;
+    int n, co, rc;
+    int unit;          /* every scale is 1: the product by it is skipped */
+} bnn_avx512_pw_group;
+
+BNN_INLINE bnn_avx512_pw_group bnn_avx512_pw_group_init(const bnn_conv_params *prm, int co,
+                                                        int n, const int RES, const int RP)
+{
+    bnn_avx512_pw_group c;
+    const __m512 zero = _mm512_setzero_ps();
+    c.co = co;
+    c.n = n;
+    c.lm = (__mmask16)((1u << n) - 1u);
+    c.rc = RES ? bnn_res_channel(co, prm->cres) : 0;
+    c.sc = bnn_avx512_load16(prm->scale + co, n, c.lm);
+    c.unit = _mm512_mask_cmp_ps_mask(c.lm, c.sc, _mm512_set1_ps(1.0f), _CMP_EQ_OQ) == c.lm;
+    c.mu = bnn_avx512_load16(prm->mult + co, n, c.lm);
+    c.bi = bnn_avx512_load16(prm->bias + co, n, c.lm);
+    c.gm = RP ? bnn_avx512_load16(prm->gamma + co, n, c.lm) : zero;
+    c.be = RP ? bnn_avx512_load16(prm->beta + co, n, c.lm) : zero;
+    c.ze = RP ? bnn_avx512_load16(prm->zeta + co, n, c.lm) : zero;
+    c.nt = prm->next_thr ? bnn_avx512_load16(prm->next_thr + co, n, c.lm) : zero;
+    return c;
+}
+
+/* The float epilogue of one group of one pixel from its two accumulator
+ * vectors (lo: channels 0-7 of the group, hi: 8-15): bnn_avx512_float_epilogue's
+ * operations.  Returns the fused pack's 16 bits. */
+BNN_INLINE unsigned bnn_avx512_pw_epilogue(__m512i lo, __m512i hi, const bnn_avx512_pw_group c,
+                                           __m512 kf, const int RES, const int RP, int cres,
+                                           int pack, const float *res_p, float *out_p)
+{
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14,
+                                           16, 18, 20, 22, 24, 26, 28, 30);
+    /* t = K - 2*pop, exact in float (both < 2^24): one fnmadd where the
+     * integer way takes an add and a sub */
+    const __m512 pc = _mm512_cvtepi32_ps(_mm512_permutex2var_epi32(lo, even, hi));
+    const __m512 t = _mm512_fnmadd_ps(_mm512_set1_ps(2.0f), pc, kf);
+    /* RES 1: the group's residual channels are contiguous (cres % 16 == 0);
+     * RES 2: any repeat.  No branch in the loop for the common case. */
+    const __m512 r = RES == 1 ? _mm512_maskz_loadu_ps(c.lm, res_p + c.rc)
+                   : RES == 2 ? bnn_avx512_residual16(res_p, c.co, c.n, c.lm, cres, c.rc)
+                              : _mm512_setzero_ps();
+    const __m512 y = bnn_chain16_scaled(c.unit ? t : _mm512_mul_ps(t, c.sc), c.mu, c.bi, RES, r,
+                                        RP, c.gm, c.be, c.ze);
+    if (out_p)
+        _mm512_mask_storeu_ps(out_p + c.co, c.lm, y);
+    return pack ? (unsigned)_mm512_mask_cmp_ps_mask(c.lm, y, c.nt, _CMP_LT_OQ) : 0u;
+}
+
+BNN_INLINE void bnn_avx512_pw_loop(const bnn_conv_params *prm, const bnn_word_t *x0,
+                                   ptrdiff_t pstep, const bnn_word_t *wb, int np, const int NV,
+                                   const int RES, const int RP, int co0, int nco,
+                                   const float *res_px, ptrdiff_t s_res_w,
+                                   float *out_px, ptrdiff_t s_out_w,
+                                   bnn_word_t *bits_px, ptrdiff_t s_bits_w)
+{
+    /* prm's fields in locals: the stores below could alias them, so the
+     * compiler would reload each one for every pixel. */
+    const int bitsmode = prm->thr != NULL, pack = prm->next_thr != NULL, cw = prm->cw;
+    const int cres = prm->cres;
+    const __m512 kf = _mm512_set1_ps((float)prm->k_bits);
+    const __m512i kv = _mm512_set1_epi64((long long)prm->k_bits);
+    /* The block's constants: two groups of 16 channels (float mode), or
+     * one int64 threshold vector per 8 channels (bits mode). */
+    bnn_avx512_pw_group c0, c1;
+    __m512i th[BNN_NV_MAX];
+    if (bitsmode) {
+        for (int v = 0; v < NV; v++) {
+            const int k = bnn_min(BNN_LANES, nco - v * BNN_LANES);
+            th[v] = _mm512_cvtepi32_epi64(_mm256_maskz_loadu_epi32(
+                (__mmask8)((1u << k) - 1u), prm->thr + co0 + v * BNN_LANES));
+        }
+    } else {
+        c0 = bnn_avx512_pw_group_init(prm, co0, bnn_min(2 * BNN_LANES, nco), RES, RP);
+        if (NV > 2)
+            c1 = bnn_avx512_pw_group_init(prm, co0 + 2 * BNN_LANES, nco - 2 * BNN_LANES, RES, RP);
+    }
+    const int sh = co0 % BNN_WORD_BITS;
+    const uint64_t keep = ((uint64_t)1 << nco) - 1u;   /* nco <= BNN_CO_BLOCK < 64 */
+    for (int p = 0; p < np; p++) {
+        const bnn_word_t *xp = x0 + p * pstep, *w = wb;
+        __m512i acc[BNN_NV_MAX];
+        __m512i xb = _mm512_set1_epi64((long long)xp[0]);
+        for (int v = 0; v < NV; v++)
+            acc[v] = _mm512_popcnt_epi64(_mm512_xor_si512(
+                xb, _mm512_loadu_si512((const void *)(w + v * BNN_LANES))));
+        for (int q = 1; q < cw; q++) {
+            w += NV * BNN_LANES;
+            xb = _mm512_set1_epi64((long long)xp[q]);
+            for (int v = 0; v < NV; v++)
+                acc[v] = _mm512_add_epi64(acc[v], _mm512_popcnt_epi64(_mm512_xor_si512(
+                    xb, _mm512_loadu_si512((const void *)(w + v * BNN_LANES)))));
+        }
+        uint64_t m = 0;
+        if (bitsmode) {   /* acc = K - 2*pop < thr, as int64 */
+            for (int v = 0; v < NV; v++)
+                m |= (uint64_t)_mm512_cmplt_epi64_mask(
+                         _mm512_sub_epi64(kv, _mm512_add_epi64(acc[v], acc[v])), th[v])
+                     << (v * BNN_LANES);
+        } else {
+            const float *rp = RES ? res_px + p * s_res_w : NULL;
+            float *op = out_px ? out_px + p * s_out_w : NULL;
+            m = bnn_avx512_pw_epilogue(acc[0], acc[NV > 1 ? 1 : 0], c0, kf, RES, RP, cres, pack,
+                                       rp, op);
+            if (NV > 2)
+                m |= (uint64_t)bnn_avx512_pw_epilogue(acc[2], acc[NV > 3 ? 3 : 2], c1, kf, RES, RP,
+                                                      cres, pack, rp, op) << (2 * BNN_LANES);
+        }
+        if (bits_px) {   /* the first block of a word sets it, the next one ORs */
+            bnn_word_t *b = bits_px + p * s_bits_w;
+            *b = sh ? (*b | ((m & keep) << sh)) : (m & keep);
+        }
+    }
+}
+
+/* A 1x1 conv's block of output channels (co0 .. co0+nco-1, nv vectors,
+ * weights wb) over a run of np pixels (any np; pixel p at x0 + p*pstep):
+ * channel block outer, pixel inner, with the block's epilogue constants in
+ * registers for the whole run.  With only a few words per pixel, the
+ * popcounts are a small part of a 1x1 conv; the tile core (bnn_avx512_block)
+ * reloads those constants for every tile of BNN_P pixels and spills its
+ * accumulators around them, which cost a 1x1 layer most of its time.
+ * Outputs as bnn_avx512_block (out_px[co], no ocol); the fused pack or
+ * bits-mode bits of pixel p go to the word bits_px[p*s_bits_w] that holds
+ * channel co0 (set when co0 starts the word, ORed into it otherwise).  The
+ * same integers and float chain as the tile core, so the same results. */
+BNN_INLINE void bnn_avx512_pointwise(const bnn_conv_params *prm, const bnn_word_t *x0,
+                                     ptrdiff_t pstep, const bnn_word_t *wb, int np, int nv,
+                                     int co0, int nco, const float *res_px, ptrdiff_t s_res_w,
+                                     float *out_px, ptrdiff_t s_out_w,
+                                     bnn_word_t *bits_px, ptrdiff_t s_bits_w)
+{
+    const int res = res_px == NULL || prm->thr ? 0 : prm->cres % (2 * BNN_LANES) == 0 ? 1 : 2;
+    const int rp = prm->gamma != NULL && !prm->thr;
+#define BNN_PW_(NV_, R_, G_) \
+    bnn_avx512_pw_loop(prm, x0, pstep, wb, np, NV_, R_, G_, co0, nco, res_px, s_res_w, out_px, \
+                       s_out_w, bits_px, s_bits_w)
+#define BNN_PW_NV_(R_, G_)                                   \
+    switch (nv) {                                            \
+    case 4: BNN_PW_(4, R_, G_); return;                      \
+    case 3: BNN_PW_(3, R_, G_); return;                      \
+    case 2: BNN_PW_(2, R_, G_); return;                      \
+    default: BNN_PW_(1, R_, G_); return;                     \
+    }
+    if (res == 1 && rp) BNN_PW_NV_(1, 1)
+    if (res == 1) BNN_PW_NV_(1, 0)
+    if (res == 2) BNN_PW_NV_(2, rp)   /* rare: rp a runtime flag */
+    if (rp) BNN_PW_NV_(0, 1)
+    BNN_PW_NV_(0, 0)
+#undef BNN_PW_NV_
+#undef BNN_PW_
+}
+
 BNN_INLINE __m512 bnn_avx512_fmax16(__m512 a, __m512 b)
 {
     const __mmask16 m = _mm512_cmp_ps_mask(a, b, _CMP_GT_OQ) |

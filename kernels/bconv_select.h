@@ -33,6 +33,7 @@
 #if BNN_AVX512
 #include "bconv_avx512.h"
 #define BNN_SEL_TARGET(f) bnn_avx512_##f
+#define BNN_SEL_HAVE_POINTWISE 1
 #elif BNN_AVX2
 #include "bconv_avx2.h"
 #define BNN_SEL_TARGET(f) bnn_avx2_##f
@@ -72,6 +73,18 @@ BNN_INLINE void bnn_sel_block(const bnn_conv_params *prm, const bnn_word_t *x0,
                           out_px, s_out_w, ocol, wbits);
 }
 
+#ifndef BNN_SEL_HAVE_POINTWISE
+#define BNN_SEL_HAVE_POINTWISE 0
+#endif
+
+/* A 1x1 conv row by the target's pointwise run (BNN_SEL_TARGET(pointwise):
+ * channel block outer, pixel inner) where the target has one; the row may
+ * be a flat run of several (bnn_sel_flat). */
+static inline int bnn_sel_pointwise(const bnn_conv_params *prm)
+{
+    return BNN_SEL_HAVE_POINTWISE && prm->kh == 1 && prm->kw == 1 && prm->k_bits < (1 << 24);
+}
+
 /* One output row (fixed n, ho): xrow = &x[n, ho*stride, 0, 0];
  * res_row/out_row/bits_row point at [n, ho, 0, 0] of their arrays (or NULL),
  * with W strides s_res_w/s_out_w (floats) and s_bits_w (words).
@@ -88,6 +101,19 @@ static void bnn_sel_conv_row(const bnn_conv_params *prm, const bnn_word_t *xrow,
     const int nblk = (cout + BNN_CO_BLOCK - 1) / BNN_CO_BLOCK;
     const ptrdiff_t pstep = (ptrdiff_t)prm->stride * prm->sxw;
     const ptrdiff_t wblk = (ptrdiff_t)prm->kh * prm->kw * prm->cw * BNN_CO_BLOCK;
+#if BNN_SEL_HAVE_POINTWISE
+    if (bnn_sel_pointwise(prm)) {
+        for (int b = 0; b < nblk; b++) {
+            const int co0 = b * BNN_CO_BLOCK;
+            const int nco = bnn_min(BNN_CO_BLOCK, cout - co0);
+            BNN_SEL_TARGET(pointwise)(prm, xrow, pstep, prm->w + b * wblk, prm->wo,
+                                      (nco + BNN_LANES - 1) / BNN_LANES, co0, nco, res_row, s_res_w,
+                                      out_row, s_out_w,
+                                      bits_row ? bits_row + co0 / BNN_WORD_BITS : NULL, s_bits_w);
+        }
+        return;
+    }
+#endif
     for (int wo0 = 0; wo0 < prm->wo; wo0 += BNN_P) {
         const int np = bnn_min(BNN_P, prm->wo - wo0);
         bnn_word_t wbits[BNN_P];
@@ -224,8 +250,35 @@ typedef struct {
     ptrdiff_t units;             /* output rows, or pooled rows (io->rows per image) */
     ptrdiff_t items;             /* work items: units, or blocks of units */
     int units_per_block;         /* BNN_SEL_PLANES: units in a block */
+    ptrdiff_t flat_pixels;       /* BNN_SEL_CORE on a flat run (bnn_sel_flat): its pixels, else 0 */
     size_t ws_bytes;             /* scratch per thread */
 } bnn_sel_job;
+
+/* Pixels per work item of a flat run: a multiple of BNN_P (only the last
+ * item has a partial tile) and few enough items for the dynamic schedule. */
+#define BNN_SEL_FLAT_CHUNK (32 * BNN_P)
+
+/* A 1x1 stride-1 conv is a matrix product over pixels: where every array
+ * steps from one output row to the next (and one image to the next) as
+ * from one pixel to the next, its n*ho rows are one run of n*ho*wo pixels.
+ * The core then works through it in whole tiles of BNN_P pixels, instead of
+ * ending each short row (16 pixels = 6 + 6 + 4) with single-pixel tiles:
+ * those cost a 1x1 layer a third of its time. */
+static inline int bnn_sel_flat(const bnn_conv_params *prm, const bnn_io *io)
+{
+    const ptrdiff_t wo = prm->wo, rows = io->rows;
+    if (prm->kh != 1 || prm->kw != 1 || prm->stride != 1 || io->pool)
+        return 0;
+    if (prm->sxh != wo * prm->sxw || io->sxn != rows * prm->sxh)
+        return 0;
+    if (io->res && (io->srh != wo * io->srw || io->srn != rows * io->srh))
+        return 0;
+    if (io->out && (io->soh != wo * io->sow || io->son != rows * io->soh))
+        return 0;
+    if (io->bits && (io->sbh != wo * io->sbw || io->sbn != rows * io->sbh))
+        return 0;
+    return 1;
+}
 
 /* The job of one call of n images (io->rows units each): pl / wp are the
  * layer's plane lists / weight planes, or NULL where they were not made. */
@@ -241,6 +294,11 @@ static void bnn_sel_job_init(bnn_sel_job *job, const bnn_conv_params *prm, const
     job->wp = job->path == BNN_SEL_WPLANES ? wp : NULL;
     job->units_per_block = 1;
     job->units = job->items = units;
+    job->flat_pixels = 0;
+    if (job->path == BNN_SEL_CORE && bnn_sel_flat(prm, io)) {
+        job->flat_pixels = units * prm->wo;
+        job->items = (job->flat_pixels + BNN_SEL_FLAT_CHUNK - 1) / BNN_SEL_FLAT_CHUNK;
+    }
     if (job->path == BNN_SEL_PLANES) {
         job->units_per_block = BNN_PL_PIX / bnn_pl_unit_pixels(prm->wo, io->pool, io->wpool);
         job->items = (units + job->units_per_block - 1) / job->units_per_block;
@@ -253,7 +311,7 @@ static void bnn_sel_job_init(bnn_sel_job *job, const bnn_conv_params *prm, const
  * few and heavy), or bnn_sel_row_grain rows. */
 static inline ptrdiff_t bnn_sel_grain(const bnn_sel_job *job, int threads)
 {
-    return job->path == BNN_SEL_CORE ? bnn_sel_row_grain(job->items, threads) : 1;
+    return job->path == BNN_SEL_CORE && !job->flat_pixels ? bnn_sel_row_grain(job->items, threads) : 1;
 }
 
 /* Work item b of the job (ws: this thread's scratch, job->ws_bytes).
@@ -275,6 +333,15 @@ static void bnn_sel_run(const bnn_sel_job *job, ptrdiff_t b, void *ws)
         return;
 #endif
     default: {
+        if (job->flat_pixels) {   /* pixels p0 .. p0+np-1 of the flat run */
+            const ptrdiff_t p0 = b * BNN_SEL_FLAT_CHUNK, left = job->flat_pixels - p0;
+            bnn_conv_params run = *prm;
+            run.wo = (int)(left < BNN_SEL_FLAT_CHUNK ? left : BNN_SEL_FLAT_CHUNK);
+            bnn_sel_conv_row(&run, io->x + p0 * prm->sxw, io->res ? io->res + p0 * io->srw : NULL,
+                             io->srw, io->out ? io->out + p0 * io->sow : NULL, io->sow,
+                             io->bits ? io->bits + p0 * io->sbw : NULL, io->sbw);
+            return;
+        }
         const ptrdiff_t n = b / io->rows, i = b % io->rows;
         const ptrdiff_t h = io->pool ? 2 * i : i;       /* the (first) conv row */
         const bnn_word_t *xrow = io->x + n * io->sxn + h * prm->stride * prm->sxh;

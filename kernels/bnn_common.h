@@ -194,21 +194,30 @@ BNN_INLINE __m256 bnn_chain8(__m256 t, __m256 scale, __m256 mult, __m256 bias, i
 #endif
 
 #if BNN_AVX512
+/* bnn_chain16 after its first step, from y = t * scale: a caller whose
+ * scales are all exactly 1 (no weight scale) may skip that product, as
+ * t * 1 == t. */
+BNN_INLINE __m512 bnn_chain16_scaled(__m512 y, __m512 mult, __m512 bias, int res, __m512 r,
+                                     int rp, __m512 gamma, __m512 beta, __m512 zeta)
+{
+    y = _mm512_fmadd_ps(y, mult, bias);
+    if (res)
+        y = _mm512_add_ps(y, r);
+    if (rp) {
+        /* beta * d where not y >= gamma (NaN included), else d: blend(ge, beta*d, d) in one step */
+        const __mmask16 lt = _mm512_cmp_ps_mask(y, gamma, _CMP_NGE_UQ);
+        const __m512 d = _mm512_sub_ps(y, gamma);
+        y = _mm512_add_ps(_mm512_mask_mul_ps(d, lt, beta, d), zeta);
+    }
+    return y;
+}
+
 /* bnn_chain8 on 16 channels (|acc| < 2^24: the int64 -> float conversion
  * before it is exact). */
 BNN_INLINE __m512 bnn_chain16(__m512 t, __m512 scale, __m512 mult, __m512 bias, int res,
                               __m512 r, int rp, __m512 gamma, __m512 beta, __m512 zeta)
 {
-    __m512 y = _mm512_mul_ps(t, scale);
-    y = _mm512_fmadd_ps(y, mult, bias);
-    if (res)
-        y = _mm512_add_ps(y, r);
-    if (rp) {
-        const __mmask16 ge = _mm512_cmp_ps_mask(y, gamma, _CMP_GE_OQ);
-        const __m512 d = _mm512_sub_ps(y, gamma);
-        y = _mm512_add_ps(_mm512_mask_blend_ps(ge, _mm512_mul_ps(beta, d), d), zeta);
-    }
-    return y;
+    return bnn_chain16_scaled(_mm512_mul_ps(t, scale), mult, bias, res, r, rp, gamma, beta, zeta);
 }
 #endif
 

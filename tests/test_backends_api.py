@@ -120,11 +120,13 @@ class TestConvFloat:
     """Full float epilogue: bit-identical to the reference, fused pack."""
 
     @given(case=conv_cases(), use_res=st.booleans(), use_rp=st.booleans(),
-           res_div=st.sampled_from([1, 2, 3, 5]))
+           res_div=st.sampled_from([1, 2, 3, 5]), unit_scale=st.booleans())
     @SETTINGS
-    def test_bit_identical_to_reference(self, be, ref, case, use_res, use_rp, res_div):
+    def test_bit_identical_to_reference(self, be, ref, case, use_res, use_rp, res_div, unit_scale):
         c = Case(**case)
         scale, mult, bias = c.f32(c.cout) * 0.1, c.f32(c.cout), c.f32(c.cout)
+        if unit_scale:   # no weight scale: the AVX-512 1x1 path skips the product by 1
+            scale = np.ones(c.cout, np.float32)
         residual = None
         if use_res:
             cres = c.cout // res_div if c.cout % res_div == 0 else c.cout
@@ -139,6 +141,31 @@ class TestConvFloat:
         np.testing.assert_array_equal(got_bits, want_bits)
         # the fused "sign + pack" equals packing the float output
         np.testing.assert_array_equal(got_bits, pack_bits(got, nthr))
+
+    @pytest.mark.parametrize("cin,cout,cres,stride,unit", [
+        (32, 32, 32, 1, True), (64, 40, 8, 1, True), (128, 128, 64, 1, True),
+        (130, 96, 96, 2, False), (512, 24, 24, 1, True), (64, 200, 200, 1, False),
+        (128, 96, 24, 1, True)])
+    @pytest.mark.parametrize("use_rp", [False, True])
+    def test_pointwise_runs(self, be, ref, cin, cout, cres, stride, unit, use_rp):
+        """1x1 convs over long runs (2 x 7 x 37 pixels: several work items of
+        the flat run, kernels/bconv_select.h) with every epilogue piece: unit
+        or real scales, a residual repeated (cres % 16 == 0 or not), RPReLU,
+        the fused pack into words two blocks share; and bits mode."""
+        c = Case(n=2, h=7, w=37, k=1, pad=0, cin=cin, cout=cout, stride=stride, seed=cin + cout)
+        scale = np.ones(cout, np.float32) if unit else c.f32(cout) * 0.1
+        mult, bias, nthr = c.f32(cout), c.f32(cout), c.f32(cout)
+        residual = c.f32(c.n, c.ho, c.wo, cres)
+        rprelu = (c.f32(cout), c.f32(cout), c.f32(cout)) if use_rp else None
+        got = _float_out(be, c, be.prepare_weights(c.w), mult, bias, residual, rprelu, nthr,
+                         scale=scale)
+        want = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias, residual, rprelu, nthr,
+                          scale=scale)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, cout).astype(np.int32)
+        np.testing.assert_array_equal(_bits_out(be, c, be.prepare_weights(c.w), thr),
+                                      pack_bits(c.oracle_acc(), thr))
 
     def test_epilogue_formula_by_hand(self, be):
         c = Case(n=1, h=3, w=3, k=3, pad=1, cin=64, cout=16, stride=1, seed=3)

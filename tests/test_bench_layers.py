@@ -11,7 +11,7 @@ def test_layers_run_per_chunk():
     assert res.exit_code == 0, res.output
     rows = json.loads(res.output)
     assert [r["layer"] for r in rows] == ["bconv1", "bconv2", "bconv3", "bconv4", "bconv5"]
-    assert rows[0]["shape"] == "32x32x128->128"
+    assert rows[0]["shape"] == "32x32x128->128" and rows[0]["kernel"] == "3x3/1"
     assert all(r["chunk"] >= 1 and r["binary_gmacs"] > 0 for r in rows)
 
 

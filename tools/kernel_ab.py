@@ -19,6 +19,7 @@ applied inside bconv_raw to the data it was given.
     python setup.py build_ext --inplace           # after it
     python tools/kernel_ab.py /tmp/before.so      # A = before, B = installed
     python tools/kernel_ab.py --model /tmp/before.so
+    python tools/kernel_ab.py --bundle rn.h5 /tmp/before.so   # another model
 """
 from __future__ import annotations
 
@@ -69,12 +70,17 @@ def _alternate(runs, rounds):
     return times, float(np.median([a / b for a, b in zip(times["A"], times["B"])]))
 
 
-def _whole_model(mods, rounds, chunk, backend):
+def _load_model(bundle, backend, **kw):
+    return bnnlite.Model.load(bundle, backend=backend, **kw) if bundle else \
+        bnnlite.Model.pretrained(backend=backend, **kw)
+
+
+def _whole_model(mods, rounds, chunk, backend, bundle):
     """Model.logits of 128 random images, A and B in alternation, each on a
     model whose graph (so whose plane lists) was made through its build."""
     models = {}
     for k, mod in mods.items():
-        m = bnnlite.Model.pretrained(threads=1, backend=backend, chunk=chunk)
+        m = _load_model(bundle, backend, threads=1, chunk=chunk)
         m.backend = _bound(m, mod)
         m.graph = Graph(m.bundle, m.backend)
         models[k] = m
@@ -109,9 +115,11 @@ def _load(path: Path, tag: str, name: str):
                                          "cython-generic"]),
               default="cython", show_default=True,
               help="The compiled variant the builds are of (cython: the one this CPU picks).")
-def main(build_a, build_b, rounds, chunk, calls, whole, backend):
+@click.option("--bundle", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="The model to time [default: the shipped birealnet].")
+def main(build_a, build_b, rounds, chunk, calls, whole, backend, bundle):
     """Time BUILD_A against BUILD_B (default: the installed build)."""
-    model = bnnlite.Model.pretrained(threads=1, backend=backend)
+    model = _load_model(bundle, backend, threads=1)
     installed = model.backend._impl.mod
     name = installed.__name__.rsplit(".", 1)[-1]
     mods = {"A": _load(build_a, "build_a", name),
@@ -119,7 +127,7 @@ def main(build_a, build_b, rounds, chunk, calls, whole, backend):
     mods = {k: _with_select_path(mod, installed) for k, mod in mods.items()}
     click.echo(f"variant {name}: A {build_a}, B {build_b or installed.__file__}")
     if whole:
-        _whole_model(mods, rounds, chunk, backend)
+        _whole_model(mods, rounds, chunk, backend, bundle)
         return
     sets = {k: getattr(mod, "PLANES_SETS", None) for k, mod in mods.items()}
     if sets["A"] != sets["B"]:

@@ -64,6 +64,7 @@ def time_layers(model_path, threads, batch) -> list[dict]:
             ts.append(time.perf_counter() - t0)
         tb = float(np.median(ts))
         row = {"layer": op.name, "shape": f"{h}x{w}x{cin}->{cout}", "chunk": step,
+               "kernel": f"{kh}x{kw}/{op.attrs['stride']}",
                "bnnlite_ms": 1e3 * tb, "binary_gmacs": n_chunks * step * per_image / tb / 1e9}
         if torch is not None:
             tf = _torch_conv(torch, batch, cin, h, w, cout, kh, kw, op.attrs["padding"])

@@ -51,11 +51,11 @@ def layers_table(rows, batch) -> str:
     chunk = rows[0]["chunk"] if rows else "-"
     lines = [f"batch {batch}; bnnlite runs each layer {chunk} images at a time, as Model.predict does; "
              "torch runs the whole batch"]
-    head = (f"{'layer':<8} {'shape':<18} {'bnnlite ms':>10} {'binary GMAC/s':>14} {'torch ms':>9} "
+    head = (f"{'layer':<8} {'shape':<18} {'kernel':<7} {'bnnlite ms':>10} {'binary GMAC/s':>14} {'torch ms':>9} "
             f"{'torch GMAC/s':>13} {'speedup':>8}")
     lines += [head, "-" * len(head)]
     for r in rows:
-        lines.append(f"{r['layer']:<8} {r['shape']:<18} {r['bnnlite_ms']:>10.2f} {r['binary_gmacs']:>14.1f} "
+        lines.append(f"{r['layer']:<8} {r['shape']:<18} {r.get('kernel', '-'):<7} {r['bnnlite_ms']:>10.2f} {r['binary_gmacs']:>14.1f} "
                      f"{r.get('torch_ms', float('nan')):>9.2f} {r.get('torch_gmacs', float('nan')):>13.1f} "
                      f"{r.get('speedup', float('nan')):>7.1f}x")
     return "\n".join(lines)
