@@ -12,24 +12,19 @@ convs included.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
-from click.testing import CliRunner  # noqa: E402
 
 from bnnlite.bundle import read_bundle  # noqa: E402
-from bnnlite.train import cli as train_cli  # noqa: E402
-from bnnlite.train import export as export_cli  # noqa: E402
 from bnnlite.train.export import export_checkpoint  # noqa: E402
 from bnnlite.train.models import build_model, default_config  # noqa: E402
 from bnnlite.train.nn import BinaryConv2d  # noqa: E402
 from bnnlite.train.reactnet import ReActBlock  # noqa: E402
 
 import _models  # noqa: E402
-from test_export_resnet import _assert_agrees, _images  # noqa: E402
+from test_export_resnet import _assert_agrees, _images, _train_one_epoch_and_export  # noqa: E402
 
 # 12 -> 24 (2 pointwise) -> 48 /2 (2) -> 48 (1) -> 96 /2 (2) -> 96 (1): 5 binary 3x3, 8 binary 1x1.
 SMALL = {"stem_width": 12, "blocks": [[24, 1], [48, 2], [48, 1], [96, 2], [96, 1]]}
@@ -100,20 +95,6 @@ def test_small_reactnet_random_weights(tmp_path):
 
 
 def test_reactnet_trained_one_epoch_exports_and_runs(data_dir, tmp_path):
-    out = tmp_path / "run"
-    r = CliRunner().invoke(train_cli.main, [
-        "--model", "reactnet", "--data", str(data_dir), "--out", str(out), "--epochs", "1",
-        "--subset", "96", "--val-size", "32", "--batch-size", "32", "--no-compile", "--no-bf16",
-        "--no-progress", "--threads", "1", "--model-overrides", json.dumps(SMALL)])
-    assert r.exit_code == 0, r.output
-    ckpt = out / "model.pth"
-    bundle = tmp_path / "model.h5"
-    r = CliRunner().invoke(export_cli.main, [str(ckpt), str(bundle), "--probe", "64"])
-    assert r.exit_code == 0, r.output
-    from bnnlite.train.checkpoint import load_checkpoint
-    from bnnlite.train.models import model_from_checkpoint
-    c = load_checkpoint(ckpt)
-    assert c["config"]["arch"] == "reactnet"
-    model = model_from_checkpoint(c)
+    model, bundle, c = _train_one_epoch_and_export("reactnet", SMALL, 96, data_dir, tmp_path)
     _check_lowering(bundle, SMALL_3X3, SMALL_1X1)
     _assert_agrees(model, bundle, _images(300, 32), c["normalization"]["mean"], c["normalization"]["std"])

@@ -82,12 +82,14 @@ def _assert_agrees(model, path, images, mean, std):
     return ref, got
 
 
-def test_birealresnet18_trained_one_epoch_exports_and_runs(data_dir, tmp_path):
+def _train_one_epoch_and_export(arch, overrides, subset, data_dir, tmp_path):
+    """``bnnlite-train --model arch`` for one epoch on ``subset`` images, then
+    ``bnnlite-export``: (the trained model, its bundle, its checkpoint)."""
     out = tmp_path / "run"
     r = CliRunner().invoke(train_cli.main, [
-        "--model", "birealresnet18", "--data", str(data_dir), "--out", str(out), "--epochs", "1",
-        "--subset", "160", "--val-size", "32", "--batch-size", "32", "--no-compile", "--no-bf16",
-        "--no-progress", "--threads", "1", "--model-overrides", json.dumps({"widths": SMALL_WIDTHS})])
+        "--model", arch, "--data", str(data_dir), "--out", str(out), "--epochs", "1",
+        "--subset", str(subset), "--val-size", "32", "--batch-size", "32", "--no-compile", "--no-bf16",
+        "--no-progress", "--threads", "1", "--model-overrides", json.dumps(overrides)])
     assert r.exit_code == 0, r.output
     ckpt = out / "model.pth"
     bundle = tmp_path / "model.h5"
@@ -96,7 +98,13 @@ def test_birealresnet18_trained_one_epoch_exports_and_runs(data_dir, tmp_path):
     from bnnlite.train.checkpoint import load_checkpoint
     from bnnlite.train.models import model_from_checkpoint
     c = load_checkpoint(ckpt)
-    model = model_from_checkpoint(c)
+    assert c["config"]["arch"] == arch
+    return model_from_checkpoint(c), bundle, c
+
+
+def test_birealresnet18_trained_one_epoch_exports_and_runs(data_dir, tmp_path):
+    model, bundle, c = _train_one_epoch_and_export("birealresnet18", {"widths": SMALL_WIDTHS}, 160,
+                                                   data_dir, tmp_path)
     ops = [o.op for o in read_bundle(bundle).ops]
     assert ops.count("avgpool2d") == 3 and ops.count("global_avgpool") == 1 and ops.count("bconv2d") == 16
     _assert_agrees(model, bundle, _images(1000, 32), c["normalization"]["mean"], c["normalization"]["std"])
