@@ -5,9 +5,14 @@
     bnnlite evaluate --data photos/          # ... or on an image folder, one subfolder per class
     bnnlite predict images.npy               # class per image of a uint8 (N, H, W, C) array
     bnnlite predict a.png b.jpg photos/      # class per image file (folders: flat or per class)
+    bnnlite predict --resize photos/         # ... images of any size, resized to the model's input
 
 Image files are decoded by Pillow (bnnlite.datasets) and must have the
-model's input size: nothing is resized behind your back.
+model's input size unless ``--resize`` is given (bilinear, shorter side to
+fit, centre crop: datasets.fit_image): nothing is resized behind your back.
+``evaluate`` needs a label per image, so it takes image files only in class
+folders; loose image files (or a flat folder of them) are an error that
+points to ``predict``.
 """
 from __future__ import annotations
 
@@ -22,6 +27,10 @@ import click
 import numpy as np
 
 MODEL_HELP = "Bundle to run [default: the shipped pretrained birealnet]."
+RESIZE_HELP = ("Bring image files of another size to the model's input size: scaled with Pillow's bilinear "
+               "filter until they cover it (the shorter side fits), then centre-cropped (PIL.ImageOps.fit). "
+               "Without it such an image is an error.")
+SIZE_HINT = "resize it to that size first, or give --resize (bilinear, shorter side to fit, centre crop)"
 
 
 @contextmanager
@@ -48,13 +57,15 @@ def _load_npy(path) -> np.ndarray:
     return np.load(path, allow_pickle=False)
 
 
-def _image_reader(m):
-    """images(paths) -> uint8 (N, H, W, C) at the input size and channels of model ``m``."""
+def _image_reader(m, resize=False):
+    """images(paths) -> uint8 (N, H, W, C) at the input size and channels of model ``m``
+    (``resize``: images of another size are resized to it, else refused)."""
     from .datasets import load_images
     h, w, c = m.input_shape
     if c not in (1, 3):
         raise ValueError(f"the model takes {c}-channel input: image files give 1 (greyscale) or 3 (RGB)")
-    return lambda paths: load_images(paths, (h, w), channels=c, expected_by=f"the model ({m.source}) takes")
+    return lambda paths: load_images(paths, (h, w), channels=c, expected_by=f"the model ({m.source}) takes",
+                                     hint=SIZE_HINT, resize=resize)
 
 
 def _image_paths(inputs) -> list[Path]:
@@ -74,17 +85,34 @@ def _image_paths(inputs) -> list[Path]:
     return files
 
 
-def _evaluation_set(data, m):
+def _unlabelled_error(path: Path, m) -> ValueError:
+    """evaluate --data given image files without class folders: no labels to score against."""
+    what = "a folder of images without class subfolders" if path.is_dir() else "an image file"
+    more = ""
+    if path.is_dir() and path.name in m.class_names:
+        more = (f"; it is named as the model's class {path.name!r}: to evaluate its images as that class, give "
+                f"the folder above it (which must hold class folders only)")
+    return ValueError(f"{path}: {what} carries no labels, and evaluate needs one per image: give --data a folder "
+                      f"with one subfolder per class, named as the model's classes (folder/<class>/<image>.png), "
+                      f"or classify unlabelled images with `bnnlite predict {path}`{more}")
+
+
+def _evaluation_set(data, m, resize=False):
     """(labels, images(i, j)) of the evaluation data at ``data`` for model ``m``."""
-    from .datasets import class_folder_files, is_image_folder, load_dataset
+    from .datasets import class_folder_files, is_image_folder, is_loose_images, load_dataset
     path = Path(data)
     if path.is_dir() and is_image_folder(path):
         root = path / "test" if (path / "train").is_dir() else path
         if not root.is_dir():
             raise ValueError(f"{path}: has train/ but no test/ folder to evaluate on")
         files, labels, _ = class_folder_files(root, m.class_names, classes_of="the model's")
-        read = _image_reader(m)
+        read = _image_reader(m, resize)
         return labels, lambda i, j: read(files[i:j])
+    if is_loose_images(path):
+        raise _unlabelled_error(path, m)
+    if resize:
+        raise click.UsageError(f"--resize applies to image files; {data} holds arrays, which must have the "
+                               f"model's input size")
     if path.suffix.lower() == ".npz":
         train, test, _ = load_dataset(path)
         split = test if len(test) else train
@@ -122,17 +150,22 @@ def info(bundle, model):
 @click.option("--data", type=click.Path(exists=True), default=None,
               help="CIFAR-10 (either official layout, tarball or folder); an image folder with one subfolder "
                    "per class, named as the model's classes (with train/ and test/: test/); or an .npz "
-                   "(x_test and y_test, else x and y) [default: the shipped 1,000-image sample].")
+                   "(x_test and y_test, else x and y) [default: the shipped 1,000-image sample]. Loose image "
+                   "files carry no labels: an error (bnnlite predict classifies them).")
 @click.option("--threads", type=click.IntRange(1), default=1)
 @click.option("--backend", type=click.Choice(["cython", "numba", "numpy"]), default=None)
 @click.option("--batch", type=click.IntRange(1), default=128)
-def evaluate(model, data, threads, backend, batch):
+@click.option("--resize", is_flag=True, help=RESIZE_HELP + " Image folders only.")
+def evaluate(model, data, threads, backend, batch, resize):
     """Top-1 accuracy and throughput on the test split."""
     from tqdm import tqdm
+    if resize and not data:
+        raise click.UsageError("--resize applies to image files (--data FOLDER); the shipped sample has the "
+                               "model's input size")
     with _library_errors():
         m = _model(model, threads, backend)
         if data:
-            labels, images = _evaluation_set(data, m)
+            labels, images = _evaluation_set(data, m, resize)
         else:
             from .bench import SAMPLE, data_file
             with np.load(data_file(SAMPLE)) as z:
@@ -154,17 +187,21 @@ def evaluate(model, data, threads, backend, batch):
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None, help=MODEL_HELP)
 @click.option("--threads", type=click.IntRange(1), default=1)
 @click.option("--batch", type=click.IntRange(1), default=128, help="Image files decoded and run at a time.")
-def predict(inputs, model, threads, batch):
+@click.option("--resize", is_flag=True, help=RESIZE_HELP)
+def predict(inputs, model, threads, batch, resize):
     """Print the predicted class of each image in INPUTS.
 
     INPUTS: one .npy array (uint8 NHWC; a line per image: index, class,
     name), or image files (PNG, JPEG, BMP, GIF, WebP) and folders of them,
     flat or one subfolder per class (a line per file: path, class, name).
-    Images must have the model's input size (bnnlite info shows it).
+    Images must have the model's input size (bnnlite info shows it), or
+    give --resize.
     """
     npy = [p for p in inputs if p.lower().endswith(".npy") and not os.path.isdir(p)]
     if npy and len(inputs) > 1:
         raise click.UsageError("give one .npy file, or image files and folders")
+    if npy and resize:
+        raise click.UsageError("--resize applies to image files; a .npy array must have the model's input size")
     with _library_errors():
         if npy:
             x = _load_npy(npy[0])
@@ -173,7 +210,7 @@ def predict(inputs, model, threads, batch):
             _print_predictions(rows, m.class_names)
             return
         m = _model(model, threads)
-        files, read = _image_paths(inputs), _image_reader(m)
+        files, read = _image_paths(inputs), _image_reader(m, resize)
         for i in range(0, len(files), batch):
             part = files[i:i + batch]
             _print_predictions(zip(map(str, part), m.predict(read(part))), m.class_names)

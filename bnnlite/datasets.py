@@ -1,6 +1,6 @@
 """Your own data: image folders and .npz arrays, besides CIFAR-10 (torch-free).
 
-Public names: load_dataset, dataset_from_arrays, load_images, read_npy_header, IMAGE_SUFFIXES.
+Public names: load_dataset, dataset_from_arrays, load_images, fit_image, read_npy_header, IMAGE_SUFFIXES.
 
 ``load_dataset(path)`` returns ``(train, test, class_names)`` (``test`` may be
 empty) from:
@@ -15,7 +15,10 @@ empty) from:
   sorted order; every image must have the size of the first one.
 
 ``bnnlite predict`` and ``bnnlite evaluate`` read image files through
-``load_images`` and ``class_folder_files`` too.
+``load_images`` and ``class_folder_files`` too; with ``resize=True``
+(their ``--resize``) ``load_images`` brings an image of another size to the
+expected one (``fit_image``: bilinear, shorter side to fit, centre crop)
+instead of refusing it.
 
 Every file is taken as hostile.  An image folder holds class folders, a class
 folder image files: anything else in them (a text file, a folder one level
@@ -26,7 +29,8 @@ decoded only by the Pillow plugins of ``IMAGE_SUFFIXES`` (a file named
 ``x.png`` that is really, say, an EPS never reaches another decoder), and
 their size is checked against the expected one and against
 ``MAX_IMAGE_PIXELS`` from the header, before any pixel is decoded (a
-decompression bomb costs nothing).
+decompression bomb costs nothing; ``resize=True`` drops the first check,
+never the second).
 
 Errors are ValueError (FileNotFoundError where nothing is there) and name
 the file or folder at fault.
@@ -44,8 +48,8 @@ import numpy as np
 
 from .cifar import Split, load_cifar
 
-__all__ = ["load_dataset", "dataset_from_arrays", "load_images", "image_files", "class_folder_files", "is_image_folder",
-           "read_npy_header", "IMAGE_SUFFIXES"]
+__all__ = ["load_dataset", "dataset_from_arrays", "load_images", "fit_image", "image_files", "class_folder_files",
+           "is_image_folder", "is_loose_images", "read_npy_header", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 PILLOW_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")  # the only decoders a file reaches
@@ -126,14 +130,29 @@ def _open_regular(path: Path):
     return os.fdopen(fd, "rb")
 
 
-def _size_error(p, got, size, expected_by):
+def _size_error(p, got, size, expected_by, hint):
     (h, w), (eh, ew) = got, size
     if expected_by is None:
         return ValueError(f"{p}: image is {w}x{h} (W x H), the others are {ew}x{eh}: resize your images to one size")
-    return ValueError(f"{p}: image is {w}x{h} (W x H), {expected_by} {ew}x{eh}: resize it to that size first")
+    return ValueError(f"{p}: image is {w}x{h} (W x H), {expected_by} {ew}x{eh}: "
+                      f"{hint or 'resize it to that size first'}")
 
 
-def _decode(Image, p: Path, size, mode: str, expected_by) -> np.ndarray:
+def fit_image(im, size):
+    """The Pillow image ``im`` at ``size`` (H, W): scaled with the bilinear filter until it
+    covers ``size`` (the shorter side, relative to the target's aspect ratio, fits), the
+    overhang cropped evenly from both ends, in one resampling step; that is
+    ``PIL.ImageOps.fit(im, (W, H), Image.Resampling.BILINEAR)``.  An image already at
+    ``size`` is returned as it is.  Convert a palette image first (Pillow resamples
+    palette images with the nearest pixel only)."""
+    from PIL import Image, ImageOps
+    h, w = size
+    if im.size == (w, h):
+        return im
+    return ImageOps.fit(im, (w, h), Image.Resampling.BILINEAR)
+
+
+def _decode(Image, p: Path, size, mode: str, expected_by, hint=None, resize=False) -> np.ndarray:
     with _open_regular(p) as fh:
         try:
             with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS: refused below, no warning printed
@@ -149,28 +168,35 @@ def _decode(Image, p: Path, size, mode: str, expected_by) -> np.ndarray:
             if w * h > MAX_IMAGE_PIXELS:
                 raise ValueError(f"{p}: image is {w}x{h}, more than the {MAX_IMAGE_PIXELS:,} pixels read "
                                  f"(a decompression bomb?)")
-            if size is not None and (h, w) != tuple(size):
-                raise _size_error(p, (h, w), size, expected_by)
+            if size is not None and (h, w) != tuple(size) and not resize:
+                raise _size_error(p, (h, w), size, expected_by, hint)
             try:
                 im.load()
-                return np.asarray(im.convert(mode), dtype=np.uint8)
+                rgb = im.convert(mode)  # before resizing: a palette image resamples as colours, not indices
+                return np.asarray(fit_image(rgb, size) if resize else rgb, dtype=np.uint8)
             except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError) as e:
                 raise ValueError(f"{p}: not a readable image ({type(e).__name__}: {e})") from e
 
 
-def load_images(paths, size=None, *, channels: int = 3, expected_by: str | None = None) -> np.ndarray:
+def load_images(paths, size=None, *, channels: int = 3, expected_by: str | None = None, hint: str | None = None,
+                resize: bool = False) -> np.ndarray:
     """Decode image files to uint8 (N, H, W, ``channels``) (3: RGB, 1: greyscale).
 
     Every image must have ``size`` (H, W), or the first one's; a mismatch is a
     ValueError naming the file and both sizes (``expected_by`` says whose size
-    it is, e.g. "the model takes"; default: the other images').
+    it is, e.g. "the model takes"; default: the other images'; ``hint``: what
+    the message advises, with ``expected_by``).  ``resize=True`` (``size``
+    needed): an image of another size is brought to ``size`` by ``fit_image``
+    after decoding, within the same pixel limit as any other.
     """
     if channels not in (1, 3):
         raise ValueError(f"images are read with 1 or 3 channels, not {channels}")
+    if resize and size is None:
+        raise ValueError("resize=True needs the size to resize to")
     Image = _pillow()
     out = []
     for p in paths:
-        arr = _decode(Image, Path(p), size, "RGB" if channels == 3 else "L", expected_by)
+        arr = _decode(Image, Path(p), size, "RGB" if channels == 3 else "L", expected_by, hint, resize)
         size = arr.shape[:2]
         out.append(arr.reshape(arr.shape[:2] + (channels,)))
     if not out:
@@ -320,13 +346,28 @@ def dataset_from_arrays(x, y, test=None, class_names=None, name="arrays"):
     return _with_class_names(train, test_split, names, name)
 
 
+def _has_cifar_batches(path: Path) -> bool:
+    # CIFAR's batch files sit in the folder or one below (cifar-10-batches-*/): no need to walk
+    # a whole image tree to tell the two apart.
+    return any(path.glob("*batch*")) or any(path.glob("*/*batch*"))
+
+
 def is_image_folder(path) -> bool:
     """True for a folder of class folders (or train/ and test/), False for CIFAR-10's folders."""
     path = Path(path)
-    # CIFAR's batch files sit in the folder or one below (cifar-10-batches-*/): no need to walk
-    # a whole image tree to tell the two apart.
-    cifar = any(path.glob("*batch*")) or any(path.glob("*/*batch*"))
-    return path.is_dir() and not cifar and any(p.is_dir() for p in path.iterdir())
+    return path.is_dir() and not _has_cifar_batches(path) and any(p.is_dir() for p in path.iterdir())
+
+
+def is_loose_images(path) -> bool:
+    """True for an image file, or a folder of image files without class subfolders (nor CIFAR-10
+    batches): images that carry no labels.  Nothing is opened; a folder is listed until its
+    first image file."""
+    path = Path(path)
+    if not path.is_dir():
+        return path.suffix.lower() in IMAGE_SUFFIXES
+    if _has_cifar_batches(path) or is_image_folder(path):
+        return False
+    return any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if not p.name.startswith("."))
 
 
 def load_dataset(path) -> tuple[Split, Split, list[str]]:

@@ -254,7 +254,9 @@ def test_train_on_damaged_folder(kind, damaged, tmp_path, torch1):
 def test_predict_image_of_another_size_than_the_model(bundle, tmp_path):
     Image.fromarray(np.zeros((24, 24, 3), np.uint8)).save(tmp_path / "big.png")
     assert_error(cli_run("predict", "--model", bundle, tmp_path / "big.png"),
-                 rf"big.png: image is 24x24 \(W x H\), the model \(.*model.h5\) takes {SIDE}x{SIDE}: resize")
+                 rf"big.png: image is 24x24 \(W x H\), the model \(.*model.h5\) takes {SIDE}x{SIDE}: resize.*--resize")
+    r = cli_run("predict", "--model", bundle, "--resize", tmp_path / "big.png")
+    assert r.exit_code == 0, r.output
 
 
 def test_evaluate_class_folder_the_model_does_not_know(bundle, folder, tmp_path):
