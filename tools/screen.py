@@ -68,6 +68,13 @@ CONFIGS = {
     "B8": ("B2 + KD weight 1.0, T 2", f"--model birealnet --epochs {BIN_EPOCHS} --classifier-norm bn-scaled "
            "--schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth "
            "--kd --teacher-path {runs}/T/model.pth --kd-weight 1.0 --temperature 2"),
+    # XNOR-Net (half width): the Bi-Real recipe as it stands (B6), with and without the fp32 init
+    "X0": ("xnor with B6's recipe (init from F3, KD 0.5 / T 3)", f"--model xnor --epochs {BIN_EPOCHS} "
+           "--classifier-norm bn-scaled --schedule linear --warmup-epochs 0.25 --init-from {runs}/F3/model.pth "
+           "--kd --teacher-path {runs}/T/model.pth --kd-weight 0.5 --temperature 3"),
+    "X1": ("X0 from random init", f"--model xnor --epochs {BIN_EPOCHS} --classifier-norm bn-scaled "
+           "--schedule linear --warmup-epochs 0.25 "
+           "--kd --teacher-path {runs}/T/model.pth --kd-weight 0.5 --temperature 3"),
 }
 
 # The long runs behind the shipped rows: full width, schedules fixed before they start
