@@ -94,7 +94,7 @@ cdef extern from "bconv_select.h" nogil:
     Py_ssize_t bnn_sel_block_pixels(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, int pool)
     int bnn_sel_wp_unit_pixels(Py_ssize_t wo, int pool)
     bnn_sel_path bnn_sel_choose(int have_planes, int have_wplanes, Py_ssize_t n,
-                                Py_ssize_t ho, Py_ssize_t wo, int pool)
+                                Py_ssize_t ho, Py_ssize_t wo, int pool, int kh, int kw, int cw)
     size_t bnn_sel_ws_bytes(bnn_sel_path path, int nplanes, int cout)
     Py_ssize_t bnn_sel_row_grain(Py_ssize_t rows, int threads)
     void bnn_sel_job_init(bnn_sel_job *job, const bnn_conv_params *prm, const bnn_io *io,
@@ -150,10 +150,12 @@ CO_BLOCK = BNN_CO_BLOCK
 
 
 def select_path(Py_ssize_t n, Py_ssize_t ho, Py_ssize_t wo, bint pool, bint have_planes,
-                bint have_wplanes):
+                bint have_wplanes, int kh, int kw, int cw):
     """The path (PATH_*) a binary conv of n x ho x wo conv pixels takes, given
-    whether its plane lists / weight planes were made (bnn_sel_choose)."""
-    return <int>bnn_sel_choose(have_planes, have_wplanes, n, ho, wo, pool)
+    whether its plane lists / weight planes were made, its kernel kh x kw and
+    its words per pixel cw (bnn_sel_choose: 1x1 convs of few words may take
+    the popcount core's pointwise run where the planes would apply)."""
+    return <int>bnn_sel_choose(have_planes, have_wplanes, n, ho, wo, pool, kh, kw, cw)
 
 
 def planes_workspace_bytes(int nplanes):

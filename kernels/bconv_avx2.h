@@ -4,12 +4,13 @@
  * three steps at a time through a carry-save adder, with byte accumulators
  * in ymm registers, into an int64 tile; then the scalar epilogue's
  * operations (bnn_epilogue, bnn_common.h) on 8 channels at a time.  Names:
- * bnn_avx2_.  bconv_select.h calls bnn_avx2_block and bnn_avx2_pool_block
- * (as BNN_SEL_TARGET(block), BNN_SEL_TARGET(pool_block)) in AVX2 builds;
+ * bnn_avx2_.  bconv_select.h calls bnn_avx2_block, bnn_avx2_pool_block and,
+ * for 1x1 convs, bnn_avx2_pointwise (as BNN_SEL_TARGET(block),
+ * BNN_SEL_TARGET(pool_block), BNN_SEL_TARGET(pointwise)) in AVX2 builds;
  * planes_avx2.h reuses the epilogue and the pool.  Where the bit-plane
- * conv (planes_avx2.h) applies it is faster (1.56x-1.97x the model on Zen 3,
- * README Benchmarks); this core takes the rest (bconv_select.h,
- * bnn_sel_choose).
+ * conv (planes_avx2.h) applies it is faster for 3x3 convs (1.56x-1.97x the
+ * model on Zen 3, README Benchmarks); this core takes the rest, and the
+ * 1x1 convs (bconv_select.h, bnn_sel_choose).
  */
 #ifndef BNNLITE_BCONV_AVX2_H
 #define BNNLITE_BCONV_AVX2_H
@@ -303,6 +304,307 @@ BNN_INLINE void bnn_avx2_block(const bnn_conv_params *prm, const bnn_word_t *x0,
         bnn_avx2_epilogue(prm, tile + p * BNN_CO_BLOCK, NULL, co0, nco,
                           res_px ? res_px + p * s_res_w : NULL,
                           out_px ? out_px + p * s_out_w : NULL, ocol, &wbits[p]);
+}
+
+/* ------------------------------------------------------------------ */
+/* The pointwise run: a 1x1 conv's block of output channels over a run of
+ * pixels, channel block outer, pixel inner (bnn_avx2_pointwise).
+ *
+ * The nibble lookup of bnn_avx2_core splits each XOR word t = x ^ w into
+ * its nibbles, t & 15 and (t >> 4) & 15 (3 ops per ymm and step).  Those
+ * are (x & 15) ^ (w & 15) and ((x >> 4) & 15) ^ ((w >> 4) & 15): with the
+ * weights' nibbles split once per run (the run's pixels share them) and a
+ * pixel's once per step (its NY ymm share them), a ymm and step costs
+ * 2 XOR + 2 vpshufb + 2 adds, against 8 ops (7.3 with the full adder, which
+ * no longer pays).  A pixel's sums then go to the float chain in registers
+ * (the tile core stores them as int64 and reloads them).  Per block of 32
+ * channels: 1.1x-1.75x the tile core on ReActNet's 1x1 layers (Cin 32-512).
+ * ------------------------------------------------------------------ */
+/* Words per pixel that the pointwise run takes (Cin <= 2048): its split
+ * weights, 512 bytes a word, are on the stack. */
+#define BNN_AVX2_PW_MAX_CW 32
+/* Pixels ahead of the one in hand whose residual is prefetched. */
+#define BNN_AVX2_PW_AHEAD 8
+
+/* The 8 int32 popcount sums of a group of 8 channels from its byte
+ * accumulators a (channels 0-3, one per 64-bit lane) and b (4-7), in
+ * channel order: vpsadbw sums each lane's bytes (< 2^16, so the 16-bit
+ * pack is exact); per 128-bit half the pack gives [a0 a1 b0 b1 | a2 a3 b2 b3]
+ * as int32, and a 64-bit permute puts them in order (immediates only, no
+ * index register held through the loop). */
+BNN_INLINE __m256i bnn_avx2_pw_sums(__m256i a, __m256i b)
+{
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i s = _mm256_packus_epi32(_mm256_sad_epu8(a, zero), _mm256_sad_epu8(b, zero));
+    return _mm256_permute4x64_epi64(s, 0xd8);   /* 64-bit lanes 0, 2, 1, 3 */
+}
+
+/* The nibble table (LUT of bnn_avx2_core) and mask. */
+#define BNN_AVX2_PW_LUT_                                                                \
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4, \
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4); \
+    const __m256i low4 = _mm256_set1_epi8(0x0f)
+
+/* The block's weights split into nibbles: wn[2*(q*NY + v)] = w & 15 and
+ * wn[2*(q*NY + v) + 1] = (w >> 4) & 15 of ymm v of step q (cw <=
+ * BNN_AVX2_PW_MAX_CW steps, wstep = NV*LANES words apart). */
+BNN_INLINE void bnn_avx2_pw_split(const bnn_word_t *wb, int cw, const int NV, __m256i *wn)
+{
+    const int NY = 2 * NV;
+    const __m256i low4 = _mm256_set1_epi8(0x0f);
+    for (int q = 0; q < cw; q++)
+        for (int v = 0; v < NY; v++, wn += 2) {
+            const __m256i w = _mm256_loadu_si256((const __m256i *)(wb + q * NV * BNN_LANES + 4 * v));
+            wn[0] = _mm256_and_si256(w, low4);
+            wn[1] = _mm256_and_si256(_mm256_srli_epi16(w, 4), low4);
+        }
+}
+
+/* Steps q .. e-1 of the pixel at xp (e = q + at most BNN_AVX2_FLUSH: the
+ * byte bound of bnn_avx2_core; a step adds at most 4 + 4 to a byte) into
+ * pc[g], the popcount sums of channels 8g .. 8g+7 of the block. */
+BNN_INLINE void bnn_avx2_pw_chunk(const bnn_word_t *xp, const __m256i *wn, int q, int e,
+                                  const int NV, __m256i pc[BNN_NV_MAX], __m256i lut, __m256i low4)
+{
+    const int NY = 2 * NV;
+    __m256i acc[BNN_AVX2_NY_MAX];
+    for (int v = 0; v < NY; v++)
+        acc[v] = _mm256_setzero_si256();
+    for (wn += 2 * q * NY; q < e; q++, wn += 2 * NY) {
+        const __m256i xb = _mm256_set1_epi64x((long long)xp[q]);
+        const __m256i xl = _mm256_and_si256(xb, low4);
+        const __m256i xh = _mm256_and_si256(_mm256_srli_epi16(xb, 4), low4);
+        for (int v = 0; v < NY; v++)
+            acc[v] = _mm256_add_epi8(acc[v], _mm256_add_epi8(
+                _mm256_shuffle_epi8(lut, _mm256_xor_si256(xl, wn[2 * v])),
+                _mm256_shuffle_epi8(lut, _mm256_xor_si256(xh, wn[2 * v + 1]))));
+    }
+    for (int g = 0; g < NV; g++)
+        pc[g] = bnn_avx2_pw_sums(acc[2 * g], acc[2 * g + 1]);
+}
+
+/* All cw steps of one pixel: one flush up to Cin = 64 * BNN_AVX2_FLUSH. */
+BNN_INLINE void bnn_avx2_pw_count(const bnn_word_t *xp, const __m256i *wn, int cw, const int NV,
+                                  __m256i pc[BNN_NV_MAX], __m256i lut, __m256i low4)
+{
+    bnn_avx2_pw_chunk(xp, wn, 0, bnn_min(cw, BNN_AVX2_FLUSH), NV, pc, lut, low4);
+    for (int q = BNN_AVX2_FLUSH; q < cw; q += BNN_AVX2_FLUSH) {
+        __m256i more[BNN_NV_MAX];
+        bnn_avx2_pw_chunk(xp, wn, q, bnn_min(cw, q + BNN_AVX2_FLUSH), NV, more, lut, low4);
+        for (int g = 0; g < NV; g++)
+            pc[g] = _mm256_add_epi32(pc[g], more[g]);
+    }
+}
+
+/* Lanes < n of a group (n <= 8). */
+BNN_INLINE __m256i bnn_avx2_lanes(int n)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* n <= 8 floats from p (lanes n.. zero; lm = bnn_avx2_lanes(n)): a plain
+ * load when n == 8. */
+BNN_INLINE __m256 bnn_avx2_load8(const float *p, int n, __m256i lm)
+{
+    return n == BNN_LANES ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, lm);
+}
+
+/* The epilogue constants of one group of 8 channels co .. co+n-1 of a
+ * pointwise run, loaded once for the whole run. */
+typedef struct {
+    __m256 sc, mu, bi, gm, be, ze, nt;
+    __m256 kf, two;    /* K and 2 (float) */
+    __m256i lm;        /* lanes < n */
+    int n, co, rc;     /* rc = co % cres (used when cres % 8 == 0) */
+} bnn_avx2_pw_group;
+
+BNN_INLINE bnn_avx2_pw_group bnn_avx2_pw_group_init(const bnn_conv_params *prm, int co, int n,
+                                                    const int RES, const int RP)
+{
+    bnn_avx2_pw_group c;
+    const __m256 zero = _mm256_setzero_ps();
+    c.co = co;
+    c.n = n;
+    c.kf = _mm256_set1_ps((float)prm->k_bits);
+    c.two = _mm256_set1_ps(2.0f);
+    c.lm = bnn_avx2_lanes(n);
+    c.rc = RES ? bnn_res_channel(co, prm->cres) : 0;
+    c.sc = bnn_avx2_load8(prm->scale + co, n, c.lm);
+    c.mu = bnn_avx2_load8(prm->mult + co, n, c.lm);
+    c.bi = bnn_avx2_load8(prm->bias + co, n, c.lm);
+    c.gm = RP ? bnn_avx2_load8(prm->gamma + co, n, c.lm) : zero;
+    c.be = RP ? bnn_avx2_load8(prm->beta + co, n, c.lm) : zero;
+    c.ze = RP ? bnn_avx2_load8(prm->zeta + co, n, c.lm) : zero;
+    c.nt = prm->next_thr ? bnn_avx2_load8(prm->next_thr + co, n, c.lm) : zero;
+    return c;
+}
+
+/* The float epilogue of one group of one pixel from its popcount sums pc:
+ * t = K - 2*pop, exact in float (both < 2^24), as one fnmadd; then
+ * bnn_chain8, so the floats of bnn_avx2_epilogue8.  full: all 8 lanes are
+ * channels (else masked loads and stores).  RES 1: the group's residual
+ * channels are contiguous (cres % 8 == 0); RES 2: any repeat.  Returns the
+ * fused pack's 8 bits. */
+BNN_INLINE unsigned bnn_avx2_pw_epilogue(__m256i pc, const bnn_avx2_pw_group *c, int full,
+                                         const int RES, const int RP, int cres,
+                                         int pack, const float *res_p, float *out_p)
+{
+    const __m256 t = _mm256_fnmadd_ps(c->two, _mm256_cvtepi32_ps(pc), c->kf);
+    __m256 r = _mm256_setzero_ps();
+    if (RES == 1) {
+        r = full ? _mm256_loadu_ps(res_p + c->rc) : _mm256_maskload_ps(res_p + c->rc, c->lm);
+    } else if (RES == 2) {
+        float tmp[BNN_LANES] = {0};
+        for (int l = 0; l < c->n; l++)
+            tmp[l] = res_p[(c->co + l) % cres];
+        r = _mm256_loadu_ps(tmp);
+    }
+    const __m256 y = bnn_chain8(t, c->sc, c->mu, c->bi, RES != 0, r, RP, c->gm, c->be, c->ze);
+    if (out_p) {
+        if (full)
+            _mm256_storeu_ps(out_p + c->co, y);
+        else
+            _mm256_maskstore_ps(out_p + c->co, c->lm, y);
+    }
+    return pack ? (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(y, c->nt, _CMP_LT_OQ)) : 0u;
+}
+
+/* The bits of pixel p: the first block of a word sets it, the next one ORs. */
+BNN_INLINE void bnn_avx2_pw_bits(bnn_word_t *bits_px, ptrdiff_t s_bits_w, int p, uint64_t m,
+                                 int sh, uint64_t keep)
+{
+    bnn_word_t *b = bits_px + p * s_bits_w;
+    *b = sh ? (*b | ((m & keep) << sh)) : (m & keep);
+}
+
+/* Bits mode: acc = K - 2*pop < thr[co], as int32 (K < 2^24), the block's
+ * thresholds loaded once. */
+BNN_INLINE void bnn_avx2_pw_bits_loop(const bnn_conv_params *prm, const bnn_word_t *x0,
+                                      ptrdiff_t pstep, const bnn_word_t *wb, int np,
+                                      const int NV, int co0, int nco,
+                                      bnn_word_t *bits_px, ptrdiff_t s_bits_w)
+{
+    BNN_AVX2_PW_LUT_;
+    const int cw = prm->cw;
+    __m256i wn[2 * BNN_AVX2_PW_MAX_CW * BNN_AVX2_NY_MAX];
+    bnn_avx2_pw_split(wb, cw, NV, wn);
+    const __m256i kv = _mm256_set1_epi32((int)prm->k_bits);
+    __m256i th[BNN_NV_MAX];
+    for (int g = 0; g < NV; g++) {
+        const int n = bnn_min(BNN_LANES, nco - g * BNN_LANES);
+        const int32_t *t = prm->thr + co0 + g * BNN_LANES;
+        th[g] = n == BNN_LANES ? _mm256_loadu_si256((const __m256i *)t)
+                               : _mm256_maskload_epi32((const int *)t, bnn_avx2_lanes(n));
+    }
+    const int sh = co0 % BNN_WORD_BITS;
+    const uint64_t keep = ((uint64_t)1 << nco) - 1u;   /* nco <= BNN_CO_BLOCK < 64 */
+    for (int p = 0; p < np; p++) {
+        __m256i pc[BNN_NV_MAX];
+        bnn_avx2_pw_count(x0 + p * pstep, wn, cw, NV, pc, lut, low4);
+        uint64_t m = 0;
+        for (int g = 0; g < NV; g++)
+            m |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
+                     th[g], _mm256_sub_epi32(kv, _mm256_add_epi32(pc[g], pc[g]))))) << (g * BNN_LANES);
+        if (bits_px)
+            bnn_avx2_pw_bits(bits_px, s_bits_w, p, m, sh, keep);
+    }
+}
+
+/* Float mode: the block's constants (NV groups) loaded once, then the
+ * pixels. */
+BNN_INLINE void bnn_avx2_pw_loop(const bnn_conv_params *prm, const bnn_word_t *x0,
+                                 ptrdiff_t pstep, const bnn_word_t *wb, int np, const int NV,
+                                 const int RES, const int RP, int co0, int nco,
+                                 const float *res_px, ptrdiff_t s_res_w,
+                                 float *out_px, ptrdiff_t s_out_w,
+                                 bnn_word_t *bits_px, ptrdiff_t s_bits_w)
+{
+    BNN_AVX2_PW_LUT_;
+    /* prm's fields in locals: the stores below could alias them, so the
+     * compiler would reload each one for every pixel. */
+    const int pack = prm->next_thr != NULL, cw = prm->cw, cres = prm->cres;
+    __m256i wn[2 * BNN_AVX2_PW_MAX_CW * BNN_AVX2_NY_MAX];
+    bnn_avx2_pw_split(wb, cw, NV, wn);
+    bnn_avx2_pw_group c[BNN_NV_MAX];
+    for (int g = 0; g < NV; g++)
+        c[g] = bnn_avx2_pw_group_init(prm, co0 + g * BNN_LANES,
+                                      bnn_min(BNN_LANES, nco - g * BNN_LANES), RES, RP);
+    const int last_full = nco == NV * BNN_LANES;
+    const int sh = co0 % BNN_WORD_BITS;
+    const uint64_t keep = ((uint64_t)1 << nco) - 1u;
+    const int rc0 = RES ? c[0].rc : 0;
+    for (int p = 0; p < np; p++) {
+        __m256i pc[BNN_NV_MAX];
+        if (RES && p + BNN_AVX2_PW_AHEAD < np)   /* the residual, often in L2 only: ask early */
+            for (int l = 0; l < NV * BNN_LANES; l += 16)
+                _mm_prefetch((const char *)(res_px + (p + BNN_AVX2_PW_AHEAD) * s_res_w + rc0 + l),
+                             _MM_HINT_T0);
+        bnn_avx2_pw_count(x0 + p * pstep, wn, cw, NV, pc, lut, low4);
+        const float *rp = RES ? res_px + p * s_res_w : NULL;
+        float *op = out_px ? out_px + p * s_out_w : NULL;
+        /* The constants from memory (an operand of each use), not held
+         * in registers through the popcounts, which spilled their
+         * accumulators for them: cp is c, but the compiler cannot know it
+         * before the popcounts are done. */
+        const bnn_avx2_pw_group *cp = c;
+        __asm__("" : "+r"(cp) : "x"(pc[0]));
+        uint64_t m = 0;
+        for (int g = 0; g < NV; g++) {
+            const int full = g < NV - 1 || __builtin_expect(last_full, 1);
+            m |= (uint64_t)bnn_avx2_pw_epilogue(pc[g], &cp[g], full, RES, RP, cres, pack, rp, op)
+                 << (g * BNN_LANES);
+        }
+        if (bits_px)
+            bnn_avx2_pw_bits(bits_px, s_bits_w, p, m, sh, keep);
+    }
+}
+#undef BNN_AVX2_PW_LUT_
+
+/* A 1x1 conv's block of output channels (co0 .. co0+nco-1, nv groups of 8,
+ * weights wb) over a run of np pixels (any np; pixel p at x0 + p*pstep):
+ * the contract of bnn_avx512_pointwise (bconv_avx512.h), for
+ * bconv_select.h's BNN_SEL_TARGET(pointwise).  Channel block outer, pixel
+ * inner: the block's epilogue constants are loaded once for the run (the
+ * tile core, bnn_avx2_block, reloads them for every pixel), and a pixel's
+ * popcounts go from the byte accumulators to the float chain in registers
+ * (the tile core stores them as int64 and reloads them).  The same integers
+ * as the tile core (per-pixel sums of the nibble lookups, exact) and the
+ * same float chain, so the same results. */
+BNN_INLINE void bnn_avx2_pointwise(const bnn_conv_params *prm, const bnn_word_t *x0,
+                                   ptrdiff_t pstep, const bnn_word_t *wb, int np, int nv,
+                                   int co0, int nco, const float *res_px, ptrdiff_t s_res_w,
+                                   float *out_px, ptrdiff_t s_out_w,
+                                   bnn_word_t *bits_px, ptrdiff_t s_bits_w)
+{
+#define BNN_PWB_(NV_) bnn_avx2_pw_bits_loop(prm, x0, pstep, wb, np, NV_, co0, nco, bits_px, s_bits_w)
+    if (prm->thr) {
+        switch (nv) {
+        case 4: BNN_PWB_(4); return;
+        case 3: BNN_PWB_(3); return;
+        case 2: BNN_PWB_(2); return;
+        default: BNN_PWB_(1); return;
+        }
+    }
+#undef BNN_PWB_
+    const int res = res_px == NULL ? 0 : prm->cres % BNN_LANES == 0 ? 1 : 2;
+    const int rp = prm->gamma != NULL;
+#define BNN_PW_(NV_, R_, G_) \
+    bnn_avx2_pw_loop(prm, x0, pstep, wb, np, NV_, R_, G_, co0, nco, res_px, s_res_w, out_px, \
+                     s_out_w, bits_px, s_bits_w)
+#define BNN_PW_NV_(R_, G_)                                   \
+    switch (nv) {                                            \
+    case 4: BNN_PW_(4, R_, G_); return;                      \
+    case 3: BNN_PW_(3, R_, G_); return;                      \
+    case 2: BNN_PW_(2, R_, G_); return;                      \
+    default: BNN_PW_(1, R_, G_); return;                     \
+    }
+    if (res == 1 && rp) BNN_PW_NV_(1, 1)
+    if (res == 1) BNN_PW_NV_(1, 0)
+    if (res == 2) BNN_PW_NV_(2, rp)   /* rare: rp a runtime flag */
+    if (rp) BNN_PW_NV_(0, 1)
+    BNN_PW_NV_(0, 0)
+#undef BNN_PW_NV_
+#undef BNN_PW_
 }
 
 /* bnn_fmax_np on 8 lanes, without branches (the scalar one mispredicts on

@@ -10,9 +10,14 @@
  *    epilogue of BNN_P pixels x one block of output channels) and the 2x2 pool of a block, named here as
  *    BNN_SEL_TARGET(block) and BNN_SEL_TARGET(pool_block).  A new target
  *    is one header with these two functions and one entry in the list
- *    below.
+ *    below; it may add a pointwise run for 1x1 convs,
+ *    BNN_SEL_TARGET(pointwise) (BNN_SEL_HAVE_POINTWISE: AVX-512, AVX2).
  * 2. The path (per call, bnn_sel_choose):
- *      BNN_SEL_PLANES   the bit-plane conv (planes_avx2.h), where the build
+ *      BNN_SEL_CORE     for the 1x1 convs that the pointwise run takes in
+ *                       preference to the bit planes (bnn_sel_prefer_pointwise:
+ *                       AVX2, up to BNN_SEL_PREFER_POINTWISE_CW words per
+ *                       pixel, where it measured faster);
+ *      BNN_SEL_PLANES   else the bit-plane conv (planes_avx2.h), where the build
  *                       has it, the layer's plane lists were made, and the
  *                       output fills at least BNN_SEL_PLANES_MIN_PIXELS of
  *                       a block's 256 pixels;
@@ -20,7 +25,8 @@
  *                       (wplanes_avx2.h), where the weight planes were
  *                       made and a unit (output row) fits it;
  *      BNN_SEL_CORE     else the popcount core, row by row
- *                       (bnn_sel_conv_row, bnn_sel_conv_row_pool2).
+ *                       (bnn_sel_conv_row, bnn_sel_conv_row_pool2; 1x1
+ *                       convs by the pointwise run where the target has it).
  *    Python asks the same function (select_path in _bconv.pxi) to know
  *    which prepared data and scratch to pass (bnnlite/backends/planes.py,
  *    call_path); all three give the same integers, so the same floats.
@@ -37,6 +43,17 @@
 #elif BNN_AVX2
 #include "bconv_avx2.h"
 #define BNN_SEL_TARGET(f) bnn_avx2_##f
+#define BNN_SEL_HAVE_POINTWISE 1
+#define BNN_SEL_POINTWISE_MAX_CW BNN_AVX2_PW_MAX_CW
+/* 1x1 convs up to 4 words per pixel (Cin <= 256) take the pointwise run
+ * even where the bit planes apply (bnn_sel_choose): measured 1.07x-2.2x
+ * the bit-plane conv and 1.2x-1.8x the weight planes, one thread, on
+ * outputs from 4x4 to 56x56, batch 1 to 4, Cin 32-256, stride 1 and 2
+ * (the 1x1 layers of tools/random_bundle.py reactnet: 1.23x-2.17x,
+ * tools/kernel_ab.py).  At 8 words (Cin 512) the bit planes were as fast
+ * or faster (0.82x-0.97x) and the weight planes on some outputs
+ * (0.88x-1.29x); at 16 (Cin 1024) both were faster (0.68x-0.86x). */
+#define BNN_SEL_PREFER_POINTWISE_CW 4
 #elif BNN_NEON
 #include "bconv_neon.h"
 #define BNN_SEL_TARGET(f) bnn_neon_##f
@@ -76,13 +93,20 @@ BNN_INLINE void bnn_sel_block(const bnn_conv_params *prm, const bnn_word_t *x0,
 #ifndef BNN_SEL_HAVE_POINTWISE
 #define BNN_SEL_HAVE_POINTWISE 0
 #endif
+#ifndef BNN_SEL_POINTWISE_MAX_CW      /* words per pixel the pointwise run takes */
+#define BNN_SEL_POINTWISE_MAX_CW INT32_MAX
+#endif
+#ifndef BNN_SEL_PREFER_POINTWISE_CW   /* see the AVX2 entry above */
+#define BNN_SEL_PREFER_POINTWISE_CW 0
+#endif
 
 /* A 1x1 conv row by the target's pointwise run (BNN_SEL_TARGET(pointwise):
  * channel block outer, pixel inner) where the target has one; the row may
  * be a flat run of several (bnn_sel_flat). */
 static inline int bnn_sel_pointwise(const bnn_conv_params *prm)
 {
-    return BNN_SEL_HAVE_POINTWISE && prm->kh == 1 && prm->kw == 1 && prm->k_bits < (1 << 24);
+    return BNN_SEL_HAVE_POINTWISE && prm->kh == 1 && prm->kw == 1 && prm->k_bits < (1 << 24) &&
+           prm->cw <= BNN_SEL_POINTWISE_MAX_CW;
 }
 
 /* One output row (fixed n, ho): xrow = &x[n, ho*stride, 0, 0];
@@ -210,11 +234,26 @@ static inline int bnn_sel_wp_unit_pixels(ptrdiff_t wo, int pool)
     return BNN_SEL_HAVE_PLANES && 0 < upix && upix <= BNN_WP_UNIT_MAX ? upix : 0;
 }
 
-/* The path of one call (see the top of this file): have_planes /
- * have_wplanes say whether the layer's plane lists / weight planes exist. */
-static inline bnn_sel_path bnn_sel_choose(int have_planes, int have_wplanes, ptrdiff_t n,
-                                          ptrdiff_t ho, ptrdiff_t wo, int pool)
+/* Whether a conv of kernel kh x kw and cw words per pixel (its fused
+ * pool: pool) takes the popcount core's pointwise run rather than either
+ * bit-plane path: 1x1, not pooled (the pooled row loop has no pointwise
+ * run), at most BNN_SEL_PREFER_POINTWISE_CW words per pixel (within
+ * BNN_SEL_POINTWISE_MAX_CW). */
+static inline int bnn_sel_prefer_pointwise(int kh, int kw, int cw, int pool)
 {
+    return BNN_SEL_HAVE_POINTWISE && kh == 1 && kw == 1 && !pool &&
+           cw <= BNN_SEL_PREFER_POINTWISE_CW && cw <= BNN_SEL_POINTWISE_MAX_CW;
+}
+
+/* The path of one call (see the top of this file): have_planes /
+ * have_wplanes say whether the layer's plane lists / weight planes exist;
+ * kh, kw, cw: its kernel and words per pixel (of the weights). */
+static inline bnn_sel_path bnn_sel_choose(int have_planes, int have_wplanes, ptrdiff_t n,
+                                          ptrdiff_t ho, ptrdiff_t wo, int pool, int kh, int kw,
+                                          int cw)
+{
+    if (bnn_sel_prefer_pointwise(kh, kw, cw, pool))
+        return BNN_SEL_CORE;
     if (have_planes && bnn_sel_block_pixels(n, ho, wo, pool) >= BNN_SEL_PLANES_MIN_PIXELS)
         return BNN_SEL_PLANES;
     if (have_wplanes && bnn_sel_wp_unit_pixels(wo, pool))
@@ -289,7 +328,8 @@ static void bnn_sel_job_init(bnn_sel_job *job, const bnn_conv_params *prm, const
     const ptrdiff_t units = n * io->rows;
     job->prm = prm;
     job->io = io;
-    job->path = bnn_sel_choose(pl != NULL, wp != NULL, n, ho, prm->wo, io->pool);
+    job->path = bnn_sel_choose(pl != NULL, wp != NULL, n, ho, prm->wo, io->pool, prm->kh, prm->kw,
+                               prm->cw);
     job->pl = job->path == BNN_SEL_PLANES ? pl : NULL;
     job->wp = job->path == BNN_SEL_WPLANES ? wp : NULL;
     job->units_per_block = 1;

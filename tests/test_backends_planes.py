@@ -33,7 +33,10 @@ class TestPathChoice:
         mod = _module("avx2")
         if not mod.HAVE_PLANES:
             pytest.skip("this build has no bit-plane conv")
-        choose = mod.select_path
+
+        def choose(n, ho, wo, pool, have_planes, have_wplanes, k=3, cw=2):
+            return mod.select_path(n, ho, wo, pool, have_planes, have_wplanes, k, k, cw)
+
         assert choose(4, 16, 16, False, True, True) == mod.PATH_PLANES     # 1024 pixels
         assert choose(1, 8, 8, False, True, True) == mod.PATH_WPLANES      # 64 pixels
         assert choose(1, 8, 8, False, False, True) == mod.PATH_WPLANES
@@ -41,10 +44,18 @@ class TestPathChoice:
         assert choose(1, 8, 8, False, True, False) == mod.PATH_CORE
         assert choose(1, 8, 300, False, True, True) == mod.PATH_CORE        # rows too wide
         assert choose(4, 16, 16, True, True, True) == mod.PATH_PLANES
+        # 1x1 convs of up to 4 words (Cin <= 256): the pointwise run, either size
+        for cw in (1, 2, 4):
+            assert choose(4, 16, 16, False, True, True, k=1, cw=cw) == mod.PATH_CORE
+            assert choose(1, 8, 8, False, True, True, k=1, cw=cw) == mod.PATH_CORE
+        # wider ones, and pooled ones (no pointwise run there), as before
+        assert choose(4, 16, 16, False, True, True, k=1, cw=5) == mod.PATH_PLANES
+        assert choose(1, 8, 8, False, True, True, k=1, cw=8) == mod.PATH_WPLANES
+        assert choose(4, 16, 16, True, True, True, k=1, cw=2) == mod.PATH_PLANES
 
     def test_builds_without_planes_take_the_core(self):
         mod = _module("generic")
-        assert mod.PATH_CORE == mod.select_path(4, 16, 16, False, True, True)
+        assert mod.PATH_CORE == mod.select_path(4, 16, 16, False, True, True, 3, 3, 2)
 
     def test_call_path_hands_over_that_paths_data(self):
         be = B.get_backend("cython-avx2") if "cython-avx2" in B.available_backends() else None
@@ -62,6 +73,10 @@ class TestPathChoice:
         assert ws.nbytes == mod.wplanes_workspace_bytes(wp.wplanes.nplanes, 64)
         wp.planes = wp.wplanes = None
         assert call_path(mod, wp, (4, 18, 18, 2), 1, 1, False) == (None, None, None)
+        # a 1x1 conv of 2 words takes the pointwise run: no plane data, no scratch
+        w1 = be.prepare_weights(w[:, :1, :1])
+        assert w1.planes is not None and w1.wplanes is not None
+        assert call_path(mod, w1, (4, 16, 16, 2), 1, 2, False) == (None, None, None)
 
 
 # --------------------------------------------------------------------------
@@ -102,8 +117,8 @@ class TestBitPlanes:
     @staticmethod
     def _planes_apply(be, c, wp, pool=False):
         mod = be._impl.mod
-        return (wp.planes is not None and
-                mod.planes_block_pixels(c.n, c.ho, c.wo, pool) >= mod.PLANES_MIN_PIXELS)
+        return mod.PATH_PLANES == mod.select_path(c.n, c.ho, c.wo, pool, wp.planes is not None,
+                                                  wp.wplanes is not None, c.k, c.k, words_for(c.cin))
 
     @staticmethod
     def _core(be, w, cin=None):
@@ -324,3 +339,52 @@ class TestBitPlanes:
         assert big.planes is None and big.wplanes is None
         small = avx2.prepare_weights(w[:, :, :, :1], cin=64)
         assert small.planes is not None and small.wplanes is not None
+
+    @pytest.mark.parametrize("n,h,w", [(2, 16, 16), (1, 6, 6)])
+    def test_wide_1x1_convs_still_take_the_plane_paths(self, avx2, ref, n, h, w):
+        """Past 4 words per pixel a 1x1 conv stays on the bit planes (a large
+        output) or the weight planes (a small one), and equals the reference."""
+        c = Case(n=n, h=h, w=w, k=1, pad=0, cin=320, cout=72, stride=1, seed=h)
+        wp = avx2.prepare_weights(c.w, cin=c.cin)
+        planes, _, wplanes = avx2._impl.call_path(wp, c.x.shape, 1, 1, False)
+        assert (planes is not None) == (n * h * w >= 256) and (planes is None) == (wplanes is not None)
+        mult, bias, nthr, scale = (c.f32(c.cout) for _ in range(4))
+        res, rprelu = c.f32(n, h, w, 24), (c.f32(c.cout), c.f32(c.cout), c.f32(c.cout))
+        got = _float_out(avx2, c, wp, mult, bias, res, rprelu, nthr, scale=scale)
+        want = _float_out(ref, c, ref.prepare_weights(c.w), mult, bias, res, rprelu, nthr, scale=scale)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+
+
+class TestPointwiseAVX2:
+    """The AVX2 pointwise run of 1x1 convs (kernels/bconv_avx2.h,
+    bnn_avx2_pointwise), which the selector prefers up to 4 words per pixel
+    and the core runs at any width without plane data, equals the NumPy
+    reference bit for bit: a byte-accumulator flush every 30 words (Cin 1920,
+    1984), its widest input (32 words: Cin 2048), and past it (the tile core);
+    flat runs and rows into padded buffers (the next 3x3 conv's input)."""
+
+    @pytest.mark.parametrize("cin,cout,cres,stride,padded", [
+        (320, 72, 72, 1, False), (1920, 40, 8, 1, True), (1984, 33, 33, 2, False),
+        (2048, 16, 16, 1, False), (2112, 9, 3, 1, True), (64, 96, 32, 1, True)])
+    def test_wide_inputs_without_plane_data(self, avx2, ref, cin, cout, cres, stride, padded):
+        c = Case(n=2, h=3, w=11, k=1, pad=0, cin=cin, cout=cout, stride=stride, seed=cin)
+        wp = avx2.prepare_weights(c.w, cin=cin)
+        wp.planes = wp.wplanes = None
+        mult, bias, nthr, scale = (c.f32(cout) for _ in range(4))
+        res = c.f32(c.n, c.ho, c.wo, cres)
+        rprelu = (c.f32(cout), c.f32(cout), c.f32(cout))
+        pad = 1 if padded else 0
+        got = []
+        for b, w in ((avx2, wp), (ref, ref.prepare_weights(c.w))):
+            fbuf = np.full((c.n, c.ho + 2 * pad, c.wo + 2 * pad, cout), -7.0, np.float32)
+            bbuf = np.full((c.n, c.ho + 2 * pad, c.wo + 2 * pad, words_for(cout)), GARBAGE_WORD,
+                           WORD_DTYPE)
+            inner = (slice(None), slice(pad, pad + c.ho), slice(pad, pad + c.wo))
+            b.bconv_float(c.x, w, c.k_bits, stride, mult, bias, res, rprelu, fbuf[inner],
+                          bbuf[inner], nthr, threads=2, scale=scale)
+            got.append((fbuf, bbuf))
+        np.testing.assert_array_equal(got[0][0], got[1][0])
+        np.testing.assert_array_equal(got[0][1], got[1][1])
+        thr = c.rng.integers(-c.k_bits, c.k_bits + 1, cout).astype(np.int32)
+        np.testing.assert_array_equal(_bits_out(avx2, c, wp, thr), pack_bits(c.oracle_acc(), thr))

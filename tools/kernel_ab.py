@@ -13,7 +13,8 @@ PLANES_SETS) compare too.  ``--backend cython-avx2`` (etc.) A/Bs that
 variant's builds instead of the one this CPU would pick.  A build from
 before kernels/bconv_select.h (it has no ``select_path``) is asked through
 the installed build's ``select_path``: the same rule, which that build
-applied inside bconv_raw to the data it was given.
+applied inside bconv_raw to the data it was given; one whose ``select_path``
+takes no kernel arguments (kh, kw, cw) is asked without them.
 
     cp bnnlite/_bconv_avx512.*.so /tmp/before.so  # before the change (the CPU's variant)
     python setup.py build_ext --inplace           # after it
@@ -48,12 +49,22 @@ def _bound(model, mod):
 
 def _with_select_path(mod, installed):
     """``mod`` as a namespace, given the installed build's path choice when
-    it is older than it (no ``select_path``)."""
-    if hasattr(mod, "select_path"):
-        return mod
+    it is older than it (no ``select_path``), or its own choice asked without
+    the kernel arguments when its ``select_path`` predates them (it chose by
+    the output's size alone)."""
+    own = getattr(mod, "select_path", None)
+    if own is not None:
+        try:
+            own(1, 1, 1, False, False, False, 1, 1, 1)
+            return mod
+        except TypeError:
+            pass
     ns = types.SimpleNamespace(**{k: getattr(mod, k) for k in dir(mod) if not k.startswith("__")})
-    for k in ("select_path", "PATH_CORE", "PATH_PLANES", "PATH_WPLANES"):
-        setattr(ns, k, getattr(installed, k))
+    if own is not None:
+        ns.select_path = lambda n, ho, wo, pool, hp, hw, kh, kw, cw: own(n, ho, wo, pool, hp, hw)
+    else:
+        for k in ("select_path", "PATH_CORE", "PATH_PLANES", "PATH_WPLANES"):
+            setattr(ns, k, getattr(installed, k))
     ns.__name__ = mod.__name__
     return ns
 

@@ -76,16 +76,16 @@ def call_path(mod, pw, x_shape, stride, threads, pool) -> CallPath:
     """The CallPath of one binary conv call to ``mod.bconv_raw``.
 
     The path is the kernels' choice (``mod.select_path``, the C function
-    bnn_sel_choose in kernels/bconv_select.h), from the output's size and
-    the data ``pw`` (a PreparedWeights) holds.  The workspace is that path's
-    scratch for ``threads`` threads.  Made once per bound call (a graph
-    plan), so the kernel allocates nothing per call; a bound call is never
-    run by two threads at once (its outputs would collide), so neither is
-    its scratch."""
+    bnn_sel_choose in kernels/bconv_select.h), from the output's size, the
+    kernel and words per pixel of ``pw`` (a PreparedWeights) and the data it
+    holds.  The workspace is that path's scratch for ``threads`` threads.
+    Made once per bound call (a graph plan), so the kernel allocates nothing
+    per call; a bound call is never run by two threads at once (its outputs
+    would collide), so neither is its scratch."""
     ho = (x_shape[1] - pw.kh) // stride + 1
     wo = (x_shape[2] - pw.kw) // stride + 1
     path = mod.select_path(x_shape[0], ho, wo, pool, pw.planes is not None,
-                           pw.wplanes is not None)
+                           pw.wplanes is not None, pw.kh, pw.kw, pw.cw)
     if path == mod.PATH_PLANES:
         ws = aligned_bytes(threads * mod.planes_workspace_bytes(pw.planes.nplanes))
         return CallPath(pw.planes, ws, None)
