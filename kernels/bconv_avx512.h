@@ -284,6 +284,8 @@ BNN_INLINE void bnn_avx512_pw_loop(const bnn_conv_params *prm, const bnn_word_t 
      * one int64 threshold vector per 8 channels (bits mode). */
     bnn_avx512_pw_group c0, c1;
     __m512i th[BNN_NV_MAX];
+    for (int v = 0; v < BNN_NV_MAX; v++)
+        th[v] = _mm512_setzero_si512();
     if (bitsmode) {
         for (int v = 0; v < NV; v++) {
             const int k = bnn_min(BNN_LANES, nco - v * BNN_LANES);
