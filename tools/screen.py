@@ -84,6 +84,10 @@ LONG = {
                "--model fp32 --epochs 60 --classifier-norm bn-scaled --schedule linear --warmup-epochs 1 "
                "--label-smoothing 0.1 --kd --teacher-path {runs}/T/model.pth --kd-weight 0.9 --temperature 2 "
                "--seed 0"),
+    "L-birealnet": ("birealnet VGG-small, 60 epochs: B6's recipe (B2 + KD 0.5 / T 3), initialised from L-fp32",
+                    "--model birealnet --epochs 60 --classifier-norm bn-scaled --schedule linear --warmup-epochs 1 "
+                    "--init-from {runs}/L-fp32/model.pth --kd --teacher-path {runs}/T/model.pth --kd-weight 0.5 "
+                    "--temperature 3 --seed 0"),
 }
 
 
