@@ -88,6 +88,10 @@ LONG = {
                     "--model birealnet --epochs 60 --classifier-norm bn-scaled --schedule linear --warmup-epochs 1 "
                     "--init-from {runs}/L-fp32/model.pth --kd --teacher-path {runs}/T/model.pth --kd-weight 0.5 "
                     "--temperature 3 --seed 0"),
+    "L-xnor": ("xnor VGG-small, 40 epochs: X0's recipe (B6's, init from L-fp32)",
+               "--model xnor --epochs 40 --classifier-norm bn-scaled --schedule linear --warmup-epochs 1 "
+               "--init-from {runs}/L-fp32/model.pth --kd --teacher-path {runs}/T/model.pth --kd-weight 0.5 "
+               "--temperature 3 --seed 0"),
 }
 
 
