@@ -357,19 +357,7 @@ BNN_INLINE void bnn_avx512_pointwise(const bnn_conv_params *prm, const bnn_word_
 #define BNN_PW_(NV_, R_, G_) \
     bnn_avx512_pw_loop(prm, x0, pstep, wb, np, NV_, R_, G_, co0, nco, res_px, s_res_w, out_px, \
                        s_out_w, bits_px, s_bits_w)
-#define BNN_PW_NV_(R_, G_)                                   \
-    switch (nv) {                                            \
-    case 4: BNN_PW_(4, R_, G_); return;                      \
-    case 3: BNN_PW_(3, R_, G_); return;                      \
-    case 2: BNN_PW_(2, R_, G_); return;                      \
-    default: BNN_PW_(1, R_, G_); return;                     \
-    }
-    if (res == 1 && rp) BNN_PW_NV_(1, 1)
-    if (res == 1) BNN_PW_NV_(1, 0)
-    if (res == 2) BNN_PW_NV_(2, rp)   /* rare: rp a runtime flag */
-    if (rp) BNN_PW_NV_(0, 1)
-    BNN_PW_NV_(0, 0)
-#undef BNN_PW_NV_
+    BNN_PW_DISPATCH(BNN_PW_, nv, res, rp);
 #undef BNN_PW_
 }
 

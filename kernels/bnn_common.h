@@ -250,6 +250,27 @@ BNN_INLINE float32x4_t bnn_chain4(float32x4_t t, float32x4_t scale, float32x4_t 
 }
 #endif
 
+/* The variants of a target's pointwise run (bnn_avx512_pointwise,
+ * bnn_avx2_pointwise): LOOP(NV, RES, RP), the caller's macro, with nv
+ * weight vectors, the residual kind res (0 none, 1 contiguous channels,
+ * 2 any repeat) and RPReLU rp as constants where they are common, so each
+ * variant is a loop without branches on them; returns after it. */
+#define BNN_PW_NV_CASES(LOOP, nv, R_, G_)                    \
+    switch (nv) {                                            \
+    case 4: LOOP(4, R_, G_); return;                         \
+    case 3: LOOP(3, R_, G_); return;                         \
+    case 2: LOOP(2, R_, G_); return;                         \
+    default: LOOP(1, R_, G_); return;                        \
+    }
+#define BNN_PW_DISPATCH(LOOP, nv, res, rp)                   \
+    do {                                                     \
+        if ((res) == 1 && (rp)) BNN_PW_NV_CASES(LOOP, nv, 1, 1) \
+        if ((res) == 1) BNN_PW_NV_CASES(LOOP, nv, 1, 0)      \
+        if ((res) == 2) BNN_PW_NV_CASES(LOOP, nv, 2, rp)     \
+        if (rp) BNN_PW_NV_CASES(LOOP, nv, 0, 1)              \
+        BNN_PW_NV_CASES(LOOP, nv, 0, 0)                      \
+    } while (0)
+
 /* Scalar epilogue for one pixel and one block: acc = K - 2*pop, then
  * either the integer threshold (bits mode) or the float chain + optional
  * fused pack.  Bits of channel co go to *wbits at bit (co % BNN_WORD_BITS).

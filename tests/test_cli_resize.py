@@ -26,6 +26,8 @@ import bnnlite  # noqa: E402
 from bnnlite import cli  # noqa: E402
 from bnnlite.datasets import fit_image, load_images  # noqa: E402
 
+from _cli import assert_error  # noqa: E402
+
 SIDE = 32  # the shipped model's input: 32x32x3
 BILINEAR = Image.Resampling.BILINEAR
 # (W, H) of each image, and the crop box (left, top, right, bottom) that maps it onto 32x32 with its
@@ -36,17 +38,6 @@ SIZES = {"same": ((32, 32), None), "twice": ((64, 64), (0, 0, 64, 64)), "wide": 
 
 def cli_run(*args):
     return CliRunner().invoke(cli.main, [str(a) for a in args])
-
-
-def assert_error(r, *fragments, code=1):
-    """Exit ``code`` through click (no traceback), the last line one ``Error:`` line holding every fragment."""
-    assert r.exit_code == code, r.output
-    assert isinstance(r.exception, SystemExit), r.exception
-    last = r.output.strip().splitlines()[-1]
-    assert last.startswith("Error: "), r.output
-    for f in fragments:
-        assert re.search(f, last), (f, last)
-    assert "Traceback" not in r.output
 
 
 def parse_predictions(output):

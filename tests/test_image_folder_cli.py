@@ -21,6 +21,8 @@ Image = pytest.importorskip("PIL.Image")
 
 from bnnlite import cli  # noqa: E402
 
+from _cli import assert_error  # noqa: E402
+
 CLASSES = ("east", "north", "south", "west")  # sorted: the label order training gives them
 SIDE = 16
 TRAIN = [sys.executable, "-m", "bnnlite.train"]
@@ -79,17 +81,6 @@ def cli_run(*args):
 
 def pillow_rgb(paths):
     return np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
-
-
-def assert_error(r, *fragments):
-    """Exit 1 through click (no traceback), the last line one ``Error:`` line holding every fragment."""
-    assert r.exit_code == 1, r.output
-    assert isinstance(r.exception, SystemExit), r.exception  # a ClickException, not a crash
-    last = r.output.strip().splitlines()[-1]
-    assert last.startswith("Error: "), r.output
-    for f in fragments:
-        assert re.search(f, last), (f, last)
-    assert "Traceback" not in r.output
 
 
 def parse_predictions(output):
