@@ -11,7 +11,7 @@
  *    BNN_SEL_TARGET(block) and BNN_SEL_TARGET(pool_block).  A new target
  *    is one header with these two functions and one entry in the list
  *    below; it may add a pointwise run for 1x1 convs,
- *    BNN_SEL_TARGET(pointwise) (BNN_SEL_HAVE_POINTWISE: AVX-512, AVX2).
+ *    BNN_SEL_TARGET(pointwise) (BNN_SEL_HAVE_POINTWISE: AVX-512, AVX2, NEON).
  * 2. The path (per call, bnn_sel_choose):
  *      BNN_SEL_CORE     for the 1x1 convs that the pointwise run takes in
  *                       preference to the bit planes (bnn_sel_prefer_pointwise:
@@ -57,6 +57,10 @@
 #elif BNN_NEON
 #include "bconv_neon.h"
 #define BNN_SEL_TARGET(f) bnn_neon_##f
+#define BNN_SEL_HAVE_POINTWISE 1
+/* The uint16 accumulators' bound (BNN_NEON_MAX_STEPS); wider 1x1 convs
+ * take the tile path, which hands them to the portable block. */
+#define BNN_SEL_POINTWISE_MAX_CW BNN_NEON_PW_MAX_CW
 #else
 #include "bconv_portable.h"
 #define BNN_SEL_TARGET(f) bnn_port_##f

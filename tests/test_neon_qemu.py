@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CC = "aarch64-linux-gnu-gcc"
 OBJDUMP = "aarch64-linux-gnu-objdump"
 QEMU = "qemu-aarch64"
-CASES = 2400          # + a pool case per 4, a pack case per 8: 3300 in all
+CASES = 2400          # + a 1x1 and a pool case per 4, a pack case per 8: 3900 in all
 
 needs_cc = pytest.mark.skipif(
     shutil.which(CC) is None,
@@ -85,6 +85,12 @@ def test_neon_equals_x86_portable(qemu_run, tmp_path):
     # the packing compare off by a tie (x <= thr for x < thr)
     ("pack.h", "vcltq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))",
      "vcleq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))", 400),
+    # the pointwise run (1x1) overwriting the word that two channel blocks share
+    ("bconv_neon.h", "*b = sh ? (*b | ((m & keep) << sh)) : (m & keep);",
+     "*b = (m & keep) << sh;", 400),
+    # its bits-mode threshold off by a tie (acc <= thr for acc < thr)
+    ("bconv_neon.h", "mk[g] = vcltq_s32(bnn_neon_pw_acc(kv, pc[g]), th[g]);",
+     "mk[g] = vcleq_s32(bnn_neon_pw_acc(kv, pc[g]), th[g]);", 400),
 ])
 def test_the_comparison_sees_a_broken_neon_target(tmp_path, header, old, new, cases):
     """No test that cannot fail: a NEON target changed as above must differ

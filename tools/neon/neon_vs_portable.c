@@ -8,7 +8,9 @@
  * padding (zero-word borders), stride 1/2, kernels 1..3, words between
  * pixels (sxw > cw), batch and pixel tails, bits output (threshold), float
  * output with residual (cres = cout or a divisor or not), RPReLU, fused
- * pack, 2x2 pool; every 4th case also pools random blocks (NaN, -0.0)
+ * pack, 2x2 pool; every 4th case is followed by a 1x1 conv (the
+ * pointwise run: Cin up to 600, a third of them long runs of up to 2,050
+ * pixels, several flat chunks) and also pools random blocks (NaN, -0.0)
  * directly, and every 8th packs a row of floats (with a row of the first
  * layer's conv before it: the same portable C on both targets, digest
  * only).  Outputs start from a sentinel, so a missed or extra store
@@ -116,22 +118,28 @@ static int nv_same(nv_pair p) { return p.n == 0 || memcmp(p.a, p.b, p.n) == 0; }
  * 2: x all ones (but the tail bits), weights 0, so every word has its
  * largest popcount, over kh*kw*cw = 4100 words (past the NEON core's
  * 4095-step limit: its portable fallback; raising the limit overflows) or
- * exactly 4095 (the uint16 accumulators' worst case). */
-static int nv_conv_case(int big, int verbose)
+ * exactly 4095 (the uint16 accumulators' worst case).  pw: a 1x1 conv
+ * (the pointwise run where the target has one; with big, the pointwise
+ * run's limit of 4095 words and the tile path past it), not pooled, Cin up
+ * to 600, and a third of them long runs (up to 2 x 25 x 41 pixels: several
+ * flat chunks of bconv_select.h). */
+static int nv_conv_case(int big, int pw, int verbose)
 {
     const int n = nv_int(1, 2);
+    const int longrun = pw && nv_chance(33);
     const int cin = big == 1 ? 4100 * BNN_WORD_BITS - nv_int(0, 63)
-                  : big == 2 ? 4095 * BNN_WORD_BITS : nv_int(1, 200);
+                  : big == 2 ? 4095 * BNN_WORD_BITS : nv_int(1, pw && !longrun ? 600 : 200);
     const int cw = (cin + BNN_WORD_BITS - 1) / BNN_WORD_BITS;
-    const int kh = big ? 1 : nv_int(1, 3), kw = big ? 1 : nv_int(1, 3);
+    const int kh = big || pw ? 1 : nv_int(1, 3), kw = big || pw ? 1 : nv_int(1, 3);
     const int stride = nv_int(1, 2), pad = big ? 0 : nv_int(0, 1);
     const int cout = big ? nv_int(1, 40) : (nv_chance(30) ? 32 * nv_int(1, 3) : nv_int(1, 140));
-    const int bits_mode = nv_chance(25), pool = !bits_mode && nv_chance(35);
-    const int hin = kh + nv_int(pool ? 1 : 0, big ? 1 : 8), win = kw + nv_int(pool ? 1 : 0, big ? 2 : 12);
+    const int bits_mode = nv_chance(25), pool = !bits_mode && !pw && nv_chance(35);
+    const int hin = kh + nv_int(pool ? 1 : 0, big ? 1 : longrun ? 24 : 8);
+    const int win = kw + nv_int(pool ? 1 : 0, big ? 2 : longrun ? 40 : 12);
     const int hp = hin + 2 * pad, wp = win + 2 * pad;
     const int ho = (hp - kh) / stride + 1, wo = (wp - kw) / stride + 1;
     if (pool && (ho < 2 || wo < 2))
-        return nv_conv_case(big, verbose);
+        return nv_conv_case(big, pw, verbose);
     const int sxw = cw + (nv_chance(20) ? nv_int(1, 2) : 0);   /* words between pixels */
     const ptrdiff_t sxh = (ptrdiff_t)wp * sxw, sxn = (ptrdiff_t)hp * sxh;
 
@@ -342,11 +350,12 @@ int main(int argc, char **argv)
 #endif
     int run = 0, same = 0;
     for (int i = 0; i < cases; i++) {
-        same += nv_conv_case(i < 2 ? i + 1 : 0, getenv("NV_VERBOSE") != NULL);
+        same += nv_conv_case(i < 2 ? i + 1 : 0, 0, getenv("NV_VERBOSE") != NULL);
         run++;
         if (i % 4 == 3) {
+            same += nv_conv_case(i == 3 ? 2 : i == 7 ? 1 : 0, 1, getenv("NV_VERBOSE") != NULL);
             same += nv_pool_case();
-            run++;
+            run += 2;
         }
         if (i % 8 == 7) {
             same += nv_fconv_pack_case();
