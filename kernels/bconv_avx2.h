@@ -469,14 +469,6 @@ BNN_INLINE unsigned bnn_avx2_pw_epilogue(__m256i pc, const bnn_avx2_pw_group *c,
     return pack ? (unsigned)_mm256_movemask_ps(_mm256_cmp_ps(y, c->nt, _CMP_LT_OQ)) : 0u;
 }
 
-/* The bits of pixel p: the first block of a word sets it, the next one ORs. */
-BNN_INLINE void bnn_avx2_pw_bits(bnn_word_t *bits_px, ptrdiff_t s_bits_w, int p, uint64_t m,
-                                 int sh, uint64_t keep)
-{
-    bnn_word_t *b = bits_px + p * s_bits_w;
-    *b = sh ? (*b | ((m & keep) << sh)) : (m & keep);
-}
-
 /* Bits mode: acc = K - 2*pop < thr[co], as int32 (K < 2^24), the block's
  * thresholds loaded once. */
 BNN_INLINE void bnn_avx2_pw_bits_loop(const bnn_conv_params *prm, const bnn_word_t *x0,
@@ -506,7 +498,7 @@ BNN_INLINE void bnn_avx2_pw_bits_loop(const bnn_conv_params *prm, const bnn_word
             m |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(
                      th[g], _mm256_sub_epi32(kv, _mm256_add_epi32(pc[g], pc[g]))))) << (g * BNN_LANES);
         if (bits_px)
-            bnn_avx2_pw_bits(bits_px, s_bits_w, p, m, sh, keep);
+            bnn_pw_store_bits(bits_px, s_bits_w, p, m, sh, keep);
     }
 }
 
@@ -555,7 +547,7 @@ BNN_INLINE void bnn_avx2_pw_loop(const bnn_conv_params *prm, const bnn_word_t *x
                  << (g * BNN_LANES);
         }
         if (bits_px)
-            bnn_avx2_pw_bits(bits_px, s_bits_w, p, m, sh, keep);
+            bnn_pw_store_bits(bits_px, s_bits_w, p, m, sh, keep);
     }
 }
 #undef BNN_AVX2_PW_LUT_

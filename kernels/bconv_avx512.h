@@ -328,10 +328,8 @@ BNN_INLINE void bnn_avx512_pw_loop(const bnn_conv_params *prm, const bnn_word_t 
                 m |= (uint64_t)bnn_avx512_pw_epilogue(acc[2], acc[NV > 3 ? 3 : 2], c1, kf, RES, RP,
                                                       cres, pack, rp, op) << (2 * BNN_LANES);
         }
-        if (bits_px) {   /* the first block of a word sets it, the next one ORs */
-            bnn_word_t *b = bits_px + p * s_bits_w;
-            *b = sh ? (*b | ((m & keep) << sh)) : (m & keep);
-        }
+        if (bits_px)
+            bnn_pw_store_bits(bits_px, s_bits_w, p, m, sh, keep);
     }
 }
 

@@ -268,14 +268,6 @@ BNN_INLINE uint32_t bnn_neon_pw_mask(const uint32x4_t *m, const int NG)
                   : (uint32_t)vgetq_lane_u16(vreinterpretq_u16_u8(s), 0);
 }
 
-/* The bits of pixel p: the first block of a word sets it, the next one ORs. */
-BNN_INLINE void bnn_neon_pw_bits(bnn_word_t *bits_px, ptrdiff_t s_bits_w, int p, uint64_t m,
-                                 int sh, uint64_t keep)
-{
-    bnn_word_t *b = bits_px + p * s_bits_w;
-    *b = sh ? (*b | ((m & keep) << sh)) : (m & keep);
-}
-
 /* Bits mode: acc = K - 2*pop < thr[co], as int32, the block's thresholds
  * loaded once (lanes past nco: 0, their bits dropped by keep). */
 BNN_INLINE void bnn_neon_pw_bits_loop(const bnn_conv_params *prm, const bnn_word_t *x0,
@@ -298,7 +290,7 @@ BNN_INLINE void bnn_neon_pw_bits_loop(const bnn_conv_params *prm, const bnn_word
         bnn_neon_pw_count(x0 + p * pstep, wb, cw, NV, pc);
         for (int g = 0; g < NG; g++)
             mk[g] = vcltq_s32(bnn_neon_pw_acc(kv, pc[g]), th[g]);
-        bnn_neon_pw_bits(bits_px, s_bits_w, p, bnn_neon_pw_mask(mk, NG), sh, keep);
+        bnn_pw_store_bits(bits_px, s_bits_w, p, bnn_neon_pw_mask(mk, NG), sh, keep);
     }
 }
 
@@ -407,7 +399,7 @@ BNN_INLINE void bnn_neon_pw_loop(const bnn_conv_params *prm, const bnn_word_t *x
                     mk[g] = vcltq_f32(y[g], vld1q_f32(cp->k[g][BNN_NEON_PW_NT]));
                 m = bnn_neon_pw_mask(mk, NG);
             }
-            bnn_neon_pw_bits(bits_px, s_bits_w, p, m, sh, keep);
+            bnn_pw_store_bits(bits_px, s_bits_w, p, m, sh, keep);
         }
     }
 }

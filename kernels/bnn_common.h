@@ -250,6 +250,16 @@ BNN_INLINE float32x4_t bnn_chain4(float32x4_t t, float32x4_t scale, float32x4_t 
 }
 #endif
 
+/* A pointwise run's bits of pixel p (channels co0.. of its block, m & keep)
+ * into the word that holds channel co0 (sh = co0 % BNN_WORD_BITS): the
+ * first block of a word sets it, the next one ORs into it. */
+static inline void bnn_pw_store_bits(bnn_word_t *bits_px, ptrdiff_t s_bits_w, int p, uint64_t m,
+                                     int sh, uint64_t keep)
+{
+    bnn_word_t *b = bits_px + p * s_bits_w;
+    *b = sh ? (*b | ((m & keep) << sh)) : (m & keep);
+}
+
 /* The variants of a target's pointwise run (bnn_avx512_pointwise,
  * bnn_avx2_pointwise): LOOP(NV, RES, RP), the caller's macro, with nv
  * weight vectors, the residual kind res (0 none, 1 contiguous channels,

@@ -86,7 +86,8 @@ def test_neon_equals_x86_portable(qemu_run, tmp_path):
     ("pack.h", "vcltq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))",
      "vcleq_f32(vld1q_f32(x + l), vld1q_f32(thr + l))", 400),
     # the pointwise run (1x1) overwriting the word that two channel blocks share
-    ("bconv_neon.h", "*b = sh ? (*b | ((m & keep) << sh)) : (m & keep);",
+    # (bnn_pw_store_bits: the portable target has no pointwise run, so only NEON changes)
+    ("bnn_common.h", "*b = sh ? (*b | ((m & keep) << sh)) : (m & keep);",
      "*b = (m & keep) << sh;", 400),
     # its bits-mode threshold off by a tie (acc <= thr for acc < thr)
     ("bconv_neon.h", "mk[g] = vcltq_s32(bnn_neon_pw_acc(kv, pc[g]), th[g]);",
